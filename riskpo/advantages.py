@@ -1,0 +1,374 @@
+"""Advantage estimators by name: RiskPO and the baselines GRPO, Dr.GRPO, RLOO and REINFORCE with
+a batch baseline (SPEC 3-5, 8). Adding an estimator is one decorated function in this file.
+
+Every estimator has the signature
+    estimator(rewards[N], question_ids[N], bundle_ids[N], config, state, valid=None)
+        -> AdvantageResult(advantages[N], metrics)
+Rows with valid False (infrastructure failures) get advantage 0 and enter no statistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from riskpo import risk
+from riskpo.bundles import (
+    CREDITS,
+    PAIRINGS,
+    Papers,
+    assign_credit,
+    bundle_quantiles,
+    bundle_score_std,
+    form_papers,
+)
+from riskpo.metrics import advantage_statistics, risk_measure_statistics, risk_region_statistics
+from riskpo.risk import QuantileTracker, segment_counts, segment_mean, segment_std
+
+QUANTILE_SOURCES = ("tracked", "bundle", "mix")
+TRACKER_UPDATES = ("after", "before")
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """Options of the estimators; each estimator reads the fields it needs.
+
+    RiskPO: alpha, beta, w_mix, natural_baseline, mix_cvar, risk_seeking(_u), std_normalize,
+    credit, pairing ("permute" seeded by seed + step, or "index" = the release's order),
+    quantile_source, tracker_lr, tracker_update ("after": step t uses the tracker after its
+    step-t update, the paper; "before": the state after step t-1), allow_surplus.
+    GRPO / REINFORCE: std_normalize (GRPO divides by group std + epsilon). Dr.GRPO, RLOO: none.
+    """
+
+    alpha: float = 0.2
+    beta: float = 0.8
+    w_mix: float = 1.5
+    natural_baseline: bool = True
+    mix_cvar: bool = True
+    risk_seeking: bool = False
+    risk_seeking_u: float = 1.5
+    std_normalize: bool = True
+    credit: str = "uniform"
+    pairing: str = "permute"
+    seed: int = 0
+    quantile_source: str = "tracked"
+    tracker_lr: float = 0.1
+    tracker_update: str = "after"
+    allow_surplus: bool = False
+    epsilon: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < self.beta <= 1.0:
+            raise ValueError(f"advantage config: need 0 < alpha < beta <= 1, got alpha={self.alpha}, beta={self.beta}")
+        choices = {"credit": CREDITS, "pairing": PAIRINGS, "quantile_source": QUANTILE_SOURCES,
+                   "tracker_update": TRACKER_UPDATES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"advantage config: {key}={getattr(self, key)!r} not in {allowed}")
+        if self.w_mix < 0 or self.risk_seeking_u < 0:
+            raise ValueError("advantage config: w_mix and risk_seeking_u must be >= 0")
+        if self.risk_seeking and self.beta >= 1.0:
+            raise ValueError("advantage config: risk_seeking needs beta < 1")
+        if self.tracker_lr <= 0 or self.epsilon < 0:
+            raise ValueError("advantage config: tracker_lr must be > 0 and epsilon >= 0")
+        if self.quantile_source != "bundle":
+            for level in (self.alpha, self.beta):
+                if not 0.05 - 1e-9 <= level <= 0.95 + 1e-9:
+                    raise ValueError(f"advantage config: level {level} outside the tracker grid [0.05, 0.95]")
+
+
+@dataclass
+class AdvantageState:
+    """What an estimator carries from step to step (part of every checkpoint)."""
+
+    quantile_tracker: QuantileTracker | None = None
+    step: int = 0
+
+    def tracker(self, lr: float) -> QuantileTracker:
+        if self.quantile_tracker is None:
+            self.quantile_tracker = QuantileTracker(lr=lr)
+        return self.quantile_tracker
+
+    def state_dict(self) -> dict[str, object]:
+        tracker = self.quantile_tracker.state_dict() if self.quantile_tracker else None
+        return {"step": self.step, "quantile_tracker": tracker}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.step = int(state["step"])
+        tracker_state = state["quantile_tracker"]
+        if tracker_state is None:
+            self.quantile_tracker = None
+        else:
+            self.quantile_tracker = QuantileTracker()
+            self.quantile_tracker.load_state_dict(tracker_state)
+
+
+@dataclass
+class AdvantageResult:
+    advantages: torch.Tensor  # [N], 0 on masked rows
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Estimator = Callable[..., AdvantageResult]
+ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
+    """Register `fn(rewards, question_ids, bundle_ids, config, state, valid)` under `name`."""
+
+    def decorate(fn: Estimator) -> Estimator:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} registered twice")
+
+        def estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+                      config: AdvantageConfig | None = None, state: AdvantageState | None = None,
+                      valid: torch.Tensor | None = None) -> AdvantageResult:
+            config = config or AdvantageConfig()
+            state = state if state is not None else AdvantageState()
+            valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.bool()
+            if valid.shape != rewards.shape:
+                raise ValueError(f"valid has shape {tuple(valid.shape)}, rewards {tuple(rewards.shape)}")
+            result = fn(rewards, question_ids, bundle_ids, config, state, valid)
+            advantages = torch.where(valid, result.advantages, 0.0).to(_float_dtype(rewards))
+            metrics = {**result.metrics,
+                       **advantage_statistics(advantages, rewards, question_ids, valid)}
+            state.step += 1
+            return AdvantageResult(advantages, metrics)
+
+        estimator.__name__ = estimator.__qualname__ = f"{name}_estimator"
+        estimator.__doc__ = fn.__doc__
+        ADVANTAGE_ESTIMATORS[name] = estimator
+        return estimator
+
+    return decorate
+
+
+def get_advantage_estimator(name: str) -> Estimator:
+    """The estimator registered under `name`."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
+def _float_dtype(rewards: torch.Tensor) -> torch.dtype:
+    return rewards.dtype if rewards.dtype.is_floating_point else torch.float32
+
+
+# ----------------------------------------------------------------------------- RiskPO
+
+
+@dataclass(frozen=True)
+class RiskPOStep:
+    """Intermediate values of one RiskPO computation (for metrics and tests)."""
+
+    advantages: torch.Tensor  # [N] float64
+    papers: Papers
+    paper_q_alpha: torch.Tensor  # [M] quantiles each paper was scored against
+    paper_q_beta: torch.Tensor  # [M]
+    paper_advantages: torch.Tensor  # [M] after std normalisation
+
+
+def riskpo_step(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+                config: AdvantageConfig, *, valid: torch.Tensor | None = None,
+                quantiles: tuple[float, float] | None = None,
+                generator: torch.Generator | None = None) -> RiskPOStep:
+    """RiskPO advantages against per-bundle quantiles, or against `quantiles` = (qa, qb) if given.
+
+    std_normalize divides each paper's advantage by its bundle's paper-score std (the scores
+    it was computed against) whatever the quantiles.
+    """
+    papers = form_papers(rewards, question_ids, bundle_ids, valid, pairing=config.pairing,
+                         generator=generator, allow_surplus=config.allow_surplus)
+    if quantiles is not None and float(quantiles[0]) > float(quantiles[1]):
+        raise ValueError(f"quantiles must satisfy qa <= qb, got {quantiles}")
+    source = "bundle" if quantiles is None else "tracked"
+    return _riskpo_from_papers(rewards, papers, valid, config, source, quantiles)
+
+
+def _paper_quantiles(papers: Papers, config: AdvantageConfig, source: str,
+                     given: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """qa, qb per paper [M]: its bundle's ("bundle"), the given pair ("tracked"), or their mean."""
+    scores = papers.paper_scores
+    if source != "bundle":
+        given_alpha, given_beta = (torch.as_tensor(q, dtype=torch.float64).expand_as(scores)
+                                   for q in given)
+        if source == "tracked":
+            return given_alpha, given_beta
+    bundle_q_alpha, bundle_q_beta = bundle_quantiles(papers, config.alpha, config.beta)
+    q_alpha, q_beta = bundle_q_alpha[papers.paper_bundle], bundle_q_beta[papers.paper_bundle]
+    if source == "mix":
+        return (q_alpha + given_alpha) / 2, (q_beta + given_beta) / 2
+    return q_alpha, q_beta
+
+
+def _riskpo_from_papers(rewards: torch.Tensor, papers: Papers, valid: torch.Tensor | None,
+                        config: AdvantageConfig, source: str,
+                        given: tuple[float, float] | None) -> RiskPOStep:
+    q_alpha, q_beta = _paper_quantiles(papers, config, source, given)
+    paper_advantages = risk.risk_advantage(
+        papers.paper_scores, q_alpha, q_beta, alpha=config.alpha, beta=config.beta,
+        w_mix=config.w_mix, natural_baseline=config.natural_baseline, mix_cvar=config.mix_cvar,
+        risk_seeking=config.risk_seeking, risk_seeking_u=config.risk_seeking_u,
+    )
+    if config.std_normalize:
+        bundle_std = bundle_score_std(papers)[papers.paper_bundle]
+        paper_advantages = risk.std_normalize(paper_advantages, bundle_std)
+    advantages = assign_credit(paper_advantages, papers, rewards, valid, config.credit)
+    return RiskPOStep(advantages, papers, q_alpha, q_beta, paper_advantages)
+
+
+def riskpo_advantages(
+    rewards: torch.Tensor,
+    question_ids: torch.Tensor,
+    bundle_ids: torch.Tensor,
+    alpha: float = 0.2,
+    beta: float = 0.8,
+    w_mix: float = 1.5,
+    natural_baseline: bool = True,
+    mix_cvar: bool = True,
+    std_normalize: bool = True,
+    credit: str = "uniform",
+    quantiles: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Stable entry point: RiskPO advantages [N], pairing "index".
+
+    quantiles None: per-bundle empirical quantiles of the paper scores; (qa, qb): use these.
+    """
+    config = AdvantageConfig(alpha=alpha, beta=beta, w_mix=w_mix, natural_baseline=natural_baseline,
+                             mix_cvar=mix_cvar, std_normalize=std_normalize, credit=credit,
+                             pairing="index", quantile_source="bundle")
+    step = riskpo_step(rewards, question_ids, bundle_ids, config, quantiles=quantiles)
+    return step.advantages.to(_float_dtype(rewards))
+
+
+def _tracked_quantiles(tracker: QuantileTracker, config: AdvantageConfig) -> tuple[float, float, bool]:
+    q_alpha, q_beta = tracker.quantile(config.alpha), tracker.quantile(config.beta)
+    crossed = q_alpha > q_beta  # the tracker's levels can cross under noise: use qb = qa then
+    return q_alpha, max(q_alpha, q_beta), crossed
+
+
+@register_advantage("riskpo")
+def _riskpo_estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+                      config: AdvantageConfig, state: AdvantageState,
+                      valid: torch.Tensor) -> AdvantageResult:
+    """RiskPO: bundles, papers, MVaR weights against tracked / per-bundle / mixed quantiles."""
+    generator = None
+    if config.pairing == "permute":
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + state.step)
+    papers = form_papers(rewards, question_ids, bundle_ids, valid, pairing=config.pairing,
+                         generator=generator, allow_surplus=config.allow_surplus)
+    tracker = state.tracker(config.tracker_lr)
+    updated = False
+    if config.tracker_update == "after" or not tracker.initialized:
+        tracker.update(papers.paper_scores)
+        updated = True
+    crossed, tracked = False, None
+    source = config.quantile_source if tracker.initialized else "bundle"
+    if source != "bundle":
+        q_alpha, q_beta, crossed = _tracked_quantiles(tracker, config)
+        tracked = (q_alpha, q_beta)
+    step = _riskpo_from_papers(rewards, papers, valid, config, source, tracked)
+    if not updated:
+        tracker.update(papers.paper_scores)
+    metrics = _riskpo_metrics(step, tracker, config, valid)
+    metrics["riskpo/tracker_crossed"] = float(crossed)
+    return AdvantageResult(step.advantages, metrics)
+
+
+def _riskpo_metrics(step: RiskPOStep, tracker: QuantileTracker, config: AdvantageConfig,
+                    valid: torch.Tensor) -> dict[str, float]:
+    scores = step.papers.paper_scores
+    num_valid = int(valid.sum())
+    unpaired = num_valid - int(step.papers.paired.sum())
+    metrics = {
+        "riskpo/num_papers": float(scores.numel()),
+        "riskpo/unpaired_fraction": unpaired / num_valid if num_valid else 0.0,
+        "riskpo/q_alpha": step.paper_q_alpha.mean().item() if scores.numel() else float("nan"),
+        "riskpo/q_beta": step.paper_q_beta.mean().item() if scores.numel() else float("nan"),
+        "riskpo/tracked_q_alpha": tracker.quantile(config.alpha) if tracker.initialized else float("nan"),
+        "riskpo/tracked_q_beta": tracker.quantile(config.beta) if tracker.initialized else float("nan"),
+    }
+    metrics.update(risk_measure_statistics(scores, config.alpha, config.beta, config.w_mix))
+    metrics.update(risk_region_statistics(scores, step.paper_q_alpha, step.paper_q_beta))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- group baselines
+
+
+@dataclass(frozen=True)
+class _Groups:
+    question: torch.Tensor  # [N] question index of each row
+    valid_counts: torch.Tensor  # [Q]
+    mean: torch.Tensor  # [Q] mean of valid rewards (NaN if none)
+    std: torch.Tensor  # [Q] unbiased std of valid rewards (NaN if < 2)
+
+
+def _groups(rewards: torch.Tensor, question_ids: torch.Tensor, valid: torch.Tensor) -> _Groups:
+    if rewards.dim() != 1 or question_ids.shape != rewards.shape:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and question_ids {tuple(question_ids.shape)} must be equal 1-D")
+    keys, question = torch.unique(question_ids, return_inverse=True)
+    counts = segment_counts(question, keys.numel())
+    if (counts < 2).any():
+        culprit = keys[(counts < 2).nonzero()[0, 0]].item()
+        raise ValueError(f"question id {culprit} has a single response; group baselines need n >= 2")
+    values, groups = rewards[valid].to(torch.float64), question[valid]
+    return _Groups(question, segment_counts(groups, keys.numel()),
+                   segment_mean(values, groups, keys.numel()), segment_std(values, groups, keys.numel()))
+
+
+def _centered(rewards: torch.Tensor, groups: _Groups) -> tuple[torch.Tensor, torch.Tensor]:
+    """r - group mean, and whether the row's group has >= 2 valid responses (else advantage 0)."""
+    has_baseline = groups.valid_counts[groups.question] >= 2
+    centered = rewards.to(torch.float64) - groups.mean[groups.question]
+    return torch.where(has_baseline, centered, 0.0), has_baseline
+
+
+@register_advantage("grpo")
+def _grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+          config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """GRPO: (r - group mean) / (group std + epsilon); questions with < 2 valid responses get 0."""
+    groups = _groups(rewards, question_ids, valid)
+    centered, has_baseline = _centered(rewards, groups)
+    if config.std_normalize:
+        std = torch.where(has_baseline, groups.std[groups.question], 1.0)
+        centered = centered / (std + config.epsilon)
+    return AdvantageResult(centered)
+
+
+@register_advantage("dr_grpo")
+def _dr_grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+             config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """Dr.GRPO: r - group mean, no std division (pair it with seq_mean_token_sum)."""
+    return AdvantageResult(_centered(rewards, _groups(rewards, question_ids, valid))[0])
+
+
+@register_advantage("rloo")
+def _rloo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+          config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """RLOO: r_i - mean of the other valid responses of the question = n/(n-1) (r_i - mean)."""
+    groups = _groups(rewards, question_ids, valid)
+    centered, _ = _centered(rewards, groups)
+    count = groups.valid_counts[groups.question].to(torch.float64)
+    return AdvantageResult(centered * count / (count - 1).clamp(min=1))
+
+
+@register_advantage("reinforce_baseline")
+def _reinforce_baseline(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+                        config: AdvantageConfig, state: AdvantageState,
+                        valid: torch.Tensor) -> AdvantageResult:
+    """REINFORCE with a batch baseline: r - mean over valid rows, / batch std if std_normalize."""
+    values = rewards[valid].to(torch.float64)
+    if values.numel() == 0:
+        return AdvantageResult(torch.zeros_like(rewards, dtype=torch.float64))
+    advantages = rewards.to(torch.float64) - values.mean()
+    if config.std_normalize and values.numel() > 1:
+        advantages = risk.std_normalize(advantages, values.std())
+    return AdvantageResult(advantages)
+
+
+def config_dict(config: AdvantageConfig) -> dict[str, object]:
+    """The config as a plain dict (for logging)."""
+    return asdict(config)

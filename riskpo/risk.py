@@ -1,0 +1,274 @@
+"""Risk measures of a score distribution and the RiskPO per-sample advantage weights (SPEC 2, 3, 5).
+
+Everything is vectorised tensor code: per-segment statistics (quantiles, means, stds) use one
+sort and a few scatter operations, never a Python loop over segments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+STD_FLOOR = 1e-6  # SPEC 3: a std below this is treated as 1; otherwise divide by (std + STD_FLOOR)
+TRACKER_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05, 0.10, ..., 0.95
+
+
+# ----------------------------------------------------------------------------- segment statistics
+
+
+def segment_counts(segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Number of entries per segment, [num_segments] long."""
+    return torch.bincount(segment_ids, minlength=num_segments)
+
+
+def segment_sum(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Sum of values per segment, [num_segments]."""
+    return values.new_zeros(num_segments).index_add_(0, segment_ids, values)
+
+
+def segment_mean(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean per segment; NaN for an empty segment."""
+    counts = segment_counts(segment_ids, num_segments).to(values.dtype)
+    return segment_sum(values, segment_ids, num_segments) / counts
+
+
+def segment_std(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Unbiased standard deviation per segment; NaN where a segment has fewer than two entries."""
+    counts = segment_counts(segment_ids, num_segments).to(values.dtype)
+    means = segment_sum(values, segment_ids, num_segments) / counts.clamp(min=1)
+    squared = segment_sum((values - means[segment_ids]) ** 2, segment_ids, num_segments)
+    variance = squared / (counts - 1)
+    return torch.where(counts >= 2, variance.sqrt(), torch.full_like(variance, math.nan))
+
+
+def segment_quantiles(
+    values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, levels: torch.Tensor
+) -> torch.Tensor:
+    """Empirical quantiles per segment with linear interpolation (type 7, torch/numpy default).
+
+    values, segment_ids: [N]; levels: [L] in [0, 1]. Returns [num_segments, L]; NaN rows for
+    empty segments. One sort by value, one stable sort by segment, then a gather.
+    """
+    levels = torch.as_tensor(levels, dtype=torch.float64)
+    if ((levels < 0) | (levels > 1)).any():
+        raise ValueError(f"quantile levels must lie in [0, 1], got {levels.tolist()}")
+    counts = segment_counts(segment_ids, num_segments)
+    if values.numel() == 0:
+        return values.new_full((num_segments, levels.numel()), math.nan)
+    by_value = torch.argsort(values, stable=True)
+    order = by_value[torch.argsort(segment_ids[by_value], stable=True)]
+    sorted_values = values[order]
+    starts = torch.cumsum(counts, 0) - counts
+    last = (counts - 1).clamp(min=0)
+    position = last.to(torch.float64)[:, None] * levels[None, :]  # [S, L]
+    lower = position.floor().long()
+    upper = torch.minimum(lower + 1, last[:, None])
+    weight = (position - lower).to(values.dtype)
+    max_index = values.numel() - 1
+    low_values = sorted_values[(starts[:, None] + lower).clamp(max=max_index)]
+    high_values = sorted_values[(starts[:, None] + upper).clamp(max=max_index)]
+    result = torch.lerp(low_values, high_values, weight)
+    return torch.where(counts[:, None] > 0, result, torch.full_like(result, math.nan))
+
+
+def quantile(values: torch.Tensor, level: float) -> torch.Tensor:
+    """Empirical u-quantile of a 1-D score vector (linear interpolation); a 0-d tensor."""
+    if values.dim() != 1 or values.numel() == 0:
+        raise ValueError(f"quantile needs a non-empty 1-D tensor, got shape {tuple(values.shape)}")
+    segments = torch.zeros(values.numel(), dtype=torch.long, device=values.device)
+    levels = torch.tensor([level], dtype=torch.float64)
+    return segment_quantiles(values, segments, 1, levels)[0, 0]
+
+
+# ----------------------------------------------------------------------------- risk measures
+
+
+def _check_levels(alpha: float, beta: float) -> None:
+    if not 0.0 < alpha < beta <= 1.0:
+        raise ValueError(f"risk levels need 0 < alpha < beta <= 1, got alpha={alpha}, beta={beta}")
+
+
+def cvar(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Lower-tail CVaR_a = E[S | S <= q_a] of the empirical distribution."""
+    threshold = quantile(scores, alpha)
+    return scores[scores <= threshold].mean()
+
+
+def rvar(scores: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Range VaR_{a:b} = E[S | q_a <= S <= q_b]; NaN when no score lies in that range."""
+    _check_levels(alpha, beta)
+    low, high = quantile(scores, alpha), quantile(scores, beta)
+    inside = scores[(scores >= low) & (scores <= high)]
+    return inside.mean() if inside.numel() else scores.new_tensor(math.nan)
+
+
+def mvar(scores: torch.Tensor, alpha: float, beta: float, w_mix: float) -> torch.Tensor:
+    """Mixed VaR (w * CVaR_a + RVaR_{a:b}) / (1 + w)."""
+    return (w_mix * cvar(scores, alpha) + rvar(scores, alpha, beta)) / (1.0 + w_mix)
+
+
+# ----------------------------------------------------------------------------- advantage weights
+
+
+def g_weight(
+    scores: torch.Tensor, q_alpha: torch.Tensor, q_beta: torch.Tensor, natural_baseline: bool = True
+) -> torch.Tensor:
+    """g(S) = clip(S, qa, qb) - qb (natural baseline, <= 0) or clip(S, qa, qb) - qa (>= 0)."""
+    clipped = torch.minimum(torch.maximum(scores, q_alpha), q_beta)
+    return clipped - (q_beta if natural_baseline else q_alpha)
+
+
+def rvar_advantage(
+    scores: torch.Tensor,
+    q_alpha: torch.Tensor,
+    q_beta: torch.Tensor,
+    alpha: float,
+    beta: float,
+    natural_baseline: bool = True,
+) -> torch.Tensor:
+    """A_rvar(S) = g(S) / (b - a): divided by the width in levels, not by qb - qa."""
+    _check_levels(alpha, beta)
+    return g_weight(scores, q_alpha, q_beta, natural_baseline) / (beta - alpha)
+
+
+def cvar_advantage(scores: torch.Tensor, q_alpha: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A_cvar(S) = -(qa - S)+ / a."""
+    return -(q_alpha - scores).clamp(min=0) / alpha
+
+
+def mvar_advantage(
+    scores: torch.Tensor,
+    q_alpha: torch.Tensor,
+    q_beta: torch.Tensor,
+    alpha: float,
+    beta: float,
+    w_mix: float,
+    natural_baseline: bool = True,
+) -> torch.Tensor:
+    """A_mvar(S) = (w * A_cvar + A_rvar) / (1 + w)."""
+    risk_range = rvar_advantage(scores, q_alpha, q_beta, alpha, beta, natural_baseline)
+    return (w_mix * cvar_advantage(scores, q_alpha, alpha) + risk_range) / (1.0 + w_mix)
+
+
+def risk_seeking_advantage(
+    scores: torch.Tensor,
+    q_alpha: torch.Tensor,
+    q_beta: torch.Tensor,
+    alpha: float,
+    beta: float,
+    u: float,
+    natural_baseline: bool = True,
+) -> torch.Tensor:
+    """Ablation: A = (u * (S - qb)+ / (1 - b) + A_rvar) / (1 + u); rewards the upper tail."""
+    if beta >= 1.0:
+        raise ValueError(f"risk_seeking needs beta < 1 (it divides by 1 - beta), got beta={beta}")
+    upper_tail = (scores - q_beta).clamp(min=0) / (1.0 - beta)
+    risk_range = rvar_advantage(scores, q_alpha, q_beta, alpha, beta, natural_baseline)
+    return (u * upper_tail + risk_range) / (1.0 + u)
+
+
+def risk_advantage(
+    scores: torch.Tensor,
+    q_alpha: torch.Tensor,
+    q_beta: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    w_mix: float = 1.5,
+    natural_baseline: bool = True,
+    mix_cvar: bool = True,
+    risk_seeking: bool = False,
+    risk_seeking_u: float = 1.5,
+) -> torch.Tensor:
+    """The configured per-sample weight: risk_seeking takes precedence over mix_cvar."""
+    if risk_seeking:
+        return risk_seeking_advantage(
+            scores, q_alpha, q_beta, alpha, beta, risk_seeking_u, natural_baseline
+        )
+    if mix_cvar:
+        return mvar_advantage(scores, q_alpha, q_beta, alpha, beta, w_mix, natural_baseline)
+    return rvar_advantage(scores, q_alpha, q_beta, alpha, beta, natural_baseline)
+
+
+def std_divisor(std: torch.Tensor) -> torch.Tensor:
+    """std + 1e-6, or 1 where std is below 1e-6 or undefined (NaN): never divides by ~0."""
+    usable = torch.isfinite(std) & (std >= STD_FLOOR)
+    return torch.where(usable, std + STD_FLOOR, torch.ones_like(std))
+
+
+def std_normalize(advantages: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Divide advantages by std_divisor(std) (std broadcast against advantages)."""
+    return advantages / std_divisor(std)
+
+
+# ----------------------------------------------------------------------------- quantile tracker
+
+
+class QuantileTracker:
+    """19-level stochastic-approximation quantile tracker over pooled paper scores (SPEC 5).
+
+    Each update is one SGD step on the pinball loss, Q_k += lr * (u_k - mean_j 1[S_j < Q_k]);
+    the first update instead sets Q to the empirical quantiles of that step's scores (warm
+    start). Levels between grid points are read by linear interpolation on the grid; levels
+    outside [0.05, 0.95] are an error.
+    """
+
+    def __init__(self, lr: float = 0.1, levels: tuple[float, ...] = TRACKER_LEVELS) -> None:
+        if lr <= 0:
+            raise ValueError(f"tracker lr must be positive, got {lr}")
+        self.lr = float(lr)
+        self.levels = torch.tensor(levels, dtype=torch.float64)
+        if self.levels.numel() < 2 or (self.levels.diff() <= 0).any():
+            raise ValueError(f"tracker levels must be increasing, at least two: {levels}")
+        self.values = torch.full_like(self.levels, math.nan)
+        self.initialized = False
+        self.num_updates = 0
+
+    def update(self, scores: torch.Tensor) -> None:
+        """Warm start on the first call, one stochastic-approximation step afterwards."""
+        scores = scores.detach().to(torch.float64).flatten()
+        if scores.numel() == 0:
+            return
+        if not self.initialized:
+            self.values = torch.quantile(scores, self.levels)
+            self.initialized = True
+        else:
+            below = (scores[None, :] < self.values[:, None]).to(torch.float64).mean(dim=1)
+            self.values = self.values + self.lr * (self.levels - below)
+        self.num_updates += 1
+
+    def quantile(self, level: float) -> float:
+        """Tracked value at `level`, interpolated linearly between grid levels."""
+        if not self.initialized:
+            raise RuntimeError("QuantileTracker.quantile called before the first update")
+        low, high = self.levels[0].item(), self.levels[-1].item()
+        if not low - 1e-9 <= level <= high + 1e-9:
+            raise ValueError(f"level {level} outside the tracker grid [{low}, {high}]")
+        exact = (self.levels - level).abs() < 1e-9
+        if exact.any():  # on the grid: read exactly
+            return self.values[exact.nonzero()[0, 0]].item()
+        upper = int(torch.searchsorted(self.levels, torch.tensor([level], dtype=torch.float64)))
+        lower_level, upper_level = self.levels[upper - 1].item(), self.levels[upper].item()
+        weight = (level - lower_level) / (upper_level - lower_level)
+        return ((1 - weight) * self.values[upper - 1] + weight * self.values[upper]).item()
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "lr": self.lr,
+            "levels": self.levels.clone(),
+            "values": self.values.clone(),
+            "initialized": self.initialized,
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        levels = torch.as_tensor(state["levels"], dtype=torch.float64)
+        values = torch.as_tensor(state["values"], dtype=torch.float64)
+        if levels.shape != values.shape:
+            raise ValueError(f"tracker state: levels {levels.shape} vs values {values.shape}")
+        self.lr = float(state["lr"])
+        self.levels = levels.clone()
+        self.values = values.clone()
+        self.initialized = bool(state["initialized"])
+        self.num_updates = int(state["num_updates"])
