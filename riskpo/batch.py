@@ -19,6 +19,10 @@ class TrainBatch:
     rollout_logprobs: list[list[float]]  # sampling policy's log-prob of each response token
     advantages: torch.Tensor  # [N] float, one advantage per response (broadcast to its tokens)
     loss_mask: torch.Tensor  # [N] bool; False rows (infrastructure failures) carry no loss
+    # Filled by LearnerGroup.compute_logprobs: the learner's log-probs of each response token
+    # before the update (old policy) and under the frozen reference model (when KL is on).
+    old_logprobs: list[list[float]] | None = None
+    ref_logprobs: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -31,3 +35,9 @@ class TrainBatch:
         for i, (r, lp) in enumerate(zip(self.response_ids, self.rollout_logprobs, strict=True)):
             if len(r) != len(lp):
                 raise ValueError(f"row {i}: {len(r)} response tokens but {len(lp)} rollout log-probs")
+        for name in ("old_logprobs", "ref_logprobs"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if len(values) != n or any(len(v) != len(r) for v, r in zip(values, self.response_ids, strict=True)):
+                raise ValueError(f"TrainBatch.{name} must hold one log-prob per response token of each row")
