@@ -1,0 +1,181 @@
+"""Isolation layers applied inside a freshly forked child: rlimits, Landlock, uid drop, seccomp.
+
+Landlock is driven through raw syscalls with ctypes; seccomp through pyseccomp (libseccomp).
+Every function here runs in the child after fork, before any untrusted byte is read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+import struct
+import sys
+from dataclasses import dataclass
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+SYS_CAPSET = 126
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_KEEPCAPS = 8
+PR_SET_PDEATHSIG = 1
+CAP_DAC_READ_SEARCH = 2
+
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
+LL_FILE_RIGHTS = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
+LL_SCOPE_ABSTRACT_UNIX, LL_SCOPE_SIGNAL = 1, 2
+LL_NET_BIND_TCP, LL_NET_CONNECT_TCP = 1, 2
+
+CLONE_THREAD = 0x00010000
+TIOCSTI = 0x5412
+AF_UNIX = 1
+
+DENIED_SYSCALLS = (
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    "fork", "vfork", "execve", "execveat", "kill", "ptrace", "process_vm_readv",
+    "process_vm_writev", "mount", "umount2", "unshare", "setns", "pivot_root", "chroot",
+    "setrlimit", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key",
+    "request_key", "bpf", "perf_event_open", "userfaultfd", "setsid", "setpgid", "setuid",
+    "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "capset",
+    "init_module", "finit_module", "delete_module", "kexec_load", "reboot", "swapon", "swapoff",
+    "acct", "quotactl", "syslog", "mknod", "mknodat", "personality", "pidfd_open",
+    "pidfd_send_signal", "pidfd_getfd", "name_to_handle_at", "open_by_handle_at",
+    "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount", "memfd_secret",
+)
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one sandboxed run (soft = hard, so the code cannot raise them)."""
+
+    cpu_seconds: int = 5
+    memory_mb: int = 1024
+    file_size_mb: int = 16
+    open_files: int = 64
+    threads: int = 128
+
+
+def landlock_abi() -> int:
+    """Landlock ABI version of the running kernel, 0 when unavailable."""
+    version = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(version), 0)
+
+
+def apply_rlimits(limits: SandboxLimits, as_root_uid: bool) -> None:
+    """Set hard limits; RLIMIT_NPROC only matters once the uid is dropped."""
+    pairs = {
+        resource.RLIMIT_CPU: limits.cpu_seconds,
+        resource.RLIMIT_AS: limits.memory_mb << 20,
+        resource.RLIMIT_FSIZE: limits.file_size_mb << 20,
+        resource.RLIMIT_NOFILE: limits.open_files,
+        resource.RLIMIT_CORE: 0,
+        resource.RLIMIT_MEMLOCK: 0,
+        resource.RLIMIT_MSGQUEUE: 0,
+    }
+    if not as_root_uid:
+        pairs[resource.RLIMIT_NPROC] = limits.threads
+    for which, value in pairs.items():
+        resource.setrlimit(which, (value, value))
+
+
+def _landlock_rule(ruleset_fd: int, path: str, access: int) -> None:
+    try:
+        path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if not os.path.isdir(path):
+            access &= LL_FILE_RIGHTS
+        rule = struct.pack("=Qi", access, path_fd)
+        buffer = ctypes.create_string_buffer(rule, len(rule))
+        result = LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, 1, buffer, 0)
+        if result != 0:
+            raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
+    finally:
+        os.close(path_fd)
+
+
+def apply_landlock(abi: int, read_paths: list[str], write_paths: list[str]) -> None:
+    """Allow reading read_paths and everything under write_paths; no TCP, scoped signals."""
+    handled_fs = (1 << 13) - 1
+    if abi >= 2:
+        handled_fs |= 1 << 13
+    if abi >= 3:
+        handled_fs |= LL_TRUNCATE
+    if abi >= 5:
+        handled_fs |= LL_IOCTL_DEV
+    handled_net = LL_NET_BIND_TCP | LL_NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = LL_SCOPE_ABSTRACT_UNIX | LL_SCOPE_SIGNAL if abi >= 6 else 0
+    attr = struct.pack("=QQQ", handled_fs, handled_net, scoped)
+    size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
+    buffer = ctypes.create_string_buffer(attr, len(attr))
+    ruleset_fd = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(size), 0)
+    if ruleset_fd < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for path in read_paths:
+            _landlock_rule(ruleset_fd, path, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR)
+        for path in write_paths:
+            _landlock_rule(ruleset_fd, path, handled_fs)
+        set_no_new_privs()
+        if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset_fd)
+
+
+def set_no_new_privs() -> None:
+    if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS) failed")
+
+
+def drop_to_uid(uid: int, keep_dac_read_search: bool) -> None:
+    """setresuid/setresgid to a dedicated uid; optionally keep only CAP_DAC_READ_SEARCH.
+
+    The capability is kept only when Landlock already confines reads: it lets the uid import
+    modules from an interpreter installed under a private home (e.g. /root/.pyenv).
+    """
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    if keep_dac_read_search:
+        LIBC.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setresuid(uid, uid, uid)
+    if keep_dac_read_search:
+        header = struct.pack("=Ii", 0x20080522, 0)
+        mask = 1 << CAP_DAC_READ_SEARCH
+        data = struct.pack("=IIIIII", mask, mask, 0, 0, 0, 0)
+        if LIBC.syscall(SYS_CAPSET, ctypes.create_string_buffer(header, 8),
+                        ctypes.create_string_buffer(data, 24)) != 0:
+            raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def build_seccomp_filter():  # -> pyseccomp.SyscallFilter (built once in the zygote)
+    """A deny-list filter: EPERM for dangerous syscalls, ENOSYS for clone3 (glibc falls back)."""
+    import pyseccomp
+
+    deny = pyseccomp.ERRNO(errno.EPERM)
+    seccomp_filter = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            seccomp_filter.add_rule(deny, name)
+        except (RuntimeError, ValueError, OSError):
+            continue  # syscall unknown on this architecture
+    seccomp_filter.add_rule(deny, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, CLONE_THREAD, 0))
+    seccomp_filter.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+    seccomp_filter.add_rule(deny, "ioctl", pyseccomp.Arg(1, pyseccomp.EQ, TIOCSTI))
+    seccomp_filter.add_rule(deny, "prlimit64", pyseccomp.Arg(2, pyseccomp.NE, 0))
+    return seccomp_filter
+
+
+def interpreter_read_paths() -> list[str]:
+    """Paths the forked interpreter may read: system libraries and the Python installation."""
+    paths = ["/usr", "/lib", "/lib64", "/bin", "/etc/localtime", "/etc/ld.so.cache",
+             "/dev/null", "/dev/urandom", "/dev/zero"]
+    paths += [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__)]
+    return sorted({os.path.realpath(path) for path in paths})

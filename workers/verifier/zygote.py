@@ -1,0 +1,175 @@
+"""Pre-forked zygote: a small clean interpreter that forks one sandboxed child per test run.
+
+It never sees a solution, a stdin or an expected value: the executor asks it over a
+SOCK_SEQPACKET socket to fork a child and receives the child's pipe ends (SCM_RIGHTS); job data
+then flows straight between executor and child. So no child can find another job's data, or
+any test, in memory it inherited. Run as `python -m workers.verifier.zygote SOCKET_FD`.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+from typing import Any
+
+from workers.verifier import child, sandbox
+
+PR_SET_CHILD_SUBREAPER = 36
+PACKET_BYTES = 1 << 16
+PRELOADED_MODULES = ["abc", "array", "ast", "base64", "bisect", "calendar", "cmath", "collections", "collections.abc", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers", "operator", "queue", "random", "re", "statistics", "string", "struct", "sys", "tempfile", "textwrap", "threading", "time", "typing", "unicodedata", "uuid", "weakref", "pathlib", "pprint", "difflib", "shutil", "glob", "concurrent.futures", "traceback", "resource", "socket"]
+
+
+class Zygote:
+    """Fork server state: configuration, the prebuilt seccomp filter, live children."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.uid: int | None = config["uid"]
+        self.landlock_abi: int = config["landlock_abi"]
+        self.keep_read_cap: bool = config["keep_read_cap"]
+        self.base_dir: str = config["base_dir"]
+        self.read_paths = sandbox.interpreter_read_paths()
+        self.seccomp_filter = sandbox.build_seccomp_filter() if config["seccomp"] else None
+        self.limits = sandbox.SandboxLimits(**config["limits"])
+        self.job_dirs: dict[int, str] = {}
+        self.ready: dict[str, tuple[int, list[int]]] = {}
+        self.counter = 0
+
+    def spawn(self, request: dict[str, Any], sock: socket.socket) -> None:
+        """Hand over a pre-forked child of the asked role, then fork its replacement."""
+        role = request["role"]
+        if role not in self.ready:
+            self.ready[role] = self._fork_child(role)
+        pid, parent_ends = self.ready.pop(role)
+        socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], parent_ends)
+        for fd in parent_ends:
+            os.close(fd)
+        self.ready[role] = self._fork_child(role)
+
+    def _fork_child(self, role: str) -> tuple[int, list[int]]:
+        self.counter += 1
+        job_dir = os.path.join(self.base_dir, f"job{self.counter}")
+        os.mkdir(job_dir, 0o700)
+        if self.uid is not None:
+            os.chown(job_dir, self.uid, self.uid)
+        pipes = [os.pipe() for _ in range(4)]  # requests in, replies out, stdout, stderr
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._enter_child(role, job_dir, pipes)
+                child.run_child_job()
+            finally:
+                os._exit(1)
+        for fd in (pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]):
+            os.close(fd)
+        self.job_dirs[pid] = job_dir
+        return pid, [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
+
+    def _enter_child(self, role: str, job_dir: str, pipes: list) -> None:
+        os.setsid()
+        sandbox.LIBC.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        targets = {devnull: 0, pipes[2][1]: 1, pipes[3][1]: 2, pipes[0][0]: 3, pipes[1][1]: 4}
+        for source, target in targets.items():
+            os.dup2(source, target + 100)
+        for target in targets.values():
+            os.dup2(target + 100, target)
+        os.closerange(5, 1 << 16)
+        os.chdir(job_dir)
+        os.environ.clear()
+        os.environ.update(HOME=job_dir, TMPDIR=job_dir, PATH="/usr/bin:/bin", LANG="C.UTF-8")
+        trusted = role == "trusted" or self.uid is None
+        sandbox.apply_rlimits(self.limits, as_root_uid=trusted)
+        if role == "trusted":
+            return
+        if self.landlock_abi:
+            sandbox.apply_landlock(self.landlock_abi, self.read_paths, [job_dir])
+        if self.uid is not None:
+            sandbox.drop_to_uid(self.uid, self.keep_read_cap and bool(self.landlock_abi))
+        sandbox.set_no_new_privs()
+        if self.seccomp_filter is not None:
+            self.seccomp_filter.load()
+
+    def reap(self, request: dict[str, Any], sock: socket.socket) -> None:
+        pid = request["pid"]
+        killed = False
+        pidfd = os.pidfd_open(pid)
+        try:
+            if not select.select([pidfd], [], [], max(request["grace"], 0.0))[0]:
+                self._kill_group(pid)
+                killed = True
+            _, status = os.waitpid(pid, 0)
+        finally:
+            os.close(pidfd)
+        self._kill_group(pid)
+        if self.seccomp_filter is None and self.uid is not None:
+            self._kill_uid()
+        self._reap_orphans()
+        shutil.rmtree(self.job_dirs.pop(pid), ignore_errors=True)
+        sock.send(json.dumps({"status": status, "killed": killed}).encode())
+
+    @staticmethod
+    def _kill_group(pid: int) -> None:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _kill_uid(self) -> None:
+        """Without seccomp a child could fork: kill everything the slot uid owns."""
+        helper = os.fork()
+        if helper == 0:
+            try:
+                os.setresuid(self.uid, self.uid, self.uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
+
+    @staticmethod
+    def _reap_orphans() -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+
+def preload() -> None:
+    for name in PRELOADED_MODULES:
+        importlib.import_module(name)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    config = json.loads(sock.recv(PACKET_BYTES))
+    preload()
+    gc.freeze()
+    sandbox.LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    sandbox.LIBC.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    zygote = Zygote(config)
+    sock.send(b'{"ready": true}')
+    while True:
+        packet = sock.recv(PACKET_BYTES)
+        if not packet:
+            return
+        request = json.loads(packet)
+        if request["op"] == "spawn":
+            zygote.spawn(request, sock)
+        elif request["op"] == "reap":
+            zygote.reap(request, sock)
+
+
+if __name__ == "__main__":
+    main()
