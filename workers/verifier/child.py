@@ -8,6 +8,7 @@ EXIT_MEMORY for MemoryError, EXIT_COMPILE for a program that does not compile.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import sys
 import traceback
@@ -28,10 +29,8 @@ EXIT_COMPILE = 121
 
 def _flush_and_exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):  # the program may have closed or broken it
             stream.flush()
-        except Exception:  # noqa: BLE001 - the stream may be closed or broken by the program
-            pass
     os._exit(code)
 
 

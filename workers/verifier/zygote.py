@@ -8,6 +8,7 @@ any test, in memory it inherited. Run as `python -m workers.verifier.zygote SOCK
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -119,10 +120,8 @@ class Zygote:
     @staticmethod
     def _kill_group(pid: int) -> None:
         for kill in (os.killpg, os.kill):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def _kill_uid(self) -> None:
         """Without seccomp a child could fork: kill everything the slot uid owns."""
