@@ -1,0 +1,73 @@
+"""Prompt templates: how a row's question becomes what the rollout engine is given.
+
+- `plain`: the row's text as is. The tiny character model sees "12+345=" and answers "357"
+  then EOS; the math verifier grades the last number of the response (answer_format
+  `final_number`). For the code task it sees "f(0)=3;f(1)=5;" and writes "def f(x):return ...".
+- `chat`: chat messages (a text row becomes one user message), with an optional system prompt
+  and an instruction appended to the last user message (e.g. "... within \\boxed{}."); the
+  engine renders them with the tokenizer's chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from riskpo.data.rows import Row
+from workers.rollout.engine import Prompt, render_prompt
+
+TEMPLATES = ("plain", "chat")
+
+
+def build_prompt(
+    row: Row, template: str, system_prompt: str | None = None, instruction: str | None = None
+) -> Prompt:
+    """The engine prompt for one row under a template (see the module docstring)."""
+    if template == "plain":
+        if not isinstance(row.prompt, str):
+            raise ValueError(
+                f"data.template=plain needs text prompts, but a {row.data_source} row holds chat "
+                "messages -> use data.template=chat"
+            )
+        if system_prompt or instruction:
+            raise ValueError("data.system_prompt/instruction apply to data.template=chat only")
+        return Prompt(text=row.prompt)
+    if template == "chat":
+        return Prompt(messages=chat_messages(row, system_prompt, instruction))
+    raise ValueError(f"data.template={template!r}: expected one of {TEMPLATES}")
+
+
+def chat_messages(
+    row: Row, system_prompt: str | None = None, instruction: str | None = None
+) -> list[dict[str, str]]:
+    """The row as chat messages, with the system prompt first and the instruction appended."""
+    if isinstance(row.prompt, str):
+        messages = [{"role": "user", "content": row.prompt}]
+    else:
+        messages = [dict(message) for message in row.prompt]
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    if instruction:
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[last_user]["content"] = f"{messages[last_user]['content']}\n{instruction}"
+    return messages
+
+
+def check_prompt_lengths(
+    rows: Sequence[Row],
+    tokenizer: Any,
+    template: str,
+    max_prompt_length: int,
+    origin: str,
+    system_prompt: str | None = None,
+    instruction: str | None = None,
+) -> None:
+    """Raises ValueError naming the first row whose rendered prompt exceeds the limit."""
+    for number, row in enumerate(rows, start=1):
+        prompt = build_prompt(row, template, system_prompt, instruction)
+        length = len(render_prompt(prompt, tokenizer, number))
+        if length > max_prompt_length:
+            raise ValueError(
+                f"{origin}, row {number}: prompt is {length} tokens, more than "
+                f"data.max_prompt_length={max_prompt_length} -> raise it or drop the row"
+            )
