@@ -211,6 +211,8 @@ def assign_credit(
         raise ValueError(f"credit must be one of {CREDITS}, got {mode!r}")
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
     paired = papers.paired
+    if papers.paper_scores.numel() == 0:
+        return torch.zeros_like(rewards, dtype=paper_advantages.dtype)
     paper_index = papers.response_paper.clamp(min=0)
     credit = torch.where(paired, paper_advantages[paper_index], paper_advantages.new_zeros(()))
     if mode == "uniform":

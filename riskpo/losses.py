@@ -1,0 +1,158 @@
+"""Policy losses on token log-probs (SPEC 7): PPO clipped surrogate with separate low/high clip,
+dual clip, truncated importance sampling, loss aggregation modes, KL estimators and entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
+KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
+LOG_RATIO_CLAMP = 20.0  # exp() arguments are clamped to [-20, 20], as verl does
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+              denominator: float | None = None) -> torch.Tensor:
+    """Reduce per-token values [B, T] under a response mask [B, T] to a scalar.
+
+    token_mean: sum over all tokens / number of tokens. seq_mean_token_sum: per-sequence token
+    sum, averaged over sequences. seq_mean_token_mean: per-sequence token mean, averaged over
+    sequences. Sequences with no tokens count in the sequence average with 0. `denominator`
+    overrides the token count (token_mean) or sequence count (seq_*) -- for normalising by a
+    global count across micro-batches or ranks.
+    """
+    if values.shape != mask.shape or values.dim() != 2:
+        raise ValueError(f"aggregate needs equal [B, T] shapes, got {tuple(values.shape)} and {tuple(mask.shape)}")
+    mask = mask.to(values.dtype)
+    token_sums = (values * mask).sum(dim=-1)  # [B]
+    if mode == "token_mean":
+        count = mask.sum() if denominator is None else torch.as_tensor(denominator, dtype=values.dtype)
+        return token_sums.sum() / count.clamp(min=1)
+    if mode == "seq_mean_token_sum":
+        per_sequence = token_sums
+    elif mode == "seq_mean_token_mean":
+        per_sequence = token_sums / mask.sum(dim=-1).clamp(min=1)
+    else:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+    count = values.shape[0] if denominator is None else denominator
+    return per_sequence.sum() / max(float(count), 1.0)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = 3.0,
+    aggregation: str = "token_mean",
+    rollout_logprobs: torch.Tensor | None = None,
+    tis_cap: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate, dual-clipped for negative advantages.
+
+    logprobs, old_logprobs, response_mask: [B, T]; advantages: [B] (broadcast to tokens) or
+    [B, T]. Per token: ratio = exp(logprobs - old_logprobs); loss = max(-A*ratio,
+    -A*clip(ratio, 1-clip_low, 1+clip_high)); where A < 0 it is further capped at -A*dual_clip
+    (dual_clip None disables). With rollout_logprobs and tis_cap, each token loss is weighted
+    by min(exp(old - rollout), tis_cap) (detached): truncated importance sampling for the
+    rollout-engine/learner log-prob mismatch. Metrics: clip_fraction (share of tokens where
+    the clipped term is taken), dual_clip_fraction, approx_kl (mean old - new), and tis_mean.
+    """
+    if logprobs.shape != old_logprobs.shape or logprobs.shape != response_mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)}, "
+                         f"response_mask {tuple(response_mask.shape)} must agree")
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    if advantages.shape[0] != logprobs.shape[0]:
+        raise ValueError(f"advantages {tuple(advantages.shape)} do not match batch {logprobs.shape[0]}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+    if (rollout_logprobs is None) != (tis_cap is None):
+        raise ValueError("truncated importance sampling needs both rollout_logprobs and tis_cap")
+    advantages = advantages.to(logprobs.dtype)
+    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = torch.maximum(unclipped, -advantages * clipped_ratio)
+    token_loss = clipped
+    dual_clipped = torch.zeros_like(clipped, dtype=torch.bool)
+    if dual_clip is not None:
+        cap = -advantages * dual_clip
+        dual_clipped = (advantages < 0) & (clipped > cap)
+        token_loss = torch.where(advantages < 0, torch.minimum(clipped, cap), clipped)
+    metrics: dict[str, float] = {}
+    if rollout_logprobs is not None:
+        mismatch = (old_logprobs - rollout_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        weight = torch.exp(mismatch).clamp(max=tis_cap).detach()
+        token_loss = token_loss * weight
+        metrics["tis_mean"] = _masked_mean(weight, response_mask).item()
+    loss = aggregate(token_loss, response_mask, aggregation)
+    with torch.no_grad():
+        clip_taken = (-advantages * clipped_ratio > unclipped).to(logprobs.dtype)
+        metrics.update({
+            "clip_fraction": _masked_mean(clip_taken, response_mask).item(),
+            "dual_clip_fraction": _masked_mean(dual_clipped.to(logprobs.dtype), response_mask).item(),
+            "approx_kl": _masked_mean(old_logprobs - logprobs, response_mask).item(),
+        })
+    return loss, metrics
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate [B, T] from sampled-token log-probs.
+
+    k1 ("kl"): log p - log r. k2 ("mse"): (log p - log r)^2 / 2. k3 ("low_var_kl"):
+    exp(log r - log p) - (log r - log p) - 1 with the log ratio clamped to [-20, 20] and the
+    result to [-10, 10], as verl does.
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"KL kind must be one of {sorted(KL_KINDS)}, got {kind!r}")
+    log_ratio = logprobs - ref_logprobs
+    estimator = KL_KINDS[kind]
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    reverse = (-log_ratio).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return (torch.exp(reverse) - reverse - 1.0).clamp(-10.0, 10.0)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis, [B, T, V] -> [B, T]: logsumexp - E[logit]."""
+    probabilities = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probabilities * logits).sum(dim=-1)
+
+
+PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Register a policy loss with policy_loss's signature under `name`."""
+
+    def decorate(fn: PolicyLoss) -> PolicyLoss:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} registered twice")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_policy_loss(name: str) -> PolicyLoss:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name]
+
+
+register_policy_loss("ppo_clip")(policy_loss)

@@ -1,0 +1,125 @@
+"""Slow, loop-based RiskPO reference in the style of the authors' release: Python loops over
+bundles, papers and responses with torch scalar ops, torch.quantile per bundle, torch.std per
+question. Written from SPEC.md independently of riskpo/; the property tests and
+bench/advantages.py compare the vectorised code against it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _weight(score, q_alpha, q_beta, *, alpha, beta, w_mix, natural_baseline, mix_cvar,
+            risk_seeking, risk_seeking_u):
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    g = torch.maximum(score - q_alpha, zero) - torch.maximum(score - q_beta, zero)
+    if natural_baseline:
+        g = g + (q_alpha - q_beta)
+    a_rvar = g / (beta - alpha)
+    if risk_seeking:
+        upper = torch.maximum(score - q_beta, zero) / (1 - beta)
+        return (risk_seeking_u * upper + a_rvar) / (1 + risk_seeking_u)
+    if not mix_cvar:
+        return a_rvar
+    a_cvar = -torch.maximum(q_alpha - score, zero) / alpha
+    return (w_mix * a_cvar + a_rvar) / (1 + w_mix)
+
+
+def _question_rows(rewards, question_ids, bundle_ids, valid, keys):
+    """{bundle id: {question id: [valid row indices in pairing order]}} in sorted id order."""
+    bundles: dict[int, dict[int, list[int]]] = {}
+    for i in range(len(rewards)):
+        questions = bundles.setdefault(int(bundle_ids[i]), {})
+        rows = questions.setdefault(int(question_ids[i]), [])
+        if valid is None or bool(valid[i]):
+            rows.append(i)
+    ordered = {}
+    for bundle in sorted(bundles):
+        ordered[bundle] = {}
+        for question in sorted(bundles[bundle]):
+            rows = bundles[bundle][question]
+            if keys is not None:
+                rows = sorted(rows, key=lambda i: float(keys[i]))
+            ordered[bundle][question] = rows
+    return ordered
+
+
+def _question_std(rewards, rows):
+    if len(rows) < 2:
+        return torch.tensor(1.0, dtype=torch.float64)
+    sigma = torch.std(torch.stack([rewards[i] for i in rows]))
+    return sigma if sigma > 1e-3 else torch.tensor(1.0, dtype=torch.float64)
+
+
+def reference_riskpo(rewards, question_ids, bundle_ids, *, alpha=0.2, beta=0.8, w_mix=1.5,
+                     natural_baseline=True, mix_cvar=True, risk_seeking=False, risk_seeking_u=1.5,
+                     std_normalize=True, credit="uniform", quantiles=None, quantile_source="bundle",
+                     valid=None, pairing="index", generator=None):
+    """RiskPO advantages [N] (float64). quantile_source: "bundle"; with `quantiles` given,
+    "tracked" uses them and "mix" averages them with each bundle's own."""
+    rewards = rewards.to(torch.float64)
+    keys = None
+    if pairing == "permute":
+        keys = torch.rand(len(rewards), generator=generator, dtype=torch.float64)
+    options = dict(alpha=alpha, beta=beta, w_mix=w_mix, natural_baseline=natural_baseline,
+                   mix_cvar=mix_cvar, risk_seeking=risk_seeking, risk_seeking_u=risk_seeking_u)
+    advantages = torch.zeros(len(rewards), dtype=torch.float64)
+    for questions in _question_rows(rewards, question_ids, bundle_ids, valid, keys).values():
+        present = [rows for rows in questions.values() if rows]
+        if not present:
+            continue
+        num_papers = min(len(rows) for rows in present)
+        scores = []
+        for j in range(num_papers):
+            score = torch.tensor(0.0, dtype=torch.float64)
+            for rows in present:
+                score = score + rewards[rows[j]]
+            scores.append(score)
+        scores = torch.stack(scores)
+        q_alpha, q_beta = torch.quantile(scores, alpha), torch.quantile(scores, beta)
+        if quantiles is not None:
+            given_alpha, given_beta = (torch.tensor(float(q), dtype=torch.float64) for q in quantiles)
+            if quantile_source == "mix":
+                q_alpha, q_beta = (q_alpha + given_alpha) / 2, (q_beta + given_beta) / 2
+            else:
+                q_alpha, q_beta = given_alpha, given_beta
+        divisor = torch.tensor(1.0, dtype=torch.float64)
+        if std_normalize and num_papers > 1:
+            std = torch.std(scores)
+            divisor = std + 1e-6 if std >= 1e-6 else divisor
+        for j in range(num_papers):
+            paper_advantage = _weight(scores[j], q_alpha, q_beta, **options)
+            if std_normalize:
+                paper_advantage = paper_advantage / divisor
+            _give_credit(advantages, paper_advantage, [rows[j] for rows in present], present,
+                         rewards, credit)
+    return advantages
+
+
+def _give_credit(advantages, paper_advantage, paper_rows, question_rows, rewards, credit):
+    if credit == "uniform":
+        for i in paper_rows:
+            advantages[i] = paper_advantage
+    elif credit == "std":
+        for i, rows in zip(paper_rows, question_rows, strict=True):
+            advantages[i] = paper_advantage / _question_std(rewards, rows)
+    elif credit == "sum_mean":
+        rho = []
+        for i, rows in zip(paper_rows, question_rows, strict=True):
+            mean = torch.stack([rewards[k] for k in rows]).mean()
+            rho.append(rewards[i] - mean)
+        total = torch.stack(rho).sum()
+        for i, rho_i in zip(paper_rows, rho, strict=True):
+            if abs(total) <= 1e-6:
+                advantages[i] = paper_advantage / len(paper_rows)
+            else:
+                advantages[i] = paper_advantage * rho_i / total
+    else:
+        raise ValueError(credit)
+
+
+def reference_pass_at_k(n: int, c: int, k: int) -> float:
+    """Exact 1 - C(n-c, k) / C(n, k) with integer combinatorics."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
