@@ -1,0 +1,109 @@
+"""The Ray actor of one learner rank: sets up torch.distributed from its rank and the
+rendezvous address, runs a backend (DeepSpeed), and sends weights when it is rank 0."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from typing import Any
+
+import ray
+import torch
+
+from riskpo.batch import TrainBatch
+from workers.learner.base import LearnerBackend
+from workers.learner.config import LearnerConfig
+from workers.learner.microbatch import RankPlan
+from workers.weight_sync import BroadcastSender, TensorSpec, WeightManifest, make_sender
+
+BACKENDS = {"deepspeed": "workers.learner.deepspeed_backend:DeepSpeedBackend"}
+
+
+def free_port() -> int:
+    """A TCP port that is free on this node right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+class LearnerWorker:
+    """One data-parallel rank. Every method that touches parameters must be called on all
+    ranks at once (the group does that)."""
+
+    def __init__(self, rank: int, world_size: int, config: LearnerConfig) -> None:
+        self.rank, self.world_size, self.config = rank, world_size, config
+        self.backend: LearnerBackend | None = None
+        self.sender: BroadcastSender | None = None
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def reserve_port(self) -> int:
+        return free_port()
+
+    def setup(self, model_path: str, master_addr: str, master_port: int, local_rank: int) -> None:
+        """Joins the learners' default process group and builds the backend."""
+        os.environ.update(
+            RANK=str(self.rank),
+            LOCAL_RANK=str(local_rank),
+            WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        if self.config.device == "gpu":
+            torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU
+        import deepspeed
+
+        from workers.learner.deepspeed_backend import disable_shared_memory_comm_build
+
+        if self.config.device == "cpu":
+            disable_shared_memory_comm_build()
+        deepspeed.init_distributed(dist_backend="nccl" if self.config.device == "gpu" else "gloo")
+        module_name, class_name = BACKENDS[self.config.strategy].split(":")
+        self.backend = getattr(importlib.import_module(module_name), class_name)()
+        self.backend.initialize(model_path, self.config, self.rank, self.world_size)
+
+    def logprobs(self, batch: TrainBatch, plan: RankPlan, reference: bool) -> list[list[float]]:
+        return self._backend().logprobs(batch, plan, reference=reference)
+
+    def train_step(self, batch: TrainBatch, plans: list[RankPlan], loss_units: list[float]) -> list[dict[str, float]]:
+        return self._backend().train_step(batch, plans, loss_units)
+
+    def save(self, path: str, extra: dict[str, Any]) -> None:
+        self._backend().save(path, extra)
+
+    def load(self, path: str) -> dict[str, Any]:
+        return self._backend().load(path)
+
+    def export_hf(self, path: str) -> None:
+        self._backend().export_hf(path)
+
+    def parameter_specs(self) -> list[TensorSpec]:
+        return self._backend().parameter_specs()
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full parameters as CPU tensors on rank 0 (None elsewhere); gathers on every rank."""
+        state = {name: t.detach().to("cpu", copy=True) for name, t in self._backend().named_parameters()}
+        return state if self.rank == 0 else None
+
+    def open_weight_sync(self, **transport_kwargs: Any) -> None:
+        """Rank 0 hosts the weight-sync group's store and joins as its sender."""
+        if self.rank == 0:
+            self.sender = make_sender(**transport_kwargs)
+
+    def send_weights(self, manifest: WeightManifest) -> int:
+        """Rank 0 broadcasts; the others take part in the layer-by-layer ZeRO-3 gathers."""
+        parameters = self._backend().named_parameters()
+        if self.rank != 0:
+            for _ in parameters:
+                pass
+            return 0
+        if self.sender is None:
+            raise RuntimeError("send_weights before open_weight_sync")
+        return self.sender.send(manifest, parameters)
+
+    def _backend(self) -> LearnerBackend:
+        if self.backend is None:
+            raise RuntimeError(f"learner rank {self.rank}: setup() has not run")
+        return self.backend

@@ -1,0 +1,184 @@
+"""DeepSpeed learner backend: ZeRO 0-3, float32 or bfloat16, gloo on CPU and NCCL on GPU,
+a torch AdamW (no JIT-built ops on CPU), optional offload and gradient checkpointing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import deepspeed
+import deepspeed.ops
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from workers.learner.base import LearnerBackend, ensure_directory
+from workers.learner.config import LearnerConfig
+from workers.learner.microbatch import MicroBatch
+from workers.weight_sync import TensorSpec
+
+CHECKPOINT_TAG = "learner"
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def disable_shared_memory_comm_build() -> None:
+    """DeepSpeed's CPU accelerator JIT-builds a shared-memory all-reduce op (~40 s) when its
+    comm backend starts; marking the op incompatible makes it use plain gloo instead.
+    Must run before deepspeed.init_distributed."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def deepspeed_config(config: LearnerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config for one learner rank (gradient accumulation is driven by the
+    caller through the boundary flag, so the batch sizes here are nominal)."""
+    zero: dict[str, Any] = {"stage": config.zero_stage}
+    if config.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": config.device == "gpu"}
+    if config.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": config.device == "gpu"}
+    ds_config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "gradient_clipping": config.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": config.dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if config.offload_optimizer:  # ZeRO offload needs DeepSpeed's own CPU Adam (JIT-built)
+        ds_config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": config.lr, "betas": list(config.betas), "weight_decay": config.weight_decay},
+        }
+    return ds_config
+
+
+class DeepSpeedBackend(LearnerBackend):
+    """One DeepSpeed rank: the policy engine plus an optional frozen reference model."""
+
+    def initialize(self, model_path: str, config: LearnerConfig, rank: int, world_size: int) -> None:
+        config.validate()
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if config.device == "gpu" else torch.device("cpu")
+        torch.manual_seed(config.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.pad_token_id = _pad_token_id(self.tokenizer)
+        model = self._load_model(model_path, torch.float32)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        optimizer = None
+        if not config.offload_optimizer:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+            )
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=model.parameters() if optimizer is None else None,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, self._warmup_factor),
+            config=deepspeed_config(config, world_size),
+        )
+        self.reference = None
+        if config.uses_reference_model:
+            self.reference = self._load_model(model_path, TORCH_DTYPES[config.dtype]).to(self.device)
+            self.reference.requires_grad_(False)
+
+    def forward(self, micro: MicroBatch, *, reference: bool = False) -> torch.Tensor:
+        model = self.engine
+        if reference:
+            if self.reference is None:
+                raise ValueError("reference log-probs asked for, but kl_coef is 0 (no reference model)")
+            model = self.reference
+        return model(
+            input_ids=micro.input_ids.to(self.device),
+            attention_mask=micro.attention_mask.to(self.device),
+            use_cache=False,
+        ).logits
+
+    def backward(self, loss: torch.Tensor, *, last_micro_batch: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(last_micro_batch)
+        self.engine.backward(loss)
+
+    def optimizer_step(self) -> dict[str, float]:
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+            "lr": float(self.engine.get_lr()[0]),
+        }
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for params in _parameters_by_module(self.engine.module):
+            with self._gathered([param for _, param in params]):
+                for name, param in params:
+                    yield name, param.data
+
+    def parameter_specs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
+            for params in _parameters_by_module(self.engine.module)
+            for name, param in params
+        ]
+
+    def save(self, path: str, extra: dict[str, Any]) -> None:
+        ensure_directory(path)
+        self.engine.save_checkpoint(path, tag=CHECKPOINT_TAG, client_state={"extra": extra})
+
+    def load(self, path: str) -> dict[str, Any]:
+        load_path, client_state = self.engine.load_checkpoint(
+            path, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {CHECKPOINT_TAG!r} under {path}")
+        return client_state["extra"]
+
+    def export_hf(self, path: str) -> None:
+        state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.named_parameters()}
+        if self.rank != 0:
+            return
+        directory = ensure_directory(path)
+        model: PreTrainedModel = self.engine.module
+        model.config.use_cache = True
+        try:
+            model.save_pretrained(directory, state_dict=state)
+        finally:
+            model.config.use_cache = False
+        self.tokenizer.save_pretrained(directory)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _load_model(self, model_path: str, dtype: torch.dtype) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+
+    def _warmup_factor(self, optimizer_step: int) -> float:
+        warmup = self.config.warmup_steps
+        return 1.0 if warmup == 0 else min(1.0, (optimizer_step + 1) / warmup)
+
+    def _gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+        if self.config.zero_stage == 3:
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+
+def _parameters_by_module(model: torch.nn.Module) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
+    """The parameters of model.named_parameters(), in its order and names, grouped by the
+    module that owns them (tied parameters appear once, under their first name)."""
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        params = []
+        for local_name, param in module.named_parameters(recurse=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                params.append((f"{prefix}.{local_name}" if prefix else local_name, param))
+        if params:
+            yield params
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")

@@ -1,0 +1,136 @@
+"""Splitting a TrainBatch over ranks and micro-batches, and padding rows into tensors.
+
+Pure torch, shared by every learner backend. Every rank gets the same number of
+micro-batches (ZeRO collectives run per forward/backward); a rank with fewer real ones runs
+empty ones that contribute nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from riskpo.batch import TrainBatch
+
+RankPlan = list[list[int]]  # [micro-batch][row index into the TrainBatch]
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded prompt+response rows; per-token tensors are aligned with the targets
+    input_ids[:, 1:], so position t holds the log-prob of token t+1."""
+
+    input_ids: torch.Tensor  # [B, L] long
+    attention_mask: torch.Tensor  # [B, L] long
+    response_mask: torch.Tensor  # [B, L-1] bool: target is a response token of a loss row
+    advantages: torch.Tensor  # [B] float
+    rollout_logprobs: torch.Tensor  # [B, L-1] float, 0 outside the response
+    old_logprobs: torch.Tensor | None  # [B, L-1]
+    ref_logprobs: torch.Tensor | None  # [B, L-1]
+
+    @property
+    def is_empty(self) -> bool:
+        return not bool(self.response_mask.any())
+
+
+def row_lengths(batch: TrainBatch) -> list[int]:
+    return [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
+
+
+def split_rows(indices: Sequence[int], parts: int) -> list[list[int]]:
+    """Contiguous, nearly equal slices of `indices` (the first ones one longer)."""
+    size, extra = divmod(len(indices), parts)
+    slices, start = [], 0
+    for part in range(parts):
+        stop = start + size + (1 if part < extra else 0)
+        slices.append(list(indices[start:stop]))
+        start = stop
+    return slices
+
+
+def pack_by_token_budget(indices: Sequence[int], lengths: Sequence[int], budget: int) -> RankPlan:
+    """Groups rows (longest first) so each group's padded size rows*max_len stays within
+    budget; a row longer than the budget gets a group of its own."""
+    ordered = sorted(indices, key=lambda index: -lengths[index])
+    groups: RankPlan = []
+    for index in ordered:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def plan_micro_batches(
+    lengths: Sequence[int], indices: Sequence[int], num_ranks: int, budget: int
+) -> list[RankPlan]:
+    """[rank][micro-batch][row]: rows split over ranks, packed by token budget, every rank
+    padded with empty micro-batches to the same count."""
+    plans = [pack_by_token_budget(part, lengths, budget) for part in split_rows(indices, num_ranks)]
+    count = max(1, max(len(plan) for plan in plans))
+    return [plan + [[] for _ in range(count - len(plan))] for plan in plans]
+
+
+def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int) -> MicroBatch:
+    """Pads the given rows into a MicroBatch (an empty `rows` gives a one-row dummy)."""
+    if not rows:
+        return _empty_micro_batch(pad_token_id)
+    sequences = [batch.prompt_ids[i] + batch.response_ids[i] for i in rows]
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), length - 1), dtype=torch.bool)
+    for slot, (index, sequence) in enumerate(zip(rows, sequences, strict=True)):
+        input_ids[slot, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[slot, : len(sequence)] = 1
+        start = len(batch.prompt_ids[index]) - 1
+        response_mask[slot, start : start + len(batch.response_ids[index])] = bool(batch.loss_mask[index])
+    return MicroBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        advantages=batch.advantages[list(rows)].float(),
+        rollout_logprobs=_scatter(batch, rows, batch.rollout_logprobs, length),
+        old_logprobs=None if batch.old_logprobs is None else _scatter(batch, rows, batch.old_logprobs, length),
+        ref_logprobs=None if batch.ref_logprobs is None else _scatter(batch, rows, batch.ref_logprobs, length),
+    )
+
+
+def response_values(batch: TrainBatch, rows: Sequence[int], values: torch.Tensor) -> list[list[float]]:
+    """Reads per-token values [B, L-1] back out at each row's response positions."""
+    out = []
+    for slot, index in enumerate(rows):
+        start = len(batch.prompt_ids[index]) - 1
+        out.append(values[slot, start : start + len(batch.response_ids[index])].tolist())
+    return out
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | prefix) for every t: [B, L-1], computed in float32."""
+    scaled = logits[:, :-1].float() / temperature
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    return torch.log_softmax(scaled, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def _scatter(batch: TrainBatch, rows: Sequence[int], values: list[list[float]], length: int) -> torch.Tensor:
+    out = torch.zeros((len(rows), length - 1), dtype=torch.float32)
+    for slot, index in enumerate(rows):
+        start = len(batch.prompt_ids[index]) - 1
+        row_values = values[index]
+        out[slot, start : start + len(row_values)] = torch.tensor(row_values, dtype=torch.float32)
+    return out
+
+
+def _empty_micro_batch(pad_token_id: int) -> MicroBatch:
+    zeros = torch.zeros((1, 1), dtype=torch.float32)
+    return MicroBatch(
+        input_ids=torch.full((1, 2), pad_token_id, dtype=torch.long),
+        attention_mask=torch.ones((1, 2), dtype=torch.long),
+        response_mask=torch.zeros((1, 1), dtype=torch.bool),
+        advantages=torch.zeros(1),
+        rollout_logprobs=zeros,
+        old_logprobs=zeros,
+        ref_logprobs=zeros,
+    )
