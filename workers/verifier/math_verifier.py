@@ -1,0 +1,241 @@
+"""Math verifier: extraction and fast paths in-process, Math-Verify in a pool of killable workers.
+
+Workers are plain subprocesses (Math-Verify runs in their main thread); the parent holds a hard
+deadline per answer, SIGKILLs and respawns a worker that overruns or dies, and recycles
+workers after a number of jobs. Safe to call from any thread, including Ray actor threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from workers.verifier import math_extract as X
+from workers.verifier import results as R
+from workers.verifier.executor import REPO_ROOT
+from workers.verifier.wire import FrameBuffer, pack_message
+
+SPAWN_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class MathLimits:
+    """Math-Verify's own timeout per step, the parent's hard deadline per answer, worker memory
+    cap, pool size and recycling period."""
+
+    timeout_s: int = 2
+    hard_timeout_s: float = 10.0
+    memory_mb: int = 2048
+    workers: int = 2
+    recycle_after: int = 2000
+
+
+class MathWorker:
+    """One worker subprocess and what it is working on."""
+
+    def __init__(self, limits: MathLimits) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workers.verifier.math_worker", str(limits.memory_mb),
+             str(max(1, int(limits.timeout_s)))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO_ROOT,
+                                "LANG": "C.UTF-8"},
+        )
+        self.fd = self.process.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buffer = FrameBuffer()
+        self.ready = False
+        self.started = time.monotonic()
+        self.jobs = 0
+        self.task: int | None = None
+        self.task_deadline = 0.0
+
+    def send(self, task: int, gold: str, answer: str, deadline: float) -> None:
+        self.task, self.task_deadline = task, deadline
+        self.jobs += 1
+        self.process.stdin.write(pack_message({"gold": gold, "answer": answer}))
+        self.process.stdin.flush()
+
+    def read_frames(self) -> list[Any] | None:
+        """Frames available now; None when the worker's stdout closed (it died)."""
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return []
+        return None if not chunk else self.buffer.feed(chunk)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+class MathWorkerPool:
+    """Dispatches (gold, answer) pairs to workers, one at a time each, under hard deadlines."""
+
+    def __init__(self, limits: MathLimits) -> None:
+        self.limits = limits
+        self.lock = threading.Lock()
+        self.workers = [MathWorker(limits) for _ in range(limits.workers)]
+
+    def compare_many(self, pairs: list[tuple[str, str]], deadline: float) -> list[dict]:
+        """One verdict per pair: {"equal", "reason"} or {"status": timeout|crash|infra_error}."""
+        with self.lock:
+            verdicts: list[dict | None] = [None] * len(pairs)
+            waiting = deque(range(len(pairs)))
+            while waiting or any(worker.task is not None for worker in self.workers):
+                if time.monotonic() >= deadline:
+                    self._abandon(verdicts, waiting)
+                    break
+                self._dispatch(pairs, waiting)
+                self._collect(verdicts, deadline)
+            return verdicts  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+    def _dispatch(self, pairs: list[tuple[str, str]], waiting: deque) -> None:
+        for worker in self.workers:
+            if waiting and worker.ready and worker.task is None:
+                task = waiting.popleft()
+                worker.send(task, *pairs[task], time.monotonic() + self.limits.hard_timeout_s)
+
+    def _collect(self, verdicts: list, deadline: float) -> None:
+        wake = min([deadline] + [w.task_deadline for w in self.workers if w.task is not None]
+                   + [w.started + SPAWN_TIMEOUT_S for w in self.workers if not w.ready])
+        by_fd = {worker.fd: worker for worker in self.workers}
+        readable, _, _ = select.select(list(by_fd), [], [], max(wake - time.monotonic(), 0))
+        for fd in readable:
+            self._read(by_fd[fd], verdicts)
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.task is not None and now >= worker.task_deadline:
+                verdicts[worker.task] = {"status": R.TIMEOUT, "reason": "comparison timed out"}
+                self._replace(worker)
+            elif not worker.ready and now >= worker.started + SPAWN_TIMEOUT_S:
+                raise RuntimeError("math worker did not start")
+
+    def _read(self, worker: MathWorker, verdicts: list) -> None:
+        frames = worker.read_frames()
+        if frames is None:
+            if worker.task is not None:
+                verdicts[worker.task] = {"status": R.CRASH, "reason": "comparison killed its worker"}
+            self._replace(worker)
+            return
+        for frame in frames:
+            if frame.get("ready"):
+                worker.ready = True
+            elif worker.task is not None:
+                verdicts[worker.task] = frame
+                worker.task = None
+        if worker.task is None and worker.jobs >= self.limits.recycle_after:
+            self._replace(worker)
+
+    def _replace(self, worker: MathWorker) -> None:
+        worker.kill()
+        self.workers[self.workers.index(worker)] = MathWorker(self.limits)
+
+    def _abandon(self, verdicts: list, waiting: deque) -> None:
+        for worker in self.workers:
+            if worker.task is not None:
+                verdicts[worker.task] = {"status": R.INFRA_ERROR, "reason": "batch deadline"}
+                self._replace(worker)
+        for task in waiting:
+            verdicts[task] = {"status": R.INFRA_ERROR, "reason": "batch deadline"}
+        waiting.clear()
+
+
+def _gold_text(ground_truth: Any) -> str:
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, str | int | float):
+        raise ValueError("ground_truth must be a string or a number")
+    text = str(ground_truth)
+    boxed = X.last_boxed(text) if "\\boxed" in text or "\\fbox" in text else None
+    return boxed if boxed is not None else text
+
+
+class MathVerifier:
+    """Scores math rows {"id", "response", "ground_truth", "data_source"?}."""
+
+    def __init__(self, limits: MathLimits | None = None) -> None:
+        self.limits = limits or MathLimits()
+        self.pool = MathWorkerPool(self.limits)
+
+    def verify(self, row: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        return self.verify_many([row], deadline)[0]
+
+    def verify_many(self, rows: list[dict[str, Any]], deadline: float | None = None) -> list[dict]:
+        """Results in input order; only rows that need Math-Verify reach the worker pool."""
+        deadline = deadline or time.monotonic() + self.limits.hard_timeout_s * (len(rows) + 2)
+        results: list[dict | None] = []
+        pending: list[tuple[int, str, str]] = []
+        for index, row in enumerate(rows):
+            result, pair = self._prepare(row)
+            results.append(result)
+            if pair:
+                pending.append((index, *pair))
+        if pending:
+            try:
+                verdicts = self.pool.compare_many([(g, a) for _, g, a in pending], deadline)
+            except Exception as exc:  # noqa: BLE001 - the pool failed, not the answers
+                verdicts = [{"status": R.INFRA_ERROR, "reason": str(exc)}] * len(pending)
+            for (index, _, _), verdict in zip(pending, verdicts, strict=True):
+                results[index] = self._verdict_result(rows[index].get("id"), verdict)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _prepare(self, row: Any) -> tuple[dict | None, tuple[str, str] | None]:
+        """A final result when no worker is needed, else the (gold, answer) pair to compare."""
+        row_id = row.get("id") if isinstance(row, dict) else None
+        try:
+            response = row["response"]
+            if not isinstance(response, str):
+                raise ValueError("response must be a string")
+            gold = _gold_text(row["ground_truth"])
+            data_source = str(row.get("data_source") or "")
+        except (KeyError, TypeError, ValueError) as exc:
+            return R.make_result(row_id, R.BAD_INPUT, message=f"bad math row: {exc}"), None
+        try:
+            extracted = X.extract_answer(response, data_source)
+            if extracted is None:
+                return R.make_result(row_id, R.NO_ANSWER, message="no final answer found"), None
+            answer = X.sanitize(extracted)
+        except X.AnswerRejected as exc:
+            return R.make_result(row_id, R.INVALID_ANSWER, message=str(exc)), None
+        return self._fast_path(row_id, gold, answer)
+
+    @staticmethod
+    def _fast_path(row_id: Any, gold: str, answer: str) -> tuple[dict | None, tuple | None]:
+        if X.is_hedged(answer, gold):
+            return R.make_result(row_id, R.WRONG_ANSWER, message="hedged answer"), None
+        if X.normalize(answer) == X.normalize(gold):
+            return R.make_result(row_id, R.OK, passed=1, message="exact match"), None
+        gold_value, answer_value = X.plain_value(gold), X.plain_value(answer)
+        if gold_value is not None and answer_value is not None:
+            status = R.OK if gold_value == answer_value else R.WRONG_ANSWER
+            return R.make_result(row_id, status, passed=int(status == R.OK),
+                                 message="exact numeric comparison"), None
+        return None, (gold, answer)
+
+    @staticmethod
+    def _verdict_result(row_id: Any, verdict: dict) -> dict:
+        if "status" in verdict:
+            return R.make_result(row_id, verdict["status"], message=verdict.get("reason", ""))
+        if verdict.get("memory"):
+            return R.make_result(row_id, R.MEMORY, message="comparison ran out of memory")
+        if verdict.get("equal"):
+            return R.make_result(row_id, R.OK, passed=1, message=verdict.get("reason", ""))
+        return R.make_result(row_id, R.WRONG_ANSWER, message=verdict.get("reason", ""))

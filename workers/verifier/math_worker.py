@@ -1,0 +1,135 @@
+"""Math-Verify worker process: compares answers in its main thread so SIGALRM timeouts work.
+
+Run as `python -m workers.verifier.math_worker MEMORY_MB TIMEOUT_S`; it reads framed
+{"gold", "answer"} requests on stdin and writes {"equal", "reason"} frames on stdout. Parsed
+objects never leave this process (their str() can hang); the parent also holds a hard deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+from typing import Any
+
+from workers.verifier.wire import read_message, write_message
+
+UNEVALUATED = ("Sum", "Product", "Integral", "Limit", "Derivative", "factorial", "binomial")
+NUMERIC_DIGITS = 40
+EXACT_TOLERANCE = 1e-12
+FLOAT_TOLERANCE = 1e-6
+
+
+class GuardTimeout(Exception):
+    """Raised by SIGALRM when a guard computation overruns."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise GuardTimeout()
+
+
+def _first_expression(parsed: list) -> Any:
+    return next((item for item in parsed if not isinstance(item, str)), None)
+
+
+def _has_unevaluated(expression: Any) -> bool:
+    import sympy
+
+    try:
+        return any(type(node).__name__ in UNEVALUATED for node in sympy.preorder_traversal(expression))
+    except (TypeError, AttributeError):
+        return False
+
+
+def _numbers_agree(gold: Any, answer: Any) -> bool:
+    """Strict numeric check: exact for rationals, relative tolerance otherwise (no tiny-number FP)."""
+    import sympy
+
+    if gold.is_Rational and answer.is_Rational:
+        return bool(gold == answer)
+    approximate = bool(gold.atoms(sympy.Float) or answer.atoms(sympy.Float))
+    gold_value = complex(sympy.N(gold, NUMERIC_DIGITS))
+    answer_value = complex(sympy.N(answer, NUMERIC_DIGITS))
+    scale = max(abs(gold_value), abs(answer_value))
+    tolerance = FLOAT_TOLERANCE if approximate else EXACT_TOLERANCE
+    return abs(gold_value - answer_value) <= tolerance * scale
+
+
+def _sides_agree(gold: Any, answer: Any) -> bool:
+    """Two equations agree only side by side (either orientation), never by a shared reduction."""
+    import sympy
+
+    def same(left: Any, right: Any) -> bool:
+        difference = sympy.expand(left - right)
+        return difference == 0 or sympy.simplify(difference) == 0
+
+    if same(gold.lhs, gold.rhs) or same(answer.lhs, answer.rhs):
+        return False
+    return (same(gold.lhs, answer.lhs) and same(gold.rhs, answer.rhs)) or (
+        same(gold.lhs, answer.rhs) and same(gold.rhs, answer.lhs))
+
+
+def veto(gold: Any, answer: Any) -> str | None:
+    """Reason to overrule a Math-Verify 'equal', guarding its known false positives."""
+    import sympy
+
+    if gold is None or answer is None:
+        return "an answer did not parse to an expression"
+    if _has_unevaluated(answer) and not _has_unevaluated(gold):
+        return "answer left unevaluated"
+    gold_eq, answer_eq = isinstance(gold, sympy.Eq), isinstance(answer, sympy.Eq)
+    if gold_eq and answer_eq:
+        return None if _sides_agree(gold, answer) else "equations differ side by side"
+    if isinstance(gold, sympy.Expr) and isinstance(answer, sympy.Expr) \
+            and gold.is_number and answer.is_number:
+        return None if _numbers_agree(gold, answer) else "numbers differ"
+    return None
+
+
+def compare(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
+    """Math-Verify's verdict, overruled by the guards when it says equal."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout_s)
+    answer_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout_s)
+    if not verify(gold_parsed, answer_parsed, timeout_seconds=timeout_s):
+        return {"equal": False, "reason": "not equivalent"}
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(timeout_s)
+    try:
+        reason = veto(_first_expression(gold_parsed), _first_expression(answer_parsed))
+    except GuardTimeout:
+        reason = "guard timed out"
+    except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError) as exc:
+        reason = f"guard failed: {type(exc).__name__}"
+    finally:
+        signal.alarm(0)
+    return {"equal": reason is None, "reason": reason or "equivalent"}
+
+
+def main() -> None:
+    memory_mb, timeout_s = int(sys.argv[1]), int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    compare("x^2+1", "1+x^2", timeout_s)  # warm up the parser before announcing readiness
+
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # stray prints from libraries must not corrupt the reply stream
+    write_message(reply_fd, {"ready": True})
+    while True:
+        try:
+            request = read_message(0)
+        except EOFError:
+            return
+        try:
+            reply = compare(request["gold"], request["answer"], timeout_s)
+        except MemoryError:
+            reply = {"equal": False, "reason": "memory", "memory": True}
+        except Exception as exc:  # noqa: BLE001 - a comparison failure is a negative verdict
+            reply = {"equal": False, "reason": f"error: {type(exc).__name__}"}
+        write_message(reply_fd, reply)
+
+
+if __name__ == "__main__":
+    main()
