@@ -128,9 +128,13 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last axis, [B, T, V] -> [B, T]: logsumexp - E[logit]."""
-    probabilities = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probabilities * logits).sum(dim=-1)
+    """Entropy of softmax(logits) over the last axis, [B, T, V] -> [B, T].
+
+    logsumexp(z) - E_p[z] on max-shifted logits z, so large logits lose no precision.
+    """
+    shifted = logits - logits.amax(dim=-1, keepdim=True).detach()
+    probabilities = torch.softmax(shifted, dim=-1)
+    return torch.logsumexp(shifted, dim=-1) - (probabilities * shifted).sum(dim=-1)
 
 
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]

@@ -1,0 +1,143 @@
+"""PPO clipped surrogate, dual clip, truncated IS, aggregation, KL estimators and entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from riskpo.losses import (
+    POLICY_LOSSES,
+    aggregate,
+    entropy_from_logits,
+    get_policy_loss,
+    kl_penalty,
+    policy_loss,
+)
+
+RATIOS = torch.tensor([[1.5, 0.9], [5.0, 0.7]], dtype=torch.float64)
+ADVANTAGES = torch.tensor([1.0, -1.0], dtype=torch.float64)
+# per-token losses by hand (clip 0.2, dual clip 3):
+#   A=+1: ratio 1.5 -> max(-1.5, -1.2) = -1.2 (clipped); ratio 0.9 -> -0.9
+#   A=-1: ratio 5.0 -> max(5, 1.2) = 5, dual-capped at 3; ratio 0.7 -> max(0.7, 0.8) = 0.8 (clipped)
+TOKEN_LOSSES = torch.tensor([[-1.2, -0.9], [3.0, 0.8]], dtype=torch.float64)
+
+
+def _inputs():
+    old = torch.tensor([[-1.0, -2.0], [-3.0, -0.5]], dtype=torch.float64)
+    new = (old + RATIOS.log()).requires_grad_()
+    return new, old
+
+
+def test_clipped_and_dual_clipped_loss_by_hand():
+    new, old = _inputs()
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    loss, metrics = policy_loss(new, old, ADVANTAGES, mask)
+    assert loss.item() == pytest.approx(TOKEN_LOSSES.mean().item())
+    assert metrics["clip_fraction"] == pytest.approx(0.5)
+    assert metrics["dual_clip_fraction"] == pytest.approx(0.25)
+    assert metrics["approx_kl"] == pytest.approx(-RATIOS.log().mean().item())
+    loss.backward()
+    # only the unclipped token (row 0, token 1) carries gradient: d(-A r)/d logp = -A r / 4
+    expected = torch.tensor([[0.0, -0.9 / 4], [0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(new.grad, expected)
+
+
+def test_dual_clip_off_and_asymmetric_clip():
+    new, old = _inputs()
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    loss, metrics = policy_loss(new, old, ADVANTAGES, mask, dual_clip=None, clip_high=0.6)
+    # A=+1 ratio 1.5 now inside [0.8, 1.6]: -1.5; A=-1 ratio 5 uncapped: 5
+    assert loss.item() == pytest.approx((-1.5 - 0.9 + 5.0 + 0.8) / 4)
+    assert metrics["dual_clip_fraction"] == 0.0 and metrics["clip_fraction"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("token_mean", (-1.2 + 3.0 + 0.8) / 3),
+    ("seq_mean_token_sum", (-1.2 + 3.8) / 2),
+    ("seq_mean_token_mean", (-1.2 / 1 + 3.8 / 2) / 2),
+])
+def test_aggregation_modes_by_hand(mode, expected):
+    new, old = _inputs()
+    mask = torch.tensor([[True, False], [True, True]])
+    loss, _ = policy_loss(new, old, ADVANTAGES, mask, aggregation=mode)
+    assert loss.item() == pytest.approx(expected)
+    assert aggregate(TOKEN_LOSSES, mask, mode).item() == pytest.approx(expected)
+
+
+def test_aggregate_denominator_override_and_empty_mask():
+    mask = torch.tensor([[True, False], [True, True]])
+    assert aggregate(TOKEN_LOSSES, mask, "token_mean", denominator=10).item() == pytest.approx(0.26)
+    assert aggregate(TOKEN_LOSSES, mask, "seq_mean_token_sum", denominator=4).item() == pytest.approx(0.65)
+    assert aggregate(TOKEN_LOSSES, torch.zeros(2, 2, dtype=torch.bool), "token_mean").item() == 0.0
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(TOKEN_LOSSES, mask, "sum")
+
+
+def test_token_level_advantages_equal_broadcast_sequence_advantages():
+    new, old = _inputs()
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    per_sequence, _ = policy_loss(new, old, ADVANTAGES, mask)
+    per_token, _ = policy_loss(new, old, ADVANTAGES[:, None].expand(2, 2), mask)
+    assert per_sequence.item() == pytest.approx(per_token.item())
+
+
+def test_truncated_importance_sampling_weights_and_detaches():
+    new, old = _inputs()
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    weights = torch.tensor([[2.0, 0.5], [1.0, 4.0]], dtype=torch.float64)
+    rollout = old - weights.log()
+    loss, metrics = policy_loss(new, old, ADVANTAGES, mask, rollout_logprobs=rollout, tis_cap=1.5)
+    capped = weights.clamp(max=1.5)
+    assert loss.item() == pytest.approx((TOKEN_LOSSES * capped).mean().item())
+    assert metrics["tis_mean"] == pytest.approx(capped.mean().item())
+    with pytest.raises(ValueError, match="both"):
+        policy_loss(new, old, ADVANTAGES, mask, rollout_logprobs=rollout)
+
+
+def test_policy_loss_input_errors():
+    new, old = _inputs()
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="dual_clip"):
+        policy_loss(new, old, ADVANTAGES, mask, dual_clip=1.0)
+    with pytest.raises(ValueError, match="advantages"):
+        policy_loss(new, old, torch.ones(3), mask)
+    with pytest.raises(ValueError, match="must agree"):
+        policy_loss(new, old[:, :1], ADVANTAGES, mask)
+
+
+def test_kl_estimators_against_formulas():
+    logprobs = torch.tensor([[-1.0, -0.2, -2.5, -40.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.5, -0.1, -1.0, -1.0]], dtype=torch.float64)
+    diff = logprobs - ref
+    torch.testing.assert_close(kl_penalty(logprobs, ref, "k1"), diff)
+    torch.testing.assert_close(kl_penalty(logprobs, ref, "kl"), diff)
+    torch.testing.assert_close(kl_penalty(logprobs, ref, "k2"), 0.5 * diff**2)
+    k3 = kl_penalty(logprobs, ref, "low_var_kl")
+    manual = [math.exp(-d) + d - 1 for d in diff[0, :3].tolist()]
+    torch.testing.assert_close(k3[0, :3], torch.tensor(manual, dtype=torch.float64))
+    assert k3[0, 3].item() == 10.0  # log ratio 39 clamped to 20, then the estimate to 10
+    torch.testing.assert_close(kl_penalty(logprobs, ref, "k3"), k3)
+    assert (k3 >= 0).all()
+    with pytest.raises(ValueError, match="KL kind"):
+        kl_penalty(logprobs, ref, "k4")
+
+
+def test_entropy_matches_naive_softmax_and_survives_huge_logits():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 50, generator=generator, dtype=torch.float64) * 3
+    probabilities = torch.softmax(logits, dim=-1)
+    naive = -(probabilities * probabilities.log()).sum(-1)
+    torch.testing.assert_close(entropy_from_logits(logits), naive)
+    huge = torch.tensor([[[1e4, 0.0, -1e4], [5e3, 5e3, 0.0]]], dtype=torch.float32)
+    entropy = entropy_from_logits(huge)
+    assert torch.isfinite(entropy).all()
+    torch.testing.assert_close(entropy, torch.tensor([[0.0, math.log(2)]]), atol=1e-5, rtol=0)
+
+
+def test_policy_loss_registry():
+    assert POLICY_LOSSES["ppo_clip"] is policy_loss
+    assert get_policy_loss("ppo_clip") is policy_loss
+    with pytest.raises(ValueError, match="unknown policy loss"):
+        get_policy_loss("grpo")

@@ -1,0 +1,92 @@
+"""pass@k, avg@k and the statistics logged each step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference_impl import reference_pass_at_k
+
+from riskpo.metrics import (
+    advantage_statistics,
+    avg_at_k,
+    mean_token_entropy,
+    pass_at_k,
+    pass_at_k_curve,
+    reward_statistics,
+    risk_measure_statistics,
+    risk_region_statistics,
+)
+
+
+def test_pass_at_k_matches_exact_combinatorics_including_k_equal_n_and_c_zero():
+    for n in range(1, 13):
+        correct = torch.arange(n + 1)
+        for k in range(1, n + 1):
+            expected = torch.tensor([reference_pass_at_k(n, c, k) for c in range(n + 1)],
+                                    dtype=torch.float64)
+            torch.testing.assert_close(pass_at_k(correct, n, k), expected, atol=1e-12, rtol=0)
+    assert pass_at_k(torch.tensor([0]), 5, 5).item() == 0.0
+    assert pass_at_k(torch.tensor([1]), 5, 5).item() == 1.0
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    correct = torch.tensor([0, 1, 17, 250, 1000])
+    for k in (1, 32, 500, 1000):
+        expected = torch.tensor([reference_pass_at_k(1000, c, k) for c in correct.tolist()],
+                                dtype=torch.float64)
+        torch.testing.assert_close(pass_at_k(correct, 1000, k), expected, atol=1e-12, rtol=1e-10)
+
+
+def test_pass_at_k_with_per_problem_sample_counts_and_errors():
+    result = pass_at_k(torch.tensor([1, 2]), torch.tensor([4, 8]), 2)
+    torch.testing.assert_close(result, torch.tensor([reference_pass_at_k(4, 1, 2),
+                                                     reference_pass_at_k(8, 2, 2)], dtype=torch.float64))
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(torch.tensor([1]), 4, 5)
+    with pytest.raises(ValueError, match="num_correct"):
+        pass_at_k(torch.tensor([5]), 4, 2)
+
+
+def test_curve_and_avg_at_k():
+    correct = torch.tensor([0, 2, 4])
+    curve = pass_at_k_curve(correct, 4, [1, 2, 4])
+    assert curve[1] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert curve[4] == pytest.approx(2 / 3)
+    assert curve[2] == pytest.approx((0 + reference_pass_at_k(4, 2, 2) + 1) / 3)
+    assert avg_at_k(correct, 4) == pytest.approx(0.5)
+
+
+def test_reward_statistics_respect_the_mask():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 100.0])
+    stats = reward_statistics(rewards, torch.tensor([True, True, True, False]))
+    assert stats["reward/mean"] == pytest.approx(2 / 3) and stats["reward/max"] == 1.0
+    assert stats["reward/positive_fraction"] == pytest.approx(2 / 3) and stats["reward/count"] == 3
+    assert math.isnan(reward_statistics(rewards, torch.zeros(4, dtype=torch.bool))["reward/mean"])
+
+
+def test_risk_region_and_measure_statistics():
+    scores = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    regions = risk_region_statistics(scores, torch.tensor(1.0), torch.tensor(3.0))
+    assert regions == pytest.approx({"risk/below_qa_fraction": 0.2, "risk/between_fraction": 0.6,
+                                     "risk/above_qb_fraction": 0.2})
+    measures = risk_measure_statistics(scores, 0.25, 0.75, 1.5)  # q = 1 and 3
+    assert measures["risk/cvar"] == pytest.approx(0.5)
+    assert measures["risk/rvar"] == pytest.approx(2.0)
+    assert measures["risk/mvar"] == pytest.approx((1.5 * 0.5 + 2.0) / 2.5)
+
+
+def test_advantage_statistics_count_all_wrong_questions_with_signal():
+    rewards = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    question_ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    advantages = torch.tensor([-0.5, 0.0, 0.0, 0.0, 1.0, -1.0])
+    stats = advantage_statistics(advantages, rewards, question_ids)
+    assert stats["adv/all_wrong_question_fraction"] == pytest.approx(2 / 3)
+    assert stats["adv/all_wrong_nonzero_fraction"] == pytest.approx(0.5)
+    assert stats["adv/nonzero_fraction"] == pytest.approx(0.5)
+
+
+def test_mean_token_entropy():
+    entropy = torch.tensor([[1.0, 3.0], [2.0, 9.0]])
+    assert mean_token_entropy(entropy, torch.tensor([[True, True], [True, False]])) == pytest.approx(2.0)
