@@ -1,0 +1,167 @@
+"""Ray layer: async verifier actors (one kind each) and a pool that spreads rows across them.
+
+The pool sends chunks of rows with a bounded number in flight per actor (backpressure), keeps a
+batch deadline, and never retries a chunk: rows of a chunk whose actor died get infra_error
+(Ray restarts the actor for the next chunks, up to max_restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from workers.verifier import results as R
+from workers.verifier.code import CodeLimits, CodeVerifier
+from workers.verifier.executor import CodeExecutor, ExecLimits
+from workers.verifier.math_verifier import MathLimits, MathVerifier
+
+KINDS = ("math", "code")
+
+
+@dataclass(frozen=True)
+class VerifierLimits:
+    """Everything the pool and its actors are tuned by; defaults suit a 2-core machine."""
+
+    code: CodeLimits = field(default_factory=CodeLimits)
+    sandbox: ExecLimits = field(default_factory=ExecLimits)
+    math: MathLimits = field(default_factory=MathLimits)
+    code_slots_per_actor: int = 2
+    chunk_size: int = 8
+    max_in_flight_per_actor: int = 2
+    max_restarts: int = 3
+    actor_num_cpus: float = 1.0
+
+
+class VerifierActor:
+    """Verifies rows of one kind; blocking work runs on threads, untrusted work in children."""
+
+    def __init__(self, kind: str, limits: VerifierLimits) -> None:
+        if kind == "math":
+            self.verifier: Any = MathVerifier(limits.math)
+            threads = 1
+        else:
+            executor = CodeExecutor(limits.code_slots_per_actor, limits.sandbox)
+            self.verifier = CodeVerifier(executor, limits.code)
+            threads = limits.code_slots_per_actor
+        self.kind = kind
+        self.threads = ThreadPoolExecutor(max_workers=threads)
+
+    async def verify(self, rows: list[dict], deadline_unix: float) -> list[dict]:
+        """Results for rows in order; deadline_unix is wall-clock (time.time()) seconds."""
+        deadline = time.monotonic() + (deadline_unix - time.time())
+        loop = asyncio.get_running_loop()
+        if self.kind == "math":
+            return await loop.run_in_executor(self.threads, self.verifier.verify_many, rows,
+                                              deadline)
+        calls = [loop.run_in_executor(self.threads, self.verifier.verify, row, deadline)
+                 for row in rows]
+        return list(await asyncio.gather(*calls))
+
+    async def layers(self) -> dict[str, Any]:
+        return self.verifier.layers if self.kind == "code" else {"math_workers": True}
+
+
+class VerifierPool:
+    """Spreads verification rows over actors per kind; results come back in input order.
+
+    rows: {"kind": "math", "response", "ground_truth", "data_source"?} or
+          {"kind": "code", "response" | "code", "tests": {...}}; any "id" is echoed back.
+    """
+
+    def __init__(self, kind_to_num_actors: dict[str, int],
+                 limits: VerifierLimits | None = None) -> None:
+        self.limits = limits or VerifierLimits()
+        unknown = set(kind_to_num_actors) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown verifier kinds {sorted(unknown)}; expected {KINDS}")
+        remote = ray.remote(VerifierActor).options(
+            num_cpus=self.limits.actor_num_cpus, max_restarts=self.limits.max_restarts,
+            max_task_retries=0)
+        self.actors = {kind: [remote.remote(kind, self.limits) for _ in range(count)]
+                       for kind, count in kind_to_num_actors.items() if count > 0}
+        self.layers = {kind: ray.get(actors[0].layers.remote())
+                       for kind, actors in self.actors.items()}
+
+    def verify_batch(self, rows: list[dict], deadline_s: float = 600.0) -> list[dict]:
+        """One result per row, in order, within deadline_s seconds from now."""
+        deadline_unix = time.time() + deadline_s
+        results: list[dict | None] = [None] * len(rows)
+        chunks: deque = deque()
+        for kind, indices in self._group(rows, results).items():
+            for start in range(0, len(indices), self.limits.chunk_size):
+                chunks.append((kind, indices[start:start + self.limits.chunk_size]))
+        self._run(rows, chunks, results, deadline_unix)
+        return results  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        for actors in self.actors.values():
+            for actor in actors:
+                ray.kill(actor)
+        self.actors = {}
+
+    def _group(self, rows: list[dict], results: list) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {kind: [] for kind in self.actors}
+        for index, row in enumerate(rows):
+            kind = row.get("kind") if isinstance(row, dict) else None
+            if kind in groups:
+                groups[kind].append(index)
+            else:
+                row_id = row.get("id") if isinstance(row, dict) else None
+                results[index] = R.make_result(
+                    row_id, R.BAD_INPUT, message=f"no verifier for kind {kind!r}")
+        return groups
+
+    def _run(self, rows: list[dict], chunks: deque, results: list, deadline_unix: float) -> None:
+        in_flight: dict[Any, tuple[str, int, list[int]]] = {}
+        load = {(kind, i): 0 for kind, actors in self.actors.items() for i in range(len(actors))}
+        while chunks or in_flight:
+            self._submit(rows, chunks, in_flight, load, deadline_unix)
+            remaining = deadline_unix - time.time()
+            if remaining <= 0:
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=remaining)
+            for ref in done:
+                kind, actor_index, indices = in_flight.pop(ref)
+                load[(kind, actor_index)] -= 1
+                self._store(ref, indices, rows, results)
+        for ref, (_, _, indices) in in_flight.items():
+            ray.cancel(ref, force=False)
+            self._fail(indices, rows, results, "batch deadline passed")
+        for _, indices in chunks:
+            self._fail(indices, rows, results, "batch deadline passed before dispatch")
+
+    def _submit(self, rows: list[dict], chunks: deque, in_flight: dict, load: dict,
+                deadline_unix: float) -> None:
+        pending = deque()
+        while chunks:
+            kind, indices = chunks.popleft()
+            key = min((k for k in load if k[0] == kind), key=load.get)
+            if load[key] >= self.limits.max_in_flight_per_actor:
+                pending.append((kind, indices))
+                continue
+            actor = self.actors[kind][key[1]]
+            ref = actor.verify.remote([rows[i] for i in indices], deadline_unix)
+            in_flight[ref] = (kind, key[1], indices)
+            load[key] += 1
+        chunks.extend(pending)
+
+    @staticmethod
+    def _store(ref: Any, indices: list[int], rows: list[dict], results: list) -> None:
+        try:
+            chunk_results = ray.get(ref)
+        except (ray.exceptions.RayError, Exception) as exc:  # noqa: BLE001 - no retry, masked
+            VerifierPool._fail(indices, rows, results, f"verifier actor failed: {exc}"[:300])
+            return
+        for index, result in zip(indices, chunk_results, strict=True):
+            results[index] = result
+
+    @staticmethod
+    def _fail(indices: list[int], rows: list[dict], results: list, message: str) -> None:
+        for index in indices:
+            results[index] = R.make_result(rows[index].get("id"), R.INFRA_ERROR, message=message)
