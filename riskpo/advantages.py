@@ -25,7 +25,14 @@ from riskpo.bundles import (
     form_papers,
 )
 from riskpo.metrics import advantage_statistics, risk_measure_statistics, risk_region_statistics
-from riskpo.risk import QuantileTracker, segment_counts, segment_mean, segment_std
+from riskpo.risk import (
+    QuantileTracker,
+    dense_ids,
+    gather,
+    segment_counts,
+    segment_mean,
+    segment_std,
+)
 
 QUANTILE_SOURCES = ("tracked", "bundle", "mix")
 TRACKER_UPDATES = ("after", "before")
@@ -197,7 +204,8 @@ def _paper_quantiles(papers: Papers, config: AdvantageConfig, source: str,
         if source == "tracked":
             return given_alpha, given_beta
     bundle_q_alpha, bundle_q_beta = bundle_quantiles(papers, config.alpha, config.beta)
-    q_alpha, q_beta = bundle_q_alpha[papers.paper_bundle], bundle_q_beta[papers.paper_bundle]
+    q_alpha = gather(bundle_q_alpha, papers.paper_bundle)
+    q_beta = gather(bundle_q_beta, papers.paper_bundle)
     if source == "mix":
         return (q_alpha + given_alpha) / 2, (q_beta + given_beta) / 2
     return q_alpha, q_beta
@@ -213,7 +221,7 @@ def _riskpo_from_papers(rewards: torch.Tensor, papers: Papers, valid: torch.Tens
         risk_seeking=config.risk_seeking, risk_seeking_u=config.risk_seeking_u,
     )
     if config.std_normalize:
-        bundle_std = bundle_score_std(papers)[papers.paper_bundle]
+        bundle_std = gather(bundle_score_std(papers), papers.paper_bundle)
         paper_advantages = risk.std_normalize(paper_advantages, bundle_std)
     advantages = assign_credit(paper_advantages, papers, rewards, valid, config.credit)
     return RiskPOStep(advantages, papers, q_alpha, q_beta, paper_advantages)
@@ -309,20 +317,21 @@ class _Groups:
 def _groups(rewards: torch.Tensor, question_ids: torch.Tensor, valid: torch.Tensor) -> _Groups:
     if rewards.dim() != 1 or question_ids.shape != rewards.shape:
         raise ValueError(f"rewards {tuple(rewards.shape)} and question_ids {tuple(question_ids.shape)} must be equal 1-D")
-    keys, question = torch.unique(question_ids, return_inverse=True)
-    counts = segment_counts(question, keys.numel())
+    question, num_questions = dense_ids(question_ids)
+    counts = segment_counts(question, num_questions)
     if (counts < 2).any():
-        culprit = keys[(counts < 2).nonzero()[0, 0]].item()
+        culprit = question_ids[(counts[question] < 2).nonzero()[0, 0]].item()
         raise ValueError(f"question id {culprit} has a single response; group baselines need n >= 2")
-    values, groups = rewards[valid].to(torch.float64), question[valid]
-    return _Groups(question, segment_counts(groups, keys.numel()),
-                   segment_mean(values, groups, keys.numel()), segment_std(values, groups, keys.numel()))
+    values = rewards.to(torch.float64)
+    return _Groups(question, segment_counts(question, num_questions, valid),
+                   segment_mean(values, question, num_questions, valid),
+                   segment_std(values, question, num_questions, valid))
 
 
 def _centered(rewards: torch.Tensor, groups: _Groups) -> tuple[torch.Tensor, torch.Tensor]:
     """r - group mean, and whether the row's group has >= 2 valid responses (else advantage 0)."""
-    has_baseline = groups.valid_counts[groups.question] >= 2
-    centered = rewards.to(torch.float64) - groups.mean[groups.question]
+    has_baseline = gather(groups.valid_counts, groups.question) >= 2
+    centered = rewards.to(torch.float64) - gather(groups.mean, groups.question)
     return torch.where(has_baseline, centered, 0.0), has_baseline
 
 
@@ -333,7 +342,7 @@ def _grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.T
     groups = _groups(rewards, question_ids, valid)
     centered, has_baseline = _centered(rewards, groups)
     if config.std_normalize:
-        std = torch.where(has_baseline, groups.std[groups.question], 1.0)
+        std = torch.where(has_baseline, gather(groups.std, groups.question), 1.0)
         centered = centered / (std + config.epsilon)
     return AdvantageResult(centered)
 
@@ -351,7 +360,7 @@ def _rloo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.T
     """RLOO: r_i - mean of the other valid responses of the question = n/(n-1) (r_i - mean)."""
     groups = _groups(rewards, question_ids, valid)
     centered, _ = _centered(rewards, groups)
-    count = groups.valid_counts[groups.question].to(torch.float64)
+    count = gather(groups.valid_counts, groups.question).to(torch.float64)
     return AdvantageResult(centered * count / (count - 1).clamp(min=1))
 
 

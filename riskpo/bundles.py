@@ -12,10 +12,19 @@ from dataclasses import dataclass
 
 import torch
 
-from riskpo.risk import segment_counts, segment_mean, segment_quantiles, segment_std, segment_sum
+from riskpo.risk import (
+    dense_ids,
+    gather,
+    segment_counts,
+    segment_mean,
+    segment_quantiles,
+    segment_std,
+    segment_sum,
+)
 
 PAIRINGS = ("index", "permute")
 CREDITS = ("uniform", "std", "sum_mean")
+_NO_LIMIT = 2**62
 CREDIT_STD_FLOOR = 1e-3  # credit "std": sigma_q at or below this (or undefined) counts as 1
 SUM_MEAN_FLOOR = 1e-6  # credit "sum_mean": |sum(rho)| at or below this gives equal shares
 
@@ -72,7 +81,7 @@ def _check_inputs(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids:
         raise TypeError("question_ids and bundle_ids must be integer tensors")
     if valid.dtype != torch.bool:
         raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
-    if not torch.isfinite(rewards[valid]).all():
+    if not (torch.isfinite(rewards) | ~valid).all():
         raise ValueError("rewards contain NaN or inf in valid rows")
 
 
@@ -80,7 +89,7 @@ def _check_structure(question_bundle: torch.Tensor, response_question: torch.Ten
                      response_bundle: torch.Tensor, question_ids: torch.Tensor,
                      num_bundles: int, allow_surplus: bool) -> torch.Tensor:
     """Each question in one bundle, n >= 2 responses, equal counts per bundle. Returns counts [Q]."""
-    split = question_bundle[response_question] != response_bundle
+    split = gather(question_bundle, response_question) != response_bundle
     if split.any():
         culprit = question_ids[split.nonzero()[0, 0]].item()
         raise ValueError(f"question id {culprit} has responses in more than one bundle")
@@ -92,7 +101,7 @@ def _check_structure(question_bundle: torch.Tensor, response_question: torch.Ten
             "response(s); bundling needs n >= 2 responses per question"
         )
     if not allow_surplus:
-        low = torch.full((num_bundles,), 2**62).scatter_reduce(0, question_bundle, counts, "amin")
+        low = torch.full((num_bundles,), _NO_LIMIT).scatter_reduce(0, question_bundle, counts, "amin")
         high = torch.zeros(num_bundles, dtype=torch.long).scatter_reduce(0, question_bundle, counts, "amax")
         if (low != high).any():
             bundle = (low != high).nonzero()[0, 0].item()
@@ -111,16 +120,18 @@ def _ranks_within_questions(response_question: torch.Tensor, valid: torch.Tensor
     n = response_question.numel()
     group = response_question * 2 + (~valid).long()  # invalid rows rank in their own group
     if pairing == "index":
-        order = torch.argsort(group, stable=True)
+        already_grouped = bool((group[1:] >= group[:-1]).all())
+        order = None if already_grouped else torch.argsort(group, stable=True)
     else:
         keys = torch.rand(n, generator=generator, dtype=torch.float64)
         by_key = torch.argsort(keys)
-        order = by_key[torch.argsort(group[by_key], stable=True)]
+        order = gather(by_key, torch.argsort(gather(group, by_key), stable=True))
     group_counts = segment_counts(group, 2 * num_questions)
     starts = torch.cumsum(group_counts, 0) - group_counts
-    ranks = torch.empty(n, dtype=torch.long)
-    ranks[order] = torch.arange(n) - starts[group[order]]
-    return ranks
+    if order is None:  # rows already sit in pairing order, grouped by question
+        return torch.arange(n) - gather(starts, group)
+    ranks_in_order = torch.arange(n) - gather(starts, gather(group, order))
+    return torch.empty(n, dtype=torch.long).scatter_(0, order, ranks_in_order)
 
 
 def form_papers(
@@ -146,9 +157,8 @@ def form_papers(
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
     _check_inputs(rewards, question_ids, bundle_ids, valid)
-    question_keys, response_question = torch.unique(question_ids, return_inverse=True)
-    bundle_keys, response_bundle = torch.unique(bundle_ids, return_inverse=True)
-    num_questions, num_bundles = question_keys.numel(), bundle_keys.numel()
+    response_question, num_questions = dense_ids(question_ids)
+    response_bundle, num_bundles = dense_ids(bundle_ids)
     question_bundle = torch.zeros(num_questions, dtype=torch.long).scatter_(
         0, response_question, response_bundle
     )
@@ -156,19 +166,21 @@ def form_papers(
                      num_bundles, allow_surplus)
 
     ranks = _ranks_within_questions(response_question, valid, num_questions, pairing, generator)
-    valid_counts = segment_counts(response_question[valid], num_questions)
-    present = valid_counts > 0
-    papers_per_bundle = torch.full((num_bundles,), 2**62).scatter_reduce(
-        0, question_bundle[present], valid_counts[present], "amin"
+    valid_counts = segment_counts(response_question, num_questions, valid)
+    # questions without valid responses do not limit their bundle's paper count
+    limiting_counts = torch.where(valid_counts > 0, valid_counts, _NO_LIMIT)
+    papers_per_bundle = torch.full((num_bundles,), _NO_LIMIT).scatter_reduce(
+        0, question_bundle, limiting_counts, "amin"
     )
-    papers_per_bundle = torch.where(papers_per_bundle == 2**62, 0, papers_per_bundle)
-    paired = valid & (ranks < papers_per_bundle[response_bundle])
+    papers_per_bundle = torch.where(papers_per_bundle == _NO_LIMIT, 0, papers_per_bundle)
+    paired = valid & (ranks < gather(papers_per_bundle, response_bundle))
     first_paper = torch.cumsum(papers_per_bundle, 0) - papers_per_bundle
-    response_paper = torch.where(paired, first_paper[response_bundle] + ranks, -1)
+    response_paper = torch.where(paired, gather(first_paper, response_bundle) + ranks, -1)
     num_papers = int(papers_per_bundle.sum())
-    paper_scores = segment_sum(
-        rewards[paired].to(torch.float64), response_paper[paired], num_papers
-    )
+    paper_scores = torch.zeros(num_papers, dtype=torch.float64)
+    if num_papers:
+        paper_scores.index_add_(0, response_paper.clamp(min=0),
+                                torch.where(paired, rewards.to(torch.float64), 0.0))
     paper_bundle = torch.repeat_interleave(torch.arange(num_bundles), papers_per_bundle)
     return Papers(response_question, response_bundle, response_paper, paper_bundle,
                   paper_scores, papers_per_bundle, num_questions, num_bundles)
@@ -188,8 +200,8 @@ def bundle_score_std(papers: Papers) -> torch.Tensor:
 
 def question_reward_std(papers: Papers, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Unbiased std of each question's valid rewards [Q]; NaN with fewer than two."""
-    return segment_std(rewards[valid].to(torch.float64), papers.response_question[valid],
-                       papers.num_questions)
+    return segment_std(rewards.to(torch.float64), papers.response_question, papers.num_questions,
+                       valid)
 
 
 def assign_credit(
@@ -214,29 +226,28 @@ def assign_credit(
     if papers.paper_scores.numel() == 0:
         return torch.zeros_like(rewards, dtype=paper_advantages.dtype)
     paper_index = papers.response_paper.clamp(min=0)
-    credit = torch.where(paired, paper_advantages[paper_index], paper_advantages.new_zeros(()))
+    credit = torch.where(paired, gather(paper_advantages, paper_index), paper_advantages.new_zeros(()))
     if mode == "uniform":
         return credit
     if mode == "std":
         sigma = question_reward_std(papers, rewards, valid)
         sigma = torch.where(torch.isfinite(sigma) & (sigma > CREDIT_STD_FLOOR), sigma, 1.0)
-        return credit / sigma[papers.response_question]
+        return credit / gather(sigma, papers.response_question)
     return credit * _sum_mean_shares(papers, rewards, valid, paper_index, paired)
 
 
 def _sum_mean_shares(papers: Papers, rewards: torch.Tensor, valid: torch.Tensor,
                      paper_index: torch.Tensor, paired: torch.Tensor) -> torch.Tensor:
     rewards64 = rewards.to(torch.float64)
-    question_mean = segment_mean(rewards64[valid], papers.response_question[valid],
-                                 papers.num_questions)
-    rho = torch.where(paired, rewards64 - question_mean[papers.response_question], 0.0)
+    question_mean = segment_mean(rewards64, papers.response_question, papers.num_questions, valid)
+    rho = torch.where(paired, rewards64 - gather(question_mean, papers.response_question), 0.0)
     num_papers = papers.paper_scores.numel()
-    rho_sum = segment_sum(rho[paired], papers.response_paper[paired], num_papers)
-    paper_size = segment_counts(papers.response_paper[paired], num_papers).to(torch.float64)
+    rho_sum = segment_sum(rho, paper_index, num_papers)
+    paper_size = segment_counts(paper_index, num_papers, paired).to(torch.float64)
     degenerate = rho_sum.abs() <= SUM_MEAN_FLOOR
     safe_sum = torch.where(degenerate, 1.0, rho_sum)
-    shares = torch.where(degenerate[paper_index], 1.0 / paper_size.clamp(min=1)[paper_index],
-                         rho / safe_sum[paper_index])
+    shares = torch.where(gather(degenerate, paper_index), 1.0 / gather(paper_size.clamp(min=1), paper_index),
+                         rho / gather(safe_sum, paper_index))
     return torch.where(paired, shares, 0.0)
 
 
