@@ -36,7 +36,8 @@ project_spec="$project_dir"
 if [[ -n "$extras" ]]; then
     project_spec="$project_dir[$extras]"
 fi
-"$python" -m pip install -c "$constraints" "$project_spec"
+# Editable, as `make install` does: the image keeps its sources (and conf/) in place.
+"$python" -m pip install -c "$constraints" -e "$project_spec"
 
 # Fail the build here, not at the first training run, if the install is not usable.
 "$python" - <<'PY'

@@ -47,6 +47,7 @@ class RunSpec:
     overrides: list[str]
     submission_id: str
     entrypoint: str
+    run_dir: str | None  # where the run writes, when the overrides or --runs-root say so
 
 
 @dataclass
@@ -142,12 +143,32 @@ def plan_runs(overrides: Sequence[str], multirun: bool, options: SubmitOptions) 
     for run_overrides in expand_overrides(overrides, multirun):
         submission_id = job_name(run_overrides)
         full_overrides = list(run_overrides)
-        has_run_dir = any(o.lstrip("+~").startswith("run_dir=") for o in run_overrides)
-        if options.runs_root and not has_run_dir:
-            full_overrides.append(f"run_dir={options.runs_root.rstrip('/')}/{submission_id}")
+        run_dir = _run_dir_override(run_overrides)
+        if options.runs_root and run_dir is None:
+            run_dir = f"{options.runs_root.rstrip('/')}/{submission_id}"
+            full_overrides.append(f"run_dir={run_dir}")
         entrypoint = shlex.join([options.python, "-m", "launch.train", *full_overrides])
-        runs.append(RunSpec(full_overrides, submission_id, entrypoint))
+        runs.append(RunSpec(full_overrides, submission_id, entrypoint, run_dir))
     return runs
+
+
+def _run_dir_override(overrides: Sequence[str]) -> str | None:
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if sep and key == "run_dir":
+            return value.strip("'\"")
+    return None
+
+
+def summarize_runs(runs: Sequence[RunSpec]) -> Path | None:
+    """Write the sweep summary of these runs beside their run directories, when this machine sees
+    them (a local cluster, shared storage); returns the file, or None when none is visible."""
+    from launch.sweep_summary import is_run_dir, write_sweep_summary
+
+    visible = [Path(run.run_dir) for run in runs if run.run_dir and is_run_dir(Path(run.run_dir))]
+    if not visible:
+        return None
+    return write_sweep_summary(visible, visible[0].parent / "sweep_summary.md")
 
 
 def submit_runs(client: JobClient, runs: Sequence[RunSpec], options: SubmitOptions) -> list[str]:
@@ -275,6 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     statuses = follow_jobs(client, job_ids)
     for job_id, status in statuses.items():
         print(f"{job_id}: {status}")
+    summary = summarize_runs(runs)
+    if summary is not None:
+        print(summary.read_text(), end="")
+        print(f"sweep summary written to {summary}")
+    elif any(run.run_dir for run in runs):
+        print("run directories are not visible from this machine: run "
+              "`python -m launch.sweep_summary RUN_DIR...` where they are")
     return exit_code(statuses)
 
 

@@ -71,17 +71,18 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a directory")
-        if _is_run_dir(path):
+        if is_run_dir(path):
             run_dirs.append(path)
             continue
-        children = sorted((c for c in path.iterdir() if _is_run_dir(c)), key=_natural_key)
+        children = sorted((c for c in path.iterdir() if is_run_dir(c)), key=_natural_key)
         if not children:
             raise FileNotFoundError(f"{path}: neither a run directory nor a folder of them")
         run_dirs.extend(children)
     return run_dirs
 
 
-def _is_run_dir(path: Path) -> bool:
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` is a run directory (it holds a resolved config)."""
     return path.is_dir() and any((path / name).is_file() for name in RESOLVED_CONFIG_FILES)
 
 
