@@ -165,26 +165,56 @@ def _train_loop(model, tokenizer, make, excluded, held_out, settings, console) -
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     started, step, accuracy, stop_reason = time.monotonic(), 0, 0.0, "steps"
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("warm start", total=settings.target_accuracy, status="")
+    with _WarmstartProgress(console, settings.target_accuracy) as progress:
         while step < settings.max_steps:
-            batch = _training_batch(make, rng, excluded, settings.batch_size)
-            loss = _train_step(model, tokenizer, optimizer, batch)
+            loss = _train_step(model, tokenizer, optimizer,
+                               _training_batch(make, rng, excluded, settings.batch_size))
             step += 1
-            if step % settings.eval_every == 0 or step == settings.max_steps:
+            out_of_time = time.monotonic() - started > settings.max_seconds
+            if step % settings.eval_every == 0 or step == settings.max_steps or out_of_time:
                 accuracy = sampled_accuracy(model, tokenizer, held_out)
-                progress.update(bar, completed=min(accuracy, settings.target_accuracy),
-                                status=f"step {step} loss {loss:.3f} acc {accuracy:.2f}")
+                progress.show(step, loss, accuracy, time.monotonic() - started)
                 if accuracy >= settings.target_accuracy:
                     stop_reason = "target"
                     break
-            if time.monotonic() - started > settings.max_seconds:
-                accuracy, stop_reason = sampled_accuracy(model, tokenizer, held_out), "time"
+            if out_of_time:
+                stop_reason = "time"
                 break
     seconds = time.monotonic() - started
     return WarmstartReport(accuracy, step, seconds, accuracy >= settings.target_accuracy, stop_reason)
+
+
+class _WarmstartProgress:
+    """A rich bar of accuracy towards the target on a terminal; a printed line every
+    PLAIN_EVERY_S seconds otherwise (logs, CI)."""
+
+    PLAIN_EVERY_S = 15.0
+
+    def __init__(self, console: Console, target: float) -> None:
+        self.console, self.target, self._last_print = console, target, -float("inf")
+        self._bar = None
+        if console.is_terminal:
+            self._bar = Progress(TextColumn("warm start"), BarColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 console=console)
+            self._task = self._bar.add_task("warm start", total=target, status="")
+
+    def __enter__(self) -> _WarmstartProgress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def show(self, step: int, loss: float, accuracy: float, elapsed: float) -> None:
+        status = f"step {step}  loss {loss:.3f}  held-out accuracy {accuracy:.2f}/{self.target:.2f}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(accuracy, self.target), status=status)
+        elif elapsed - self._last_print >= self.PLAIN_EVERY_S:
+            self._last_print = elapsed
+            self.console.print(f"warm start: {status}  ({elapsed:.0f} s)", highlight=False)
 
 
 def _training_batch(make, rng: random.Random, excluded: set[str], size: int) -> list[SyntheticProblem]:

@@ -9,10 +9,11 @@ A row is a question with what the verifier needs to grade an answer to it:
                "cases": [{"args": [1], "expected": 5}], "prefix": ""},
      "extra_info": {"answer_format": "final_number", ...}}
 
-A math row has `reward_model`; a code row has `tests` (style `call`: the response defines
-`fn_name`, called with each case's args; style `stdio`: the program reads `stdin` and must
-print `stdout`; an optional `prefix` is code that comes before the response, e.g. a
-HumanEval function signature). `extra_info.answer_format` tells the math verifier where the
+A math row has `reward_model`; a code row has `tests` in the code verifier's styles (`call`:
+the program defines `fn_name`, called with each case's args; `stdio`: it reads each case's
+`stdin` and must print its `stdout`; `assert`: a HumanEval-style `test` source whose
+`check(candidate)` gets `entry_point`). `prefix` is code that goes before the response to
+make the program (a HumanEval prompt; empty when the response is the whole program). `extra_info.answer_format` tells the math verifier where the
 answer is: `final_number` (the last number in the response), `boxed` (the last \\boxed{}),
 or `gsm8k` ("#### n").
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ANSWER_FORMATS = ("final_number", "boxed", "gsm8k")
-CODE_STYLES = ("call", "stdio")
+CODE_STYLES = ("call", "stdio", "assert")
 CHAT_ROLES = ("system", "user", "assistant")
 
 
@@ -150,12 +151,17 @@ def _parse_tests(tests: Any, fail) -> dict[str, Any]:
     style = tests.get("style")
     if style not in CODE_STYLES:
         raise fail("tests.style", f"{style!r} is not one of {CODE_STYLES}")
-    cases = tests.get("cases")
-    if not isinstance(cases, list) or not cases:
-        raise fail("tests.cases", "expected a non-empty list of test cases")
     prefix = tests.get("prefix") or ""
     if not isinstance(prefix, str):
         raise fail("tests.prefix", "expected a string of code")
+    if style == "assert":
+        for key in ("entry_point", "test"):
+            if not isinstance(tests.get(key), str) or not tests[key]:
+                raise fail(f"tests.{key}", "assert-style tests need non-empty strings entry_point and test")
+        return {"style": style, "entry_point": tests["entry_point"], "test": tests["test"], "prefix": prefix}
+    cases = tests.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise fail("tests.cases", "expected a non-empty list of test cases")
     if style == "call":
         fn_name = tests.get("fn_name")
         if not isinstance(fn_name, str) or not fn_name.isidentifier():

@@ -1,0 +1,96 @@
+"""Row loading: verl-format jsonl/parquet files, bad rows named by file/row/field, built-ins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from riskpo.config import DatasetConfig
+from riskpo.data import RowError, load_dataset, parse_row, read_rows
+from riskpo.data.builtin import champ_rows, humaneval_rows
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_jsonl_fixture_rows_are_read_with_their_verifier():
+    math_rows = read_rows(FIXTURES / "math_rows.jsonl")  # has a blank line: skipped
+    assert len(math_rows) == 3
+    assert math_rows[0].verifier == "math" and math_rows[0].ground_truth == "5"
+    assert math_rows[2].ground_truth == "72"  # numbers become strings
+    assert math_rows[2].prompt[0] == {"role": "system", "content": "Be brief."}
+    code_rows = read_rows(FIXTURES / "code_rows.jsonl")
+    assert [row.tests["style"] for row in code_rows] == ["call", "stdio", "assert"]
+    assert all(row.verifier == "code" for row in code_rows)
+    assert code_rows[1].tests["cases"][0]["stdout"] == "3\n"  # tests given as a JSON string
+
+
+def test_parquet_rows_with_chat_prompts_and_code_tests(tmp_path):
+    """verl parquet files hold chat prompts as lists of structs (numpy arrays when read)."""
+    chat_row = read_rows(FIXTURES / "math_rows.jsonl")[0]
+    pq.write_table(pa.Table.from_pylist([chat_row.to_dict()]), tmp_path / "math.parquet")
+    code_row = read_rows(FIXTURES / "code_rows.jsonl")[0]
+    code_dict = {**code_row.to_dict(), "extra_info": {"index": 7}}  # arrow needs a non-empty struct
+    pq.write_table(pa.Table.from_pylist([code_dict]), tmp_path / "code.parquet")
+    assert read_rows(tmp_path / "math.parquet") == [chat_row]
+    assert read_rows(tmp_path / "code.parquet")[0].tests == code_row.tests
+    both = load_dataset(DatasetConfig(source="parquet", files=[str(tmp_path)], size=None))
+    assert len(both) == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('{"prompt": "1+1=", "data_source": "x", "reward_model": {"style": "rule"}}',
+         "reward_model.ground_truth"),
+        ('{"prompt": "", "data_source": "x", "reward_model": {"ground_truth": "2"}}', "prompt"),
+        ('{"prompt": "1+1=", "reward_model": {"ground_truth": "2"}}', "data_source"),
+        ('{"prompt": [{"role": "robot", "content": "hi"}], "data_source": "x", '
+         '"reward_model": {"ground_truth": "2"}}', "prompt[0]"),
+        ('{"prompt": "p", "data_source": "x", "tests": {"style": "call", "cases": '
+         '[{"args": [1], "expected": 1}]}}', "tests.fn_name"),
+        ('{"prompt": "p", "data_source": "x", "tests": {"style": "call", "fn_name": "f", '
+         '"cases": [{"args": 1, "expected": 1}]}}', "tests.cases[0]"),
+        ('{"prompt": "p", "data_source": "x"}', "reward_model"),
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": "1"}, '
+         '"extra_info": {"answer_format": "latex"}}', "extra_info.answer_format"),
+        ("{not json", "<json>"),
+    ],
+)
+def test_a_bad_row_names_file_row_and_field(tmp_path, line, field):
+    good = '{"prompt": "1+1=", "data_source": "x", "reward_model": {"ground_truth": "2"}}'
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n{good}\n{line}\n{good}\n")
+    with pytest.raises(RowError) as error:
+        read_rows(path)
+    assert (error.value.origin, error.value.row_number, error.value.field_name) == (str(path), 3, field)
+    assert "row 3" in str(error.value) and str(path) in str(error.value)
+
+
+def test_parse_row_rejects_non_objects():
+    with pytest.raises(RowError, match="expected an object"):
+        parse_row(["prompt"], "memory", 1)
+
+
+def test_missing_files_and_sizes():
+    with pytest.raises(FileNotFoundError, match="nothing matches"):
+        load_dataset(DatasetConfig(source="jsonl", files=["/no/such/*.jsonl"], size=None))
+    with pytest.raises(ValueError, match="needs files"):
+        load_dataset(DatasetConfig(source="jsonl", files=[], size=None))
+    subset = load_dataset(DatasetConfig(source="jsonl", files=[str(FIXTURES / "math_rows.jsonl")],
+                                        size=2, seed=3))
+    assert len(subset) == 2
+
+
+def test_builtin_humaneval_and_champ():
+    humaneval = humaneval_rows()
+    assert len(humaneval) == 164
+    first = humaneval[0]
+    assert first.tests["style"] == "assert" and first.tests["entry_point"] == "has_close_elements"
+    assert first.tests["prefix"] == first.prompt and "def check(candidate)" in first.tests["test"]
+    champ = champ_rows()
+    assert len(champ) == 270
+    assert champ[0].reward_model["ground_truth"] == "239"
+    assert champ[0].extra_info["answer_format"] == "boxed"

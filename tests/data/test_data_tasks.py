@@ -1,0 +1,144 @@
+"""Synthetic tasks, the bundle-aware sampler (exact resume) and prompt templates."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from riskpo.config import ArithmeticConfig, CodeTaskConfig, DataConfig, DatasetConfig
+from riskpo.data import Row, load_train_and_eval
+from riskpo.data.sampler import PromptSampler
+from riskpo.data.synthetic import arithmetic_problem, code_problem, generate_rows, problem_maker
+from riskpo.data.templates import build_prompt, check_prompt_lengths
+
+
+@pytest.mark.parametrize("operators", [["+"], ["+", "-", "*"]])
+def test_arithmetic_answers_are_exact_integers(operators):
+    config = ArithmeticConfig(min_digits=1, max_digits=4, min_terms=2, max_terms=4, operators=operators)
+    rng = random.Random(0)
+    for _ in range(300):
+        problem = arithmetic_problem(rng, config)
+        expression = problem.row.prompt.removesuffix("=")
+        assert problem.row.ground_truth == problem.reference_response == str(eval(expression))
+        assert problem.row.extra_info["answer_format"] == "final_number"
+
+
+def test_arithmetic_digit_and_term_knobs():
+    config = ArithmeticConfig(min_digits=3, max_digits=3, min_terms=3, max_terms=3)
+    rows = generate_rows(problem_maker("synthetic_arithmetic", config, CodeTaskConfig()), 50, seed=4)
+    for row in rows:
+        operands = row.prompt.removesuffix("=").split("+")
+        assert len(operands) == 3 and all(len(operand) == 3 for operand in operands)
+
+
+def test_generation_is_seeded_distinct_and_excludes():
+    make = problem_maker("synthetic_arithmetic", ArithmeticConfig(), CodeTaskConfig())
+    first, again = generate_rows(make, 200, seed=7), generate_rows(make, 200, seed=7)
+    assert first == again and len({row.prompt for row in first}) == 200
+    other = generate_rows(make, 200, seed=8, exclude_prompts=[row.prompt for row in first])
+    assert not {row.prompt for row in other} & {row.prompt for row in first}
+    tiny_space = ArithmeticConfig(min_digits=1, max_digits=1)  # 100 distinct problems
+    with pytest.raises(ValueError, match="too small"):
+        generate_rows(problem_maker("synthetic_arithmetic", tiny_space, CodeTaskConfig()), 101, 0)
+
+
+def test_held_out_eval_never_repeats_a_training_prompt():
+    easy = ArithmeticConfig(min_digits=1, max_digits=2)  # 10,000 problems: collisions are likely
+    data = DataConfig(train=DatasetConfig(size=3000, arithmetic=easy),
+                      eval=DatasetConfig(size=300, seed=1, arithmetic=easy))
+    train, held_out = load_train_and_eval(data)
+    assert len(train) == 3000 and len(held_out) == 300
+    assert not {row.prompt for row in train} & {row.prompt for row in held_out}
+
+
+@pytest.mark.parametrize("forms", [["linear"], ["linear", "quadratic"]])
+def test_code_reference_solutions_pass_their_own_tests(forms):
+    rng = random.Random(1)
+    for _ in range(100):
+        problem = code_problem(rng, CodeTaskConfig(forms=forms, coef_range=7, num_examples=3,
+                                                  num_hidden_cases=4))
+        tests = problem.row.tests
+        assert tests["style"] == "call" and tests["fn_name"] == "f" and len(tests["cases"]) == 7
+        namespace: dict = {}
+        exec(problem.reference_response, namespace)  # our own generated code, trusted
+        for case in tests["cases"]:
+            assert namespace["f"](*case["args"]) == case["expected"]
+        shown = problem.row.prompt.split(";")[:-1]
+        assert shown[0].startswith("f(0)=") and len(shown) == 3
+
+
+def test_code_prompts_fit_the_character_tokenizer():
+    from riskpo.modeling import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    rng = random.Random(2)
+    for _ in range(50):
+        problem = code_problem(rng, CodeTaskConfig(forms=["linear", "quadratic"]))
+        for text in (problem.row.prompt, problem.reference_response):
+            assert tokenizer.unk_token_id not in tokenizer.encode(text, add_special_tokens=False)
+
+
+def _rows(count: int) -> list[Row]:
+    return [Row(prompt=f"{i}+0=", data_source="t", reward_model={"style": "rule", "ground_truth": str(i)})
+            for i in range(count)]
+
+
+def test_sampler_covers_each_epoch_and_reshuffles():
+    sampler = PromptSampler(_rows(20), prompts_per_step=10, bundle_size=5, seed=3)
+    epoch0 = sampler.next_batch().row_indices + sampler.next_batch().row_indices
+    epoch1 = sampler.next_batch().row_indices + sampler.next_batch().row_indices
+    assert sorted(epoch0) == sorted(epoch1) == list(range(20))
+    assert epoch0 != epoch1 and sampler.epoch == 1
+
+
+def test_sampler_bundles_and_drop_last_bundle():
+    batch = PromptSampler(_rows(30), prompts_per_step=12, bundle_size=5).next_batch()
+    assert batch.bundle_ids == [0] * 5 + [1] * 5 + [2] * 2
+    dropped = PromptSampler(_rows(30), prompts_per_step=12, bundle_size=5, drop_last_bundle=True)
+    assert len(dropped.next_batch()) == 10
+
+
+def test_sampler_resumes_exactly_across_epochs():
+    rows = _rows(23)  # steps straddle epoch boundaries
+    straight = PromptSampler(rows, prompts_per_step=10, bundle_size=5, seed=11)
+    expected = [straight.next_batch().row_indices for _ in range(7)]
+    first = PromptSampler(rows, prompts_per_step=10, bundle_size=5, seed=11)
+    got = [first.next_batch().row_indices for _ in range(3)]
+    state = first.state_dict()
+    resumed = PromptSampler(rows, prompts_per_step=10, bundle_size=5, seed=11)
+    resumed.load_state_dict(state)
+    got += [resumed.next_batch().row_indices for _ in range(4)]
+    assert got == expected
+
+
+def test_sampler_refuses_state_of_other_data_or_seed():
+    state = PromptSampler(_rows(10), prompts_per_step=5, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        PromptSampler(_rows(10), prompts_per_step=5, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="num_rows"):
+        PromptSampler(_rows(11), prompts_per_step=5, seed=1).load_state_dict(state)
+
+
+def test_templates():
+    text_row = Row(prompt="12+345=", data_source="t", reward_model={"ground_truth": "357"})
+    assert build_prompt(text_row, "plain").text == "12+345="
+    chat = build_prompt(text_row, "chat", system_prompt="Be exact.", instruction="Box it.")
+    assert chat.messages == [{"role": "system", "content": "Be exact."},
+                             {"role": "user", "content": "12+345=\nBox it."}]
+    chat_row = Row(prompt=[{"role": "user", "content": "q"}], data_source="t",
+                   reward_model={"ground_truth": "1"})
+    with pytest.raises(ValueError, match="data.template=chat"):
+        build_prompt(chat_row, "plain")
+    with pytest.raises(ValueError, match="template"):
+        build_prompt(text_row, "fancy")
+
+
+def test_prompt_length_check_names_the_row():
+    from riskpo.modeling import build_tokenizer
+
+    rows = [Row(prompt="1+2=", data_source="t", reward_model={"ground_truth": "3"}),
+            Row(prompt="123456+654321=", data_source="t", reward_model={"ground_truth": "0"})]
+    check_prompt_lengths(rows[:1], build_tokenizer(), "plain", 8, "train")
+    with pytest.raises(ValueError, match="train, row 2: prompt is 14 tokens"):
+        check_prompt_lengths(rows, build_tokenizer(), "plain", 8, "train")

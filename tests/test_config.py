@@ -1,0 +1,137 @@
+"""The Hydra tree composes into the typed schema, the presets say what the paper says, and
+validation names the offending key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from riskpo import config as config_module
+from riskpo.config import ConfigError, RunConfig, compose_config, to_dataclass, validate
+
+FIXTURES = Path(__file__).parent / "data" / "fixtures"
+MATH_ROWS = FIXTURES / "math_rows.jsonl"
+LOCAL_DATA = [
+    "data.train.source=jsonl", f"data.train.files=[{MATH_ROWS}]",
+    "data.eval.source=jsonl", f"data.eval.files=[{MATH_ROWS}]",
+]
+
+
+def test_embedded_default_composes_validates_and_is_typed():
+    run = validate(compose_config([]))
+    assert isinstance(run, RunConfig)
+    assert run.model.path == "tiny" and run.data.train.source == "synthetic_arithmetic"
+    assert run.algorithm.name == "riskpo" and run.algorithm.quantile_source == "tracked"
+    assert run.trainer.prompts_per_step % run.algorithm.bundle_size == 0
+    assert run.rollout.engine == "hf" and run.logger.backend == "wandb"
+    assert to_dataclass(run) is run
+
+
+@pytest.mark.parametrize(
+    ("group", "name", "quantile_source"),
+    [("riskpo", "riskpo", "tracked"), ("riskpo_paper", "riskpo", "tracked"),
+     ("riskpo_release", "riskpo", "bundle"), ("grpo", "grpo", None), ("dr_grpo", "dr_grpo", None),
+     ("rloo", "rloo", None), ("reinforce_baseline", "reinforce_baseline", None)],
+)
+def test_every_algorithm_preset_validates(group, name, quantile_source):
+    run = validate(compose_config([f"algorithm={group}"]))
+    assert run.algorithm.name == name
+    if quantile_source:
+        assert run.algorithm.quantile_source == quantile_source
+    if group == "riskpo_release":
+        assert run.algorithm.pairing == "index"
+    if group == "dr_grpo":
+        assert not run.algorithm.std_normalize
+        assert run.algorithm.loss.aggregation == "seq_mean_token_sum"
+
+
+def test_paper_recipes_match_the_spec():
+    math = validate(compose_config(["experiment=qwen2.5-1.5b-math", *LOCAL_DATA]))
+    assert (math.trainer.prompts_per_step, math.trainer.samples_per_prompt) == (1024, 5)
+    assert (math.algorithm.beta, math.algorithm.credit, math.algorithm.natural_baseline) == (0.9, "std", True)
+    assert math.trainer.total_steps == 200 and math.learner.num_ranks == 4
+    assert math.model.path == "Qwen/Qwen2.5-1.5B-Instruct" and math.rollout.engine == "vllm"
+
+    dapo = validate(compose_config(["experiment=r1-distill-1.5b-dapo", *LOCAL_DATA]))
+    assert (dapo.trainer.prompts_per_step, dapo.trainer.samples_per_prompt) == (512, 10)
+    assert (dapo.algorithm.beta, dapo.algorithm.credit, dapo.algorithm.natural_baseline) == (
+        0.8, "sum_mean", False)
+    assert dapo.rollout.max_new_tokens == 3072 and dapo.data.eval_samples == 32
+    assert dapo.trainer.total_steps == 500 and dapo.learner.num_ranks == 8
+
+
+@pytest.mark.parametrize("experiment", ["qwen2.5-1.5b-math", "r1-distill-1.5b-dapo"])
+def test_grpo_twin_differs_only_in_the_advantage(experiment):
+    riskpo = OmegaConf.to_container(compose_config([f"experiment={experiment}", *LOCAL_DATA]))
+    grpo = OmegaConf.to_container(compose_config([f"experiment={experiment}-grpo", *LOCAL_DATA]))
+    assert grpo["algorithm"]["name"] == "grpo"
+    for section in riskpo:
+        if section not in ("algorithm", "experiment_name"):
+            assert riskpo[section] == grpo[section], section
+    assert riskpo["algorithm"]["loss"] == grpo["algorithm"]["loss"]
+
+
+def test_paper_recipe_data_must_exist_here():
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["experiment=qwen2.5-1.5b-math"]))
+    assert error.value.key == "data.train.files"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "hint"),
+    [
+        (["trainer.prompts_per_step=7"], "trainer.prompts_per_step", "drop_last_bundle"),
+        (["trainer.samples_per_prompt=1"], "trainer.samples_per_prompt", "reinforce_baseline"),
+        (["algorithm.alpha=0.9"], "algorithm.alpha", "alpha"),
+        (["algorithm.name=ppo"], "algorithm.name", "grpo"),
+        (["algorithm.credit=mean"], "algorithm.credit", "sum_mean"),
+        (["model.path=/no/such/model"], "model.path", "model=tiny"),
+        (["data.eval_pass_k=[1,16]"], "data.eval_pass_k", "eval_samples"),
+        (["rollout.temperature=0"], "rollout.temperature", "temperature"),
+        (["data=code", "verifier.num_code_actors=0"], "verifier.num_code_actors", "num_code_actors"),
+        (["resume=/no/such/checkpoint"], "resume", "auto"),
+        (["learner.offload=true", "learner.zero_stage=0"], "learner.offload", "zero_stage"),
+        (["learner.micro_batch_token_budget=8"], "learner.micro_batch_token_budget", "at least"),
+        (["data.train.source=champ"], "data.train.source", "synthetic"),
+        (["cluster.colocate=true"], "cluster.colocate", "gpus"),
+        (["model=qwen2.5-1.5b-instruct", "data.train.source=parquet",
+          "data.train.files=[/no/such.parquet]"], "data.train.files", "existing"),
+    ],
+)
+def test_validation_names_the_key_and_a_fix(overrides, key, hint):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(overrides))
+    assert error.value.key == key
+    assert hint in str(error.value)
+
+
+def test_allowed_variants_of_rejected_settings_pass():
+    validate(compose_config(["trainer.prompts_per_step=7", "algorithm.drop_last_bundle=true"]))
+    validate(compose_config(["trainer.prompts_per_step=7", "algorithm.ragged_last_bundle=true"]))
+    validate(compose_config(["trainer.samples_per_prompt=1", "algorithm=reinforce_baseline"]))
+    validate(compose_config(["data=code"]))
+
+
+def test_zero3_needs_an_engine_that_loads_streamed_weights(monkeypatch):
+    validate(compose_config(["learner.zero_stage=3"]))
+    monkeypatch.setitem(config_module.ROLLOUT_ENGINES, "hf",
+                        {"streamed_weight_load": False, "tensor_parallel": False})
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["learner.zero_stage=3"]))
+    assert error.value.key == "learner.zero_stage"
+
+
+@pytest.mark.parametrize("override", ["trainer.no_such_key=1", "trainer.total_steps=many"])
+def test_unknown_keys_and_wrong_types_fail_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_config([override])
+
+
+def test_hydra_run_dir_follows_run_dir_when_given():
+    node = OmegaConf.create({"run_dir": None, "given": "/tmp/x",
+                             "a": "${riskpo_first_set:${run_dir},runs/default}",
+                             "b": "${riskpo_first_set:${given},runs/default}"})
+    assert (node.a, node.b) == ("runs/default", "/tmp/x")
