@@ -71,17 +71,18 @@ def make_bundle_ids(num_questions: int, bundle_size: int, drop_last: bool = Fals
 
 
 def _check_inputs(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
-                  valid: torch.Tensor) -> None:
+                  valid: torch.Tensor | None) -> None:
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     for name, tensor in (("question_ids", question_ids), ("bundle_ids", bundle_ids), ("valid", valid)):
-        if tensor.shape != rewards.shape:
+        if tensor is not None and tensor.shape != rewards.shape:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}, rewards {tuple(rewards.shape)}")
     if question_ids.dtype.is_floating_point or bundle_ids.dtype.is_floating_point:
         raise TypeError("question_ids and bundle_ids must be integer tensors")
-    if valid.dtype != torch.bool:
+    if valid is not None and valid.dtype != torch.bool:
         raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
-    if not (torch.isfinite(rewards) | ~valid).all():
+    finite = torch.isfinite(rewards) if valid is None else torch.isfinite(rewards) | ~valid
+    if not finite.all():
         raise ValueError("rewards contain NaN or inf in valid rows")
 
 
@@ -113,12 +114,14 @@ def _check_structure(question_bundle: torch.Tensor, response_question: torch.Ten
     return counts
 
 
-def _ranks_within_questions(response_question: torch.Tensor, valid: torch.Tensor,
+def _ranks_within_questions(response_question: torch.Tensor, valid: torch.Tensor | None,
                             num_questions: int, pairing: str,
                             generator: torch.Generator | None) -> torch.Tensor:
     """Position of each valid response among its question's valid responses, in pairing order."""
     n = response_question.numel()
-    group = response_question * 2 + (~valid).long()  # invalid rows rank in their own group
+    group = response_question * 2  # invalid rows rank in their own group, 2q + 1
+    if valid is not None:
+        group = group + (~valid).long()
     if pairing == "index":
         already_grouped = bool((group[1:] >= group[:-1]).all())
         order = None if already_grouped else torch.argsort(group, stable=True)
@@ -155,7 +158,6 @@ def form_papers(
     """
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-    valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
     _check_inputs(rewards, question_ids, bundle_ids, valid)
     response_question, num_questions = dense_ids(question_ids)
     response_bundle, num_bundles = dense_ids(bundle_ids)
@@ -173,7 +175,9 @@ def form_papers(
         0, question_bundle, limiting_counts, "amin"
     )
     papers_per_bundle = torch.where(papers_per_bundle == _NO_LIMIT, 0, papers_per_bundle)
-    paired = valid & (ranks < gather(papers_per_bundle, response_bundle))
+    paired = ranks < gather(papers_per_bundle, response_bundle)
+    if valid is not None:
+        paired &= valid
     first_paper = torch.cumsum(papers_per_bundle, 0) - papers_per_bundle
     response_paper = torch.where(paired, gather(first_paper, response_bundle) + ranks, -1)
     num_papers = int(papers_per_bundle.sum())
@@ -198,7 +202,8 @@ def bundle_score_std(papers: Papers) -> torch.Tensor:
     return segment_std(papers.paper_scores, papers.paper_bundle, papers.num_bundles)
 
 
-def question_reward_std(papers: Papers, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def question_reward_std(papers: Papers, rewards: torch.Tensor,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased std of each question's valid rewards [Q]; NaN with fewer than two."""
     return segment_std(rewards.to(torch.float64), papers.response_question, papers.num_questions,
                        valid)
@@ -221,7 +226,6 @@ def assign_credit(
     """
     if mode not in CREDITS:
         raise ValueError(f"credit must be one of {CREDITS}, got {mode!r}")
-    valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
     paired = papers.paired
     if papers.paper_scores.numel() == 0:
         return torch.zeros_like(rewards, dtype=paper_advantages.dtype)
@@ -236,7 +240,7 @@ def assign_credit(
     return credit * _sum_mean_shares(papers, rewards, valid, paper_index, paired)
 
 
-def _sum_mean_shares(papers: Papers, rewards: torch.Tensor, valid: torch.Tensor,
+def _sum_mean_shares(papers: Papers, rewards: torch.Tensor, valid: torch.Tensor | None,
                      paper_index: torch.Tensor, paired: torch.Tensor) -> torch.Tensor:
     rewards64 = rewards.to(torch.float64)
     question_mean = segment_mean(rewards64, papers.response_question, papers.num_questions, valid)
