@@ -103,12 +103,20 @@ class BroadcastReceiver(_Broadcaster):
 
     def receive(self, manifest: WeightManifest) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields the manifest's tensors bucket by bucket; the caller must consume all of
-        them (each bucket is one collective that the sender waits on)."""
-        for bucket in manifest.buckets:
-            buffer = torch.empty(bucket.num_bytes, dtype=torch.uint8, device=self.device)
-            self._broadcast(buffer).wait()
+        them (each bucket is one collective that the sender waits on). The next bucket is
+        already on its way while the caller loads the current one."""
+        pending = [self._post(bucket.num_bytes) for bucket in manifest.buckets[:1]]
+        for index, bucket in enumerate(manifest.buckets):
+            buffer, work = pending.pop()
+            work.wait()
+            if index + 1 < len(manifest.buckets):
+                pending.append(self._post(manifest.buckets[index + 1].num_bytes))
             for packed in bucket.tensors:
                 yield packed.spec.name, unpack_from(buffer, packed)
+
+    def _post(self, num_bytes: int) -> tuple[torch.Tensor, dist.Work]:
+        buffer = torch.empty(num_bytes, dtype=torch.uint8, device=self.device)
+        return buffer, self._broadcast(buffer)
 
 
 def _next_named(
