@@ -35,7 +35,7 @@ from riskpo.risk import (
 )
 
 QUANTILE_SOURCES = ("tracked", "bundle", "mix")
-TRACKER_UPDATES = ("after", "before")
+TRACKER_UPDATES = ("before_advantage", "after_advantage")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class AdvantageConfig:
 
     RiskPO: alpha, beta, w_mix, natural_baseline, mix_cvar, risk_seeking(_u), std_normalize,
     credit, pairing ("permute" seeded by seed + step, or "index" = the release's order),
-    quantile_source, tracker_lr, tracker_update ("after": step t uses the tracker after its
-    step-t update, the paper; "before": the state after step t-1), allow_surplus.
+    quantile_source, tracker_lr, tracker_update (when the tracker takes step t's scores:
+    "before_advantage" = step t's advantage uses the tracker after its step-t update, the paper;
+    "after_advantage" = it uses the state after step t-1), allow_surplus.
     GRPO / REINFORCE: std_normalize (GRPO divides by group std + epsilon). Dr.GRPO, RLOO: none.
     """
 
@@ -62,13 +63,15 @@ class AdvantageConfig:
     seed: int = 0
     quantile_source: str = "tracked"
     tracker_lr: float = 0.1
-    tracker_update: str = "after"
+    tracker_update: str = "before_advantage"
     allow_surplus: bool = False
     epsilon: float = 1e-6
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < self.beta <= 1.0:
-            raise ValueError(f"advantage config: need 0 < alpha < beta <= 1, got alpha={self.alpha}, beta={self.beta}")
+        if not 0.0 <= self.alpha < self.beta <= 1.0:
+            raise ValueError(f"advantage config: need 0 <= alpha < beta <= 1, got alpha={self.alpha}, beta={self.beta}")
+        if self.alpha == 0.0 and self.mix_cvar and not self.risk_seeking:
+            raise ValueError("advantage config: mix_cvar divides by alpha, which is 0")
         choices = {"credit": CREDITS, "pairing": PAIRINGS, "quantile_source": QUANTILE_SOURCES,
                    "tracker_update": TRACKER_UPDATES}
         for key, allowed in choices.items():
@@ -94,8 +97,10 @@ class AdvantageState:
     step: int = 0
 
     def tracker(self, lr: float) -> QuantileTracker:
+        """The quantile tracker, created on first use; the config's lr always wins."""
         if self.quantile_tracker is None:
             self.quantile_tracker = QuantileTracker(lr=lr)
+        self.quantile_tracker.lr = float(lr)
         return self.quantile_tracker
 
     def state_dict(self) -> dict[str, object]:
@@ -269,7 +274,7 @@ def _riskpo_estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_
                          generator=generator, allow_surplus=config.allow_surplus)
     tracker = state.tracker(config.tracker_lr)
     updated = False
-    if config.tracker_update == "after" or not tracker.initialized:
+    if config.tracker_update == "before_advantage" or not tracker.initialized:
         tracker.update(papers.paper_scores)
         updated = True
     crossed, tracked = False, None

@@ -116,8 +116,8 @@ def quantile(values: torch.Tensor, level: float) -> torch.Tensor:
 
 
 def _check_levels(alpha: float, beta: float) -> None:
-    if not 0.0 < alpha < beta <= 1.0:
-        raise ValueError(f"risk levels need 0 < alpha < beta <= 1, got alpha={alpha}, beta={beta}")
+    if not 0.0 <= alpha < beta <= 1.0:
+        raise ValueError(f"risk levels need 0 <= alpha < beta <= 1, got alpha={alpha}, beta={beta}")
 
 
 def cvar(scores: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -164,7 +164,9 @@ def rvar_advantage(
 
 
 def cvar_advantage(scores: torch.Tensor, q_alpha: torch.Tensor, alpha: float) -> torch.Tensor:
-    """A_cvar(S) = -(qa - S)+ / a."""
+    """A_cvar(S) = -(qa - S)+ / a (a > 0)."""
+    if alpha <= 0:
+        raise ValueError(f"CVaR weight divides by alpha, got alpha={alpha}")
     return -(q_alpha - scores).clamp(min=0) / alpha
 
 

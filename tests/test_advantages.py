@@ -223,9 +223,9 @@ def test_masked_rows_do_not_change_the_others():
     assert (masked[~valid] == 0).all()
 
 
-def test_tracker_update_before_uses_the_previous_state():
+def test_tracker_update_after_advantage_uses_the_previous_state():
     rewards, question_ids, bundle_ids = _random_batch(5)
-    config = AdvantageConfig(pairing="index", tracker_update="before")
+    config = AdvantageConfig(pairing="index", tracker_update="after_advantage")
     state = AdvantageState()
     estimator = get_advantage_estimator("riskpo")
     estimator(rewards, question_ids, bundle_ids, config, state)
@@ -239,7 +239,7 @@ def test_tracker_update_before_uses_the_previous_state():
     assert state.step == 2 and tracker.num_updates == 2
 
 
-def test_tracker_update_after_uses_this_steps_update():
+def test_tracker_update_before_advantage_uses_this_steps_update():
     rewards, question_ids, bundle_ids = _random_batch(6)
     config = AdvantageConfig(pairing="index")
     state = AdvantageState()
@@ -325,6 +325,9 @@ def test_registry_errors():
         register_advantage("grpo")(lambda *args: None)
     with pytest.raises(ValueError, match="credit"):
         AdvantageConfig(credit="median")
+    with pytest.raises(ValueError, match="divides by alpha"):
+        AdvantageConfig(alpha=0.0)
+    AdvantageConfig(alpha=0.0, mix_cvar=False, quantile_source="bundle")  # pure RVaR_{0:b} is fine
     with pytest.raises(ValueError, match="tracker grid"):
         AdvantageConfig(alpha=0.01)
     with pytest.raises(ValueError, match="single response"):

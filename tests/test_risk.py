@@ -40,6 +40,7 @@ def test_risk_measures_by_hand():
     assert risk.cvar(scores, 0.2).item() == pytest.approx(1.5)
     assert risk.rvar(scores, 0.2, 0.8).item() == pytest.approx(5.5)
     assert risk.mvar(scores, 0.2, 0.8, 1.5).item() == pytest.approx((1.5 * 1.5 + 5.5) / 2.5)
+    assert risk.rvar(scores, 0.0, 1.0).item() == pytest.approx(scores.mean().item())
 
 
 def test_rvar_of_an_empty_range_is_nan_not_a_guess():
@@ -49,6 +50,8 @@ def test_rvar_of_an_empty_range_is_nan_not_a_guess():
 def test_bad_levels_are_errors():
     with pytest.raises(ValueError, match="alpha"):
         risk.rvar(torch.ones(3), 0.8, 0.2)
+    with pytest.raises(ValueError, match="divides by alpha"):
+        risk.cvar_advantage(torch.ones(3), torch.tensor(1.0), 0.0)
     with pytest.raises(ValueError, match="levels"):
         risk.segment_quantiles(torch.ones(3), torch.zeros(3, dtype=torch.long), 1, torch.tensor([1.5]))
 
