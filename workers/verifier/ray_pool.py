@@ -22,6 +22,7 @@ from workers.verifier.executor import CodeExecutor, ExecLimits
 from workers.verifier.math_verifier import MathLimits, MathVerifier
 
 KINDS = ("math", "code")
+PING_BACKOFF_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,9 @@ class VerifierPool:
     def _run(self, rows: list[dict], chunks: deque, results: list, deadline_unix: float) -> None:
         in_flight: dict[Any, tuple[str, int, list[int]]] = {}
         load = {(kind, i): 0 for kind, actors in self.actors.items() for i in range(len(actors))}
-        while chunks or in_flight:
-            self._submit(rows, chunks, in_flight, load, deadline_unix)
+        healthy = self._healthy_actors(deadline_unix)
+        while (chunks and healthy) or in_flight:
+            self._submit(rows, chunks, in_flight, load, healthy, deadline_unix)
             remaining = deadline_unix - time.time()
             if remaining <= 0:
                 break
@@ -129,20 +131,54 @@ class VerifierPool:
             for ref in done:
                 kind, actor_index, indices = in_flight.pop(ref)
                 load[(kind, actor_index)] -= 1
-                self._store(ref, indices, rows, results)
+                if not self._store(ref, indices, rows, results):
+                    healthy.discard((kind, actor_index))
+            if chunks and not in_flight:
+                healthy = self._healthy_actors(deadline_unix)
+                self._drop_orphans(chunks, healthy, rows, results)
         for ref, (_, _, indices) in in_flight.items():
             ray.cancel(ref, force=False)
             self._fail(indices, rows, results, "batch deadline passed")
         for _, indices in chunks:
-            self._fail(indices, rows, results, "batch deadline passed before dispatch")
+            self._fail(indices, rows, results, "no verifier actor available before the deadline")
+
+    def _drop_orphans(self, chunks: deque, healthy: set, rows: list[dict],
+                      results: list) -> None:
+        """Fail the chunks of a kind that has no live actor left."""
+        live_kinds = {kind for kind, _ in healthy}
+        for kind, indices in [chunk for chunk in chunks if chunk[0] not in live_kinds]:
+            chunks.remove((kind, indices))
+            self._fail(indices, rows, results, f"no live {kind} verifier actor")
+
+    def _healthy_actors(self, deadline_unix: float) -> set[tuple[str, int]]:
+        """Actors answering a ping; a restarting actor is waited for (pings are no payload)."""
+        healthy: set[tuple[str, int]] = set()
+        waiting = {(kind, i) for kind, actors in self.actors.items() for i in range(len(actors))}
+        while waiting and time.time() < deadline_unix:
+            pings = {self.actors[kind][i].layers.remote(): (kind, i) for kind, i in waiting}
+            for ref, key in pings.items():
+                try:
+                    ray.get(ref, timeout=max(deadline_unix - time.time(), 0.01))
+                except ray.exceptions.ActorDiedError:
+                    waiting.discard(key)  # out of restarts: it stays out of the pool
+                except (ray.exceptions.RayError, TimeoutError):
+                    continue
+                else:
+                    healthy.add(key)
+                    waiting.discard(key)
+            if waiting:
+                time.sleep(PING_BACKOFF_S)
+        return healthy
 
     def _submit(self, rows: list[dict], chunks: deque, in_flight: dict, load: dict,
-                deadline_unix: float) -> None:
-        pending = deque()
+                healthy: set, deadline_unix: float) -> None:
+        """Send chunks to the least-loaded healthy actor of their kind, up to its in-flight cap."""
+        pending: deque = deque()
         while chunks:
             kind, indices = chunks.popleft()
-            key = min((k for k in load if k[0] == kind), key=load.get)
-            if load[key] >= self.limits.max_in_flight_per_actor:
+            candidates = [key for key in load if key[0] == kind and key in healthy]
+            key = min(candidates, key=load.get) if candidates else None
+            if key is None or load[key] >= self.limits.max_in_flight_per_actor:
                 pending.append((kind, indices))
                 continue
             actor = self.actors[kind][key[1]]
@@ -152,14 +188,16 @@ class VerifierPool:
         chunks.extend(pending)
 
     @staticmethod
-    def _store(ref: Any, indices: list[int], rows: list[dict], results: list) -> None:
+    def _store(ref: Any, indices: list[int], rows: list[dict], results: list) -> bool:
+        """Store a chunk's results; on failure mask its rows (never retried) and return False."""
         try:
             chunk_results = ray.get(ref)
-        except (ray.exceptions.RayError, Exception) as exc:  # noqa: BLE001 - no retry, masked
+        except Exception as exc:  # noqa: BLE001 - actor death or error: masked, no retry
             VerifierPool._fail(indices, rows, results, f"verifier actor failed: {exc}"[:300])
-            return
+            return False
         for index, result in zip(indices, chunk_results, strict=True):
             results[index] = result
+        return True
 
     @staticmethod
     def _fail(indices: list[int], rows: list[dict], results: list, message: str) -> None:
