@@ -116,6 +116,16 @@ def forwarded_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
+def check_working_dir(working_dir: Path) -> Path:
+    """The project checkout to ship: it must hold pyproject.toml and conf/ (an installed, not
+    editable, copy of the package does not, and would ship site-packages instead)."""
+    missing = [name for name in ("pyproject.toml", "conf") if not (working_dir / name).exists()]
+    if missing:
+        raise ValueError(f"working dir {working_dir} is not a RiskPO-RL checkout (no {missing}); "
+                         "pass --working-dir PATH_TO_CHECKOUT")
+    return working_dir
+
+
 def build_runtime_env(options: SubmitOptions) -> dict[str, Any]:
     """The Ray runtime_env shared by every job: the code without .git/checkpoints/data/venvs,
     environment variables and extra pip packages."""
@@ -247,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-root", default=None,
                         help="directory on the cluster (shared storage) under which each job "
                              "gets run_dir=RUNS_ROOT/JOB_ID, unless the overrides set run_dir")
+    parser.add_argument("--working-dir", type=Path, default=PROJECT_ROOT,
+                        help="project checkout shipped to the cluster (default: this one)")
     parser.add_argument("--python", default="python",
                         help="interpreter on the cluster that runs launch.train (default: python)")
     parser.add_argument("--entrypoint-num-cpus", type=float, default=None)
@@ -269,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env_vars = {**forwarded_environment(os.environ), **parse_env_assignments(args.env)}
         options = SubmitOptions(
             address=args.address or "",
+            working_dir=check_working_dir(args.working_dir.resolve()),
             python=args.python,
             env_vars=env_vars,
             pip_packages=list(args.pip),

@@ -9,11 +9,11 @@ source "$(dirname "$0")/common.sh"
 parse_node_flags "$@"
 mapfile -t resources < <(resource_args)
 
-ray start --head \
+echo "starting the head; workers join with: launch/cluster/start_worker.sh $(hostname -I | awk '{print $1}'):${RAY_PORT:-6379}"
+exec ray start --head \
     --port="${RAY_PORT:-6379}" \
     --dashboard-host=0.0.0.0 \
     --dashboard-port="${DASHBOARD_PORT:-8265}" \
     --disable-usage-stats \
     "${resources[@]}" \
     "${RAY_EXTRA_ARGS[@]}"
-echo "head started: workers join with launch/cluster/start_worker.sh $(hostname -I | awk '{print $1}'):${RAY_PORT:-6379}"

@@ -12,4 +12,4 @@ shift
 parse_node_flags "$@"
 mapfile -t resources < <(resource_args)
 
-ray start --address="$head_address" --disable-usage-stats "${resources[@]}" "${RAY_EXTRA_ARGS[@]}"
+exec ray start --address="$head_address" --disable-usage-stats "${resources[@]}" "${RAY_EXTRA_ARGS[@]}"

@@ -158,3 +158,9 @@ def test_run_dir_from_the_overrides_is_remembered() -> None:
     assert run.run_dir == "/x/y"
     (run,) = submit.plan_runs(["seed=1"], False, _options())
     assert run.run_dir is None
+
+
+def test_working_dir_must_be_a_checkout(tmp_path: Path) -> None:
+    assert submit.check_working_dir(submit.PROJECT_ROOT) == submit.PROJECT_ROOT
+    with pytest.raises(ValueError, match=r"not a RiskPO-RL checkout .*pyproject.toml"):
+        submit.check_working_dir(tmp_path)

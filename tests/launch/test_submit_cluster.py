@@ -1,0 +1,124 @@
+"""riskpo-submit against a real Ray head started here (launch/cluster/start_head.sh): the embedded
+default with a few steps runs as a Ray job and leaves the run directory's contract outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+# The embedded default, shortened: no warm start (minutes of CPU), three RL steps, no wandb.
+FAST_OVERRIDES = ["trainer.total_steps=3", "model.warmstart.enabled=false", "logger=none"]
+METRIC_KEYS = ("step", "train/reward_mean", "actor/entropy", "time/step", "time/generate",
+               "time/verify", "time/advantage", "time/train", "time/sync")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (REPO / "launch" / "train.py").exists(),
+                       reason="launch/train.py (the riskpo-train driver) is not in the tree yet"),
+]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _wait_for_job_api(address: str, head: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"the Ray head exited with {head.returncode} before its job API answered")
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return
+        except Exception:  # not up yet: connection refused, 503, ...
+            time.sleep(1.0)
+    pytest.fail(f"no Ray job API at {address} after {timeout_s:.0f} s")
+
+
+def _kill_session_processes(temp_dir: str) -> None:
+    """Kill, by pid, what is left of this head: processes whose command line names its temp dir."""
+    import psutil
+
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(temp_dir in part for part in process.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+@pytest.fixture
+def ray_head() -> Iterator[str]:
+    """A Ray head on free ports, started by the cluster script; yields the job API address."""
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix sockets live here
+    gcs, dashboard, agent_http, agent_grpc, metrics, env_agent, client, node_manager, objects = (
+        _free_ports(9))
+    env = dict(os.environ, RAY_PORT=str(gcs), DASHBOARD_PORT=str(dashboard), RAY_TMPDIR=temp_dir,
+               RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    command = ["bash", str(REPO / "launch/cluster/start_head.sh"),
+               "--num-cpus", "4", "--num-gpus", "0", "--verifier-slots", "1", "--",
+               f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent_http}",
+               f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+               f"--runtime-env-agent-port={env_agent}", f"--ray-client-server-port={client}",
+               f"--node-manager-port={node_manager}", f"--object-manager-port={objects}",
+               "--block"]
+    head = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_job_api(address, head)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        _kill_session_processes(temp_dir)
+
+
+def test_submit_the_embedded_default_and_read_its_run_dir(ray_head: str, tmp_path: Path) -> None:
+    runs_root = tmp_path / "runs"
+    runs_root.mkdir()
+    command = [str(BIN / "riskpo-submit"), "--address", ray_head, "--runs-root", str(runs_root),
+               "--python", sys.executable, "--env", f"RISKPO_CACHE={tmp_path / 'cache'}",
+               "--", *FAST_OVERRIDES]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "submitted riskpo-" in output and "ray job logs --address" in output
+    assert "SUCCEEDED" in output
+
+    (run_dir,) = [path for path in runs_root.iterdir() if path.is_dir()]
+    from launch.sweep_summary import resolved_config_path
+
+    resolved_config_path(run_dir)  # the resolved config is there
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [m for m in metrics if "train/reward_mean" in m]
+    assert [m["step"] for m in train_steps][-1] == 3
+    for key in METRIC_KEYS:
+        assert key in train_steps[-1], key
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["wall_s"] > 0
+    assert summary["initial"] and summary["final"]
+    assert list(run_dir.rglob("*.png")), "no plots in the run directory"
+    assert (runs_root / "sweep_summary.md").is_file()
