@@ -1,0 +1,55 @@
+"""The rollout actor: one engine (built by make_engine inside the actor's process) behind a
+Ray actor, plus the two weight-sync entry points that feed it new weights.
+
+`RolloutActor` is a plain class so it can also run in-process; `RolloutGroup` turns it into a
+Ray actor with `ray.remote(RolloutActor).options(...)`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from workers.rollout import make_engine
+from workers.rollout.engine import Completion, Prompt, SamplingParams
+
+
+class RolloutActor:
+    """Samples completions with one engine; the unit the rollout group shards prompts over."""
+
+    def __init__(self, engine_kind: Any, model_path: str | Path, engine_kwargs: dict | None = None):
+        self.engine = make_engine(engine_kind, model_path, **(engine_kwargs or {}))
+        self._receiver = None
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        return self.engine.generate(prompts, params)
+
+    def weight_version(self) -> int:
+        return self.engine.weight_version
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
+    def ping(self) -> dict[str, Any]:
+        """Where this actor lives (host, pid) and its weight version: a liveness check."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "weight_version": self.engine.weight_version,
+        }
+
+    def init_weight_sync(self, **transport_kwargs: Any) -> None:
+        from workers.weight_sync import make_receiver
+
+        self._receiver = make_receiver(**transport_kwargs)
+
+    def receive_weights(self, manifest: Any) -> int:
+        if self._receiver is None:
+            raise RuntimeError("RolloutActor.receive_weights before init_weight_sync")
+        self.engine.load_weights(self._receiver.receive(manifest))
+        return self.engine.weight_version
