@@ -52,8 +52,8 @@ def main() -> None:
     torch.testing.assert_close(fast.double(), slow, atol=1e-5, rtol=1e-5)
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; times are min / median")
-    loop_min, loop_median = time_call(lambda: reference_riskpo(*batch, **OPTIONS), repeats=5)
-    vector_min, vector_median = time_call(lambda: riskpo_advantages(*batch, **OPTIONS), repeats=200)
+    loop_min, loop_median = time_call(lambda: reference_riskpo(*batch, **OPTIONS), repeats=3)
+    vector_min, vector_median = time_call(lambda: riskpo_advantages(*batch, **OPTIONS), repeats=100)
     print(f"512 x 10, bundle 5, credit std: release-style loops {loop_min * 1e3:.0f} / "
           f"{loop_median * 1e3:.0f} ms, vectorised {vector_min * 1e3:.3f} / {vector_median * 1e3:.3f} ms, "
           f"ratio {loop_min / vector_min:.0f}x (min) / {loop_median / vector_median:.0f}x (median), "
@@ -61,8 +61,8 @@ def main() -> None:
 
     large = make_batch(1024, 16, 5)
     for credit in ("uniform", "std", "sum_mean"):
-        low, median = time_call(lambda c=credit: riskpo_advantages(*large, credit=c), repeats=200)
-        cpu, _ = time_call(lambda c=credit: riskpo_advantages(*large, credit=c), repeats=200,
+        low, median = time_call(lambda c=credit: riskpo_advantages(*large, credit=c), repeats=100)
+        cpu, _ = time_call(lambda c=credit: riskpo_advantages(*large, credit=c), repeats=100,
                            clock=time.thread_time)
         print(f"1024 x 16, bundle 5, credit {credit}: vectorised {low * 1e3:.3f} / {median * 1e3:.3f} ms "
               f"wall, {cpu * 1e3:.3f} ms CPU (min), target < 5 ms")

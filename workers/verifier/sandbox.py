@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import resource
 import struct
@@ -24,6 +25,7 @@ SYS_CAPSET = 126
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_KEEPCAPS = 8
 PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 CAP_DAC_READ_SEARCH = 2
 
 LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
@@ -84,25 +86,32 @@ def apply_rlimits(limits: SandboxLimits, as_root_uid: bool) -> None:
         resource.setrlimit(which, (value, value))
 
 
-def _landlock_rule(ruleset_fd: int, path: str, access: int) -> None:
-    try:
-        path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        if not os.path.isdir(path):
-            access &= LL_FILE_RIGHTS
-        rule = struct.pack("=Qi", access, path_fd)
-        buffer = ctypes.create_string_buffer(rule, len(rule))
-        result = LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, 1, buffer, 0)
-        if result != 0:
-            raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
-    finally:
-        os.close(path_fd)
+def open_rule_paths(paths: list[str], lowest_fd: int = 200) -> list[tuple[int, bool]]:
+    """O_PATH descriptors (numbered from lowest_fd, clear of the child's stdio and pipes) and
+    whether each is a directory, for the paths that exist."""
+    opened = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        high_fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest_fd)
+        os.close(fd)
+        opened.append((high_fd, os.path.isdir(path)))
+    return opened
 
 
-def apply_landlock(abi: int, read_paths: list[str], write_paths: list[str]) -> None:
-    """Allow reading read_paths and everything under write_paths; no TCP, scoped signals."""
+def _landlock_rule(ruleset_fd: int, path_fd: int, is_dir: bool, access: int) -> None:
+    if not is_dir:
+        access &= LL_FILE_RIGHTS
+    rule = struct.pack("=Qi", access, path_fd)
+    buffer = ctypes.create_string_buffer(rule, len(rule))
+    if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, 1, buffer, 0) != 0:
+        raise OSError(ctypes.get_errno(), "landlock_add_rule failed")
+
+
+def apply_landlock(abi: int, read_fds: list[tuple[int, bool]], write_path: str) -> None:
+    """Allow reading under read_fds and everything under write_path; no TCP, scoped signals."""
     handled_fs = (1 << 13) - 1
     if abi >= 2:
         handled_fs |= 1 << 13
@@ -118,15 +127,16 @@ def apply_landlock(abi: int, read_paths: list[str], write_paths: list[str]) -> N
     ruleset_fd = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(size), 0)
     if ruleset_fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    write_fd = os.open(write_path, os.O_PATH | os.O_CLOEXEC)
     try:
-        for path in read_paths:
-            _landlock_rule(ruleset_fd, path, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR)
-        for path in write_paths:
-            _landlock_rule(ruleset_fd, path, handled_fs)
+        for path_fd, is_dir in read_fds:
+            _landlock_rule(ruleset_fd, path_fd, is_dir, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR)
+        _landlock_rule(ruleset_fd, write_fd, True, handled_fs)
         set_no_new_privs()
         if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
+        os.close(write_fd)
         os.close(ruleset_fd)
 
 
@@ -171,6 +181,36 @@ def build_seccomp_filter():  # -> pyseccomp.SyscallFilter (built once in the zyg
     seccomp_filter.add_rule(deny, "ioctl", pyseccomp.Arg(1, pyseccomp.EQ, TIOCSTI))
     seccomp_filter.add_rule(deny, "prlimit64", pyseccomp.Arg(2, pyseccomp.NE, 0))
     return seccomp_filter
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def compile_seccomp_filter() -> bytes:
+    """The deny-list filter as raw BPF, compiled once so that each child only installs it."""
+    memory_fd = os.memfd_create("seccomp-bpf")
+    with os.fdopen(memory_fd, "w+b") as sink:
+        build_seccomp_filter().export_bpf(sink)
+        sink.seek(0)
+        chunks = [sink.read()]
+    program = b"".join(chunks)
+    if not program or len(program) % 8:
+        raise OSError(errno.EINVAL, "libseccomp exported no BPF program")
+    return program
+
+
+class SeccompProgram:
+    """A compiled BPF program kept in memory, installed with one prctl in the child."""
+
+    def __init__(self, program: bytes) -> None:
+        self.buffer = ctypes.create_string_buffer(program, len(program))
+        self.fprog = _SockFprog(len(program) // 8, ctypes.addressof(self.buffer))
+
+    def load(self) -> None:
+        set_no_new_privs()
+        if LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.fprog), 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
 def interpreter_read_paths() -> list[str]:

@@ -35,8 +35,9 @@ class Zygote:
         self.landlock_abi: int = config["landlock_abi"]
         self.keep_read_cap: bool = config["keep_read_cap"]
         self.base_dir: str = config["base_dir"]
-        self.read_paths = sandbox.interpreter_read_paths()
-        self.seccomp_filter = sandbox.build_seccomp_filter() if config["seccomp"] else None
+        self.read_fds = sandbox.open_rule_paths(sandbox.interpreter_read_paths())
+        self.seccomp_filter = (sandbox.SeccompProgram(sandbox.compile_seccomp_filter())
+                               if config["seccomp"] else None)
         self.limits = sandbox.SandboxLimits(**config["limits"])
         self.job_dirs: dict[int, str] = {}
         self.ready: dict[str, tuple[int, list[int]]] = {}
@@ -83,6 +84,8 @@ class Zygote:
             os.dup2(source, target + 100)
         for target in targets.values():
             os.dup2(target + 100, target)
+        if self.landlock_abi and role == "sandbox":
+            sandbox.apply_landlock(self.landlock_abi, self.read_fds, job_dir)
         os.closerange(5, 1 << 16)
         os.chdir(job_dir)
         os.environ.clear()
@@ -91,8 +94,6 @@ class Zygote:
         sandbox.apply_rlimits(self.limits, as_root_uid=trusted)
         if role == "trusted":
             return
-        if self.landlock_abi:
-            sandbox.apply_landlock(self.landlock_abi, self.read_paths, [job_dir])
         if self.uid is not None:
             sandbox.drop_to_uid(self.uid, self.keep_read_cap and bool(self.landlock_abi))
         sandbox.set_no_new_privs()
