@@ -10,7 +10,7 @@ Rows with valid False (infrastructure failures) get advantage 0 and enter no sta
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -381,8 +381,3 @@ def _reinforce_baseline(rewards: torch.Tensor, question_ids: torch.Tensor, bundl
     if config.std_normalize and values.numel() > 1:
         advantages = risk.std_normalize(advantages, values.std())
     return AdvantageResult(advantages)
-
-
-def config_dict(config: AdvantageConfig) -> dict[str, object]:
-    """The config as a plain dict (for logging)."""
-    return asdict(config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -119,4 +121,6 @@ def test_make_bundle_ids_warns_on_a_ragged_last_bundle_or_drops_it():
     with pytest.warns(UserWarning, match="last bundle has 2 questions"):
         assert make_bundle_ids(7, 5).tolist() == [0, 0, 0, 0, 0, 1, 1]
     assert make_bundle_ids(7, 5, drop_last=True).tolist() == [0, 0, 0, 0, 0, -1, -1]
-    assert make_bundle_ids(10, 5).tolist() == [0] * 5 + [1] * 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_bundle_ids(10, 5).tolist() == [0] * 5 + [1] * 5
