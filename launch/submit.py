@@ -299,10 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{run.submission_id}: {run.entrypoint}")
         return 0
 
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(options.address)
-    job_ids = submit_runs(client, runs, options)
+    try:  # Ray heads require a token by default: RAY_AUTH_MODE=token and the head's token here
+        client = JobSubmissionClient(options.address)
+        job_ids = submit_runs(client, runs, options)
+    except AuthenticationError as error:
+        print(f"riskpo-submit: {options.address}: {error}", file=sys.stderr)
+        return 2
     _print_submitted(runs, job_ids, options.address)
     if args.no_wait:
         return 0

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,19 +40,26 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _wait_for_job_api(address: str, head: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    from ray.job_submission import JobSubmissionClient
+WAIT_FOR_JOB_API = """
+import sys, time
+from ray.job_submission import JobSubmissionClient
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        JobSubmissionClient(sys.argv[1]).list_jobs()
+        break
+    except Exception as error:  # not up yet: connection refused, 503, ...
+        if time.monotonic() > deadline:
+            sys.exit(f"no Ray job API at {sys.argv[1]}: {error}")
+        time.sleep(1.0)
+"""
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            pytest.fail(f"the Ray head exited with {head.returncode} before its job API answered")
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return
-        except Exception:  # not up yet: connection refused, 503, ...
-            time.sleep(1.0)
-    pytest.fail(f"no Ray job API at {address} after {timeout_s:.0f} s")
+
+def _wait_for_job_api(address: str, env: dict[str, str], timeout_s: float = 120.0) -> None:
+    # In a child process: Ray's client reads its authentication mode once per process.
+    result = subprocess.run([sys.executable, "-c", WAIT_FOR_JOB_API, address, str(timeout_s)],
+                            env=env, capture_output=True, text=True, timeout=timeout_s + 30)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def _kill_session_processes(temp_dir: str) -> None:
@@ -75,6 +81,8 @@ def ray_head() -> Iterator[str]:
     env = dict(os.environ, RAY_PORT=str(gcs), DASHBOARD_PORT=str(dashboard), RAY_TMPDIR=temp_dir,
                RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)  # Ray's default: token auth when a token exists or is made
+    client_env = dict(env, RAY_AUTH_MODE="token")  # clients send the token (~/.ray/auth_token)
     command = ["bash", str(REPO / "launch/cluster/start_head.sh"),
                "--num-cpus", "4", "--num-gpus", "0", "--verifier-slots", "1", "--",
                f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent_http}",
@@ -85,7 +93,9 @@ def ray_head() -> Iterator[str]:
     head = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_for_job_api(address, head)
+        if head.poll() is not None:
+            pytest.fail(f"the Ray head exited with {head.returncode}")
+        _wait_for_job_api(address, client_env)
         yield address
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
@@ -102,7 +112,8 @@ def test_submit_the_embedded_default_and_read_its_run_dir(ray_head: str, tmp_pat
     command = [str(BIN / "riskpo-submit"), "--address", ray_head, "--runs-root", str(runs_root),
                "--python", sys.executable, "--env", f"RISKPO_CACHE={tmp_path / 'cache'}",
                "--", *FAST_OVERRIDES]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, RAY_AUTH_MODE="token")  # the head's token is ~/.ray/auth_token
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "submitted riskpo-" in output and "ray job logs --address" in output
