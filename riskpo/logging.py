@@ -97,12 +97,13 @@ class RunLogger:
         self._wandb = None
         if config.backend == "wandb":
             self._wandb = _start_wandb(self.run_dir, config, resolved_config, run_name, wandb_run_id)
+        self._wandb_run_id = None if self._wandb is None else self._wandb.id
         self.progress = ProgressLine(config.progress, total_steps, self.console, resume_step or 0)
 
     @property
     def wandb_run_id(self) -> str | None:
         """Kept in checkpoints so a resumed run continues the same wandb run."""
-        return None if self._wandb is None else self._wandb.id
+        return self._wandb_run_id
 
     def _write_config(self, resolved_config: Mapping[str, Any]) -> None:
         from omegaconf import OmegaConf

@@ -39,7 +39,8 @@ IGNORE_INDEX = -100
 class WarmstartReport:
     accuracy: float  # held-out sampled accuracy when training stopped
     steps: int
-    seconds: float
+    seconds: float  # wall clock
+    cpu_seconds: float  # CPU time of this process (comparable across loaded machines)
     reached_target: bool
     stop_reason: str  # target | time | steps | disabled
 
@@ -125,7 +126,7 @@ def train_warm_start(
     )
     if not settings.enabled:
         console.print("[bold]Warm start[/]: disabled; the tiny model stays randomly initialised.")
-        return WarmstartReport(0.0, 0, 0.0, False, "disabled")
+        return WarmstartReport(0.0, 0, 0.0, 0.0, False, "disabled")
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
     make = problem_maker(data.train.source, data.train.arithmetic, data.train.code)
     excluded = {row.prompt_key for row in load_dataset(data.eval)}
@@ -142,7 +143,8 @@ def train_warm_start(
     verdict = "reached" if report.reached_target else "did NOT reach"
     console.print(
         f"[bold]Warm start[/]: {verdict} the target: accuracy {report.accuracy:.2f} after "
-        f"{report.steps} steps in {report.seconds:.0f} s (stopped: {report.stop_reason})."
+        f"{report.steps} steps in {report.seconds:.0f} s ({report.cpu_seconds:.0f} CPU-s; "
+        f"stopped: {report.stop_reason})."
     )
     return report
 
@@ -164,7 +166,8 @@ def _train_loop(model, tokenizer, make, excluded, held_out, settings, console) -
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    started, step, accuracy, stop_reason = time.monotonic(), 0, 0.0, "steps"
+    started, cpu_started = time.monotonic(), time.process_time()
+    step, accuracy, stop_reason = 0, 0.0, "steps"
     with _WarmstartProgress(console, settings.target_accuracy) as progress:
         while step < settings.max_steps:
             loss = _train_step(model, tokenizer, optimizer,
@@ -180,8 +183,10 @@ def _train_loop(model, tokenizer, make, excluded, held_out, settings, console) -
             if out_of_time:
                 stop_reason = "time"
                 break
-    seconds = time.monotonic() - started
-    return WarmstartReport(accuracy, step, seconds, accuracy >= settings.target_accuracy, stop_reason)
+    return WarmstartReport(
+        accuracy, step, time.monotonic() - started, time.process_time() - cpu_started,
+        accuracy >= settings.target_accuracy, stop_reason,
+    )
 
 
 class _WarmstartProgress:
