@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from workers.verifier.executor import REPO_ROOT
 from workers.verifier.wire import FrameBuffer, pack_message
 
 SPAWN_TIMEOUT_S = 60.0
+CACHE_ENTRIES = 8192
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class MathVerifier:
     def __init__(self, limits: MathLimits | None = None) -> None:
         self.limits = limits or MathLimits()
         self.pool = MathWorkerPool(self.limits)
+        self.cache: OrderedDict[tuple[str, str], dict] = OrderedDict()
 
     def verify(self, row: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         return self.verify_many([row], deadline)[0]
@@ -185,14 +187,30 @@ class MathVerifier:
             results.append(result)
             if pair:
                 pending.append((index, *pair))
-        if pending:
+        pairs = list(dict.fromkeys((gold, answer) for _, gold, answer in pending
+                                   if (gold, answer) not in self.cache))
+        if pairs:
             try:
-                verdicts = self.pool.compare_many([(g, a) for _, g, a in pending], deadline)
+                verdicts = self.pool.compare_many(pairs, deadline)
             except Exception as exc:  # noqa: BLE001 - the pool failed, not the answers
-                verdicts = [{"status": R.INFRA_ERROR, "reason": str(exc)}] * len(pending)
-            for (index, _, _), verdict in zip(pending, verdicts, strict=True):
-                results[index] = self._verdict_result(rows[index].get("id"), verdict)
+                verdicts = [{"status": R.INFRA_ERROR, "reason": str(exc)}] * len(pairs)
+            fresh = dict(zip(pairs, verdicts, strict=True))
+        else:
+            fresh = {}
+        for index, gold, answer in pending:
+            verdict = fresh.get((gold, answer)) or self.cache[(gold, answer)]
+            results[index] = self._verdict_result(rows[index].get("id"), verdict)
+        self._remember(fresh)
         return results  # type: ignore[return-value]
+
+    def _remember(self, verdicts: dict[tuple[str, str], dict]) -> None:
+        """Keep definite verdicts (not timeouts or crashes) in a bounded LRU cache."""
+        for pair, verdict in verdicts.items():
+            if "status" not in verdict:
+                self.cache[pair] = verdict
+                self.cache.move_to_end(pair)
+        while len(self.cache) > CACHE_ENTRIES:
+            self.cache.popitem(last=False)
 
     def close(self) -> None:
         self.pool.close()

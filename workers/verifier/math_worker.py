@@ -7,6 +7,8 @@ objects never leave this process (their str() can hang); the parent also holds a
 
 from __future__ import annotations
 
+import cmath
+import functools
 import os
 import resource
 import signal
@@ -17,7 +19,6 @@ from workers.verifier.wire import read_message, write_message
 
 UNEVALUATED = ("Sum", "Product", "Integral", "Limit", "Derivative", "factorial", "binomial")
 NUMERIC_DIGITS = 40
-EXACT_TOLERANCE = 1e-12
 FLOAT_TOLERANCE = 1e-6
 
 
@@ -43,17 +44,28 @@ def _has_unevaluated(expression: Any) -> bool:
 
 
 def _numbers_agree(gold: Any, answer: Any) -> bool:
-    """Strict numeric check: exact for rationals, relative tolerance otherwise (no tiny-number FP)."""
+    """Strict numeric check: exact for exact numbers (no tiny-number false positive), relative
+    tolerance only when an answer is written as a decimal approximation."""
     import sympy
 
+    gold, answer = gold.doit(), answer.doit()
     if gold.is_Rational and answer.is_Rational:
         return bool(gold == answer)
-    approximate = bool(gold.atoms(sympy.Float) or answer.atoms(sympy.Float))
     gold_value = complex(sympy.N(gold, NUMERIC_DIGITS))
     answer_value = complex(sympy.N(answer, NUMERIC_DIGITS))
-    scale = max(abs(gold_value), abs(answer_value))
-    tolerance = FLOAT_TOLERANCE if approximate else EXACT_TOLERANCE
-    return abs(gold_value - answer_value) <= tolerance * scale
+    scale = max(abs(gold_value), abs(answer_value), 1e-300)
+    if not (cmath.isfinite(gold_value) and cmath.isfinite(answer_value)):
+        return False
+    if gold.atoms(sympy.Float) or answer.atoms(sympy.Float):
+        return abs(gold_value - answer_value) <= FLOAT_TOLERANCE * scale
+    if abs(gold_value - answer_value) > 1e-12 * scale:
+        return False
+    difference = (gold - answer).doit()
+    if difference.is_Rational:
+        return bool(difference == 0)
+    if difference.is_zero is not None:
+        return bool(difference.is_zero)
+    return bool(sympy.simplify(difference) == 0)
 
 
 def _sides_agree(gold: Any, answer: Any) -> bool:
@@ -87,24 +99,84 @@ def veto(gold: Any, answer: Any) -> str | None:
     return None
 
 
-def compare(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
-    """Math-Verify's verdict, overruled by the guards when it says equal."""
-    from math_verify import parse, verify
+def _sample_values(expression: Any, symbols: list) -> list[complex]:
+    """Values at fixed positive rational points (positive: no branch-cut surprises)."""
+    import sympy
 
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout_s)
-    answer_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout_s)
-    if not verify(gold_parsed, answer_parsed, timeout_seconds=timeout_s):
-        return {"equal": False, "reason": "not equivalent"}
+    values = []
+    for point in range(2):
+        assignment = {symbol: sympy.Rational(7 + 3 * index, 10) + point * sympy.Rational(11, 17)
+                      for index, symbol in enumerate(symbols)}
+        values.append(complex(sympy.N(expression.subs(assignment), NUMERIC_DIGITS)))
+    return values
+
+
+def quick_verdict(gold: Any, answer: Any) -> bool | None:
+    """A cheap, sound decision for plain expressions, or None to ask Math-Verify.
+
+    Different values at sample points prove two expressions differ; expand(g - a) == 0 or an
+    exact numeric match proves them equal. Equations, sets and approximate numbers go on.
+    """
+    import sympy
+
+    if not (isinstance(gold, sympy.Expr) and isinstance(answer, sympy.Expr)):
+        return None
+    if gold.atoms(sympy.Float) or answer.atoms(sympy.Float):
+        return None
+    if _has_unevaluated(gold) or _has_unevaluated(answer):
+        return None
+    if gold.is_number and answer.is_number:
+        return _numbers_agree(gold, answer)
+    symbols = sorted(gold.free_symbols | answer.free_symbols, key=str)
+    if gold.free_symbols != answer.free_symbols:
+        return None
+    if sympy.expand(gold - answer) == 0:
+        return True
+    gold_values, answer_values = _sample_values(gold, symbols), _sample_values(answer, symbols)
+    for gold_value, answer_value in zip(gold_values, answer_values, strict=True):
+        scale = max(abs(gold_value), abs(answer_value), 1e-300)
+        if abs(gold_value - answer_value) > FLOAT_TOLERANCE * scale:
+            return False
+    return None
+
+
+def _guarded(function: Any, *args: Any, timeout_s: int) -> tuple[Any, str | None]:
+    """function(*args) under SIGALRM; (None, reason) when it overruns or fails."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(timeout_s)
     try:
-        reason = veto(_first_expression(gold_parsed), _first_expression(answer_parsed))
+        return function(*args), None
     except GuardTimeout:
-        reason = "guard timed out"
+        return None, "guard timed out"
     except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError) as exc:
-        reason = f"guard failed: {type(exc).__name__}"
+        return None, f"guard failed: {type(exc).__name__}"
     finally:
         signal.alarm(0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_gold(gold: str, timeout_s: int) -> list:
+    """References repeat across the samples of a prompt: parse each once per worker."""
+    from math_verify import parse
+
+    return parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout_s)
+
+
+def compare(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
+    """Quick sound checks first, else Math-Verify's verdict, overruled by the guards."""
+    from math_verify import parse, verify
+
+    gold_parsed = _parse_gold(gold, timeout_s)
+    answer_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout_s)
+    gold_expression = _first_expression(gold_parsed)
+    answer_expression = _first_expression(answer_parsed)
+    quick, _ = _guarded(quick_verdict, gold_expression, answer_expression, timeout_s=timeout_s)
+    if quick is False:
+        return {"equal": False, "reason": "differs (sampled)"}
+    if quick is None and not verify(gold_parsed, answer_parsed, timeout_seconds=timeout_s):
+        return {"equal": False, "reason": "not equivalent"}
+    vetoed, failure = _guarded(veto, gold_expression, answer_expression, timeout_s=timeout_s)
+    reason = failure or vetoed
     return {"equal": reason is None, "reason": reason or "equivalent"}
 
 
