@@ -323,6 +323,23 @@ def to_dataclass(cfg: DictConfig | RunConfig) -> RunConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
+def pass_k_values(data: DataConfig) -> list[int]:
+    """The k of the pass@k reported at evaluation: data.eval_pass_k, or 1, 2, 4, ... up to
+    data.eval_samples (which is always included)."""
+    if data.eval_pass_k:
+        return sorted(set(data.eval_pass_k))
+    values, k = [], 1
+    while k < data.eval_samples:
+        values.append(k)
+        k *= 2
+    return [*values, data.eval_samples]
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    """<experiment>-<algorithm>-seed<seed>, unless logger.run_name is set."""
+    return cfg.logger.run_name or f"{cfg.experiment_name}-{cfg.algorithm.name}-seed{cfg.seed}"
+
+
 def resolve_run_dir(cfg: RunConfig) -> Path:
     """The run directory: run_dir when given (in a Hydra sweep, run_dir/<job number>), else
     Hydra's output directory."""

@@ -135,3 +135,21 @@ def test_hydra_run_dir_follows_run_dir_when_given():
                              "a": "${riskpo_first_set:${run_dir},runs/default}",
                              "b": "${riskpo_first_set:${given},runs/default}"})
     assert (node.a, node.b) == ("runs/default", "/tmp/x")
+
+
+def test_pass_k_values_run_up_to_the_eval_samples():
+    run = to_dataclass(compose_config([]))
+    assert config_module.pass_k_values(run.data) == [1, 2, 4, 8]
+    run.data.eval_samples = 6
+    assert config_module.pass_k_values(run.data) == [1, 2, 4, 6]
+    run.data.eval_pass_k = [4, 1]
+    assert config_module.pass_k_values(run.data) == [1, 4]
+
+
+def test_run_dir_and_run_name_outside_hydra_main(tmp_path):
+    run = to_dataclass(compose_config([f"run_dir={tmp_path}"]))
+    assert config_module.resolve_run_dir(run) == tmp_path
+    assert config_module.default_run_name(run) == "embedded-riskpo-seed0"
+    run.run_dir = None
+    with pytest.raises(ConfigError, match="run_dir"):
+        config_module.resolve_run_dir(run)

@@ -100,3 +100,13 @@ def test_refuses_what_it_cannot_warm_start(tmp_path):
     files = replace(data, train=DatasetConfig(source="jsonl", files=["x.jsonl"]))
     with pytest.raises(ValueError, match="synthetic task"):
         warmstart.ensure_warm_start(model, files)
+
+
+def test_warm_starts_on_the_code_task_too(tmp_path):
+    model, data = _settings(tmp_path)
+    code = DatasetConfig(source="synthetic_code", size=50)
+    data = replace(data, train=code, eval=replace(code, size=10, seed=1))
+    model = replace(model, tiny=replace(model.tiny, max_position_embeddings=96),
+                    warmstart=replace(model.warmstart, max_steps=2, eval_every=2))
+    report = warmstart.train_warm_start(model, data, tmp_path / "code", Console(quiet=True))
+    assert report.steps == 2 and report.stop_reason == "steps"
