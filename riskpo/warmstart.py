@@ -129,8 +129,10 @@ def train_warm_start(
         return WarmstartReport(0.0, 0, 0.0, 0.0, False, "disabled")
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
     make = problem_maker(data.train.source, data.train.arithmetic, data.train.code)
-    excluded = {row.prompt_key for row in load_dataset(data.eval)}
-    held_out = _held_out_problems(make, settings.eval_problems, settings.seed + 1, excluded)
+    eval_prompts = {row.prompt_key for row in load_dataset(data.eval)}
+    held_out = _held_out_problems(make, settings.eval_problems, settings.seed + 1, eval_prompts)
+    # training never sees the run's eval prompts nor the ones that decide when to stop
+    excluded = eval_prompts | {problem.row.prompt_key for problem in held_out}
     console.print(
         f"[bold]Warm start[/]: supervised training of the tiny model on {data.train.source} "
         f"until held-out sampled accuracy >= {settings.target_accuracy:.2f} (usually 3-5 minutes "

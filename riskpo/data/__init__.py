@@ -3,5 +3,9 @@ bundle-aware prompt sampler."""
 
 from riskpo.data.loaders import load_dataset, load_train_and_eval, read_rows
 from riskpo.data.rows import Row, RowError, parse_row
+from riskpo.data.sampler import PromptBatch, PromptSampler
 
-__all__ = ["Row", "RowError", "load_dataset", "load_train_and_eval", "parse_row", "read_rows"]
+__all__ = [
+    "PromptBatch", "PromptSampler", "Row", "RowError", "load_dataset", "load_train_and_eval",
+    "parse_row", "read_rows",
+]
