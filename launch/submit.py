@@ -142,7 +142,8 @@ def build_runtime_env(options: SubmitOptions) -> dict[str, Any]:
 
 def job_name(overrides: Sequence[str]) -> str:
     """A readable, unique Ray submission id built from a run's overrides."""
-    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", ",".join(overrides)).strip("_")[:80]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(overrides).replace("=", "-"))
+    slug = slug.strip("_")[:80]
     suffix = uuid.uuid4().hex[:8]
     return f"riskpo-{slug}-{suffix}" if slug else f"riskpo-{suffix}"
 
@@ -156,10 +157,18 @@ def plan_runs(overrides: Sequence[str], multirun: bool, options: SubmitOptions) 
         run_dir = _run_dir_override(run_overrides)
         if options.runs_root and run_dir is None:
             run_dir = f"{options.runs_root.rstrip('/')}/{submission_id}"
-            full_overrides.append(f"run_dir={run_dir}")
+            full_overrides.append(f"run_dir={_hydra_quoted(run_dir)}")
         entrypoint = shlex.join([options.python, "-m", "launch.train", *full_overrides])
         runs.append(RunSpec(full_overrides, submission_id, entrypoint, run_dir))
     return runs
+
+
+def _hydra_quoted(value: str) -> str:
+    """A Hydra override value that stays one string whatever characters a path holds."""
+    quote = "'" if "'" not in value else '"'
+    if quote in value:
+        raise ValueError(f"path {value!r} holds both kinds of quotes; Hydra cannot take it")
+    return f"{quote}{value}{quote}"
 
 
 def _run_dir_override(overrides: Sequence[str]) -> str | None:

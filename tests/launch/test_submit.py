@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -45,9 +46,20 @@ def test_plan_gives_each_run_its_own_job_and_run_dir() -> None:
     runs = submit.plan_runs(["seed=0,1"], True, _options(runs_root="/shared/runs/"))
     assert len({run.submission_id for run in runs}) == 2
     for run, seed in zip(runs, ("0", "1"), strict=True):
-        assert run.overrides == [f"seed={seed}", f"run_dir=/shared/runs/{run.submission_id}"]
+        assert run.overrides == [f"seed={seed}", f"run_dir='/shared/runs/{run.submission_id}'"]
+        assert run.run_dir == f"/shared/runs/{run.submission_id}"
         assert shlex.split(run.entrypoint) == ["python", "-m", "launch.train", *run.overrides]
-        assert run.submission_id.startswith(f"riskpo-seed={seed}-")
+        assert re.fullmatch(rf"riskpo-seed-{seed}-[0-9a-f]{{8}}", run.submission_id)
+
+
+def test_generated_overrides_parse_in_hydra_whatever_the_path() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    options = _options(runs_root="/shared/my runs,v2=new")
+    (run,) = submit.plan_runs(["+data.path=x", "algorithm.beta=0.9"], False, options)
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", run.submission_id), run.submission_id
+    parsed = OverridesParser.create().parse_overrides(run.overrides)
+    assert parsed[-1].value() == f"/shared/my runs,v2=new/{run.submission_id}"
 
 
 def test_an_explicit_run_dir_wins_over_runs_root() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +24,25 @@ FAST_OVERRIDES = ["trainer.total_steps=3", "model.warmstart.enabled=false", "log
 METRIC_KEYS = ("step", "train/reward_mean", "actor/entropy", "time/step", "time/generate",
                "time/verify", "time/advantage", "time/train", "time/sync")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (REPO / "launch" / "train.py").exists(),
-                       reason="launch/train.py (the riskpo-train driver) is not in the tree yet"),
-]
+pytestmark = pytest.mark.slow
+# A stand-in for launch/train.py: checks what the job's working directory holds, writes a run
+# directory shaped like the real one, and fails when asked to (to check exit statuses).
+STAND_IN_DRIVER = """
+import json, pathlib, sys
+overrides = {k: v.strip("'") for k, v in (a.lstrip("+").split("=", 1) for a in sys.argv[1:])}
+shipped = pathlib.Path.cwd()
+assert (shipped / "conf").is_dir(), "conf/ was not shipped"
+for excluded in (".git", "data", "checkpoints", ".venv"):
+    assert not (shipped / excluded).exists(), f"{excluded} was shipped"
+print("stand-in driver running with", overrides, flush=True)
+run_dir = pathlib.Path(overrides["run_dir"])
+run_dir.mkdir(parents=True)
+(run_dir / "config.yaml").write_text(f"seed: {overrides['seed']}\\nrun_dir: {run_dir}\\n")
+if overrides["seed"] == overrides.get("fail_on_seed"):
+    sys.exit("stand-in driver failing on purpose")
+summary = {"initial": {"eval/avg@8": 0.1}, "final": {"eval/avg@8": 0.5}, "steps": 3, "wall_s": 1}
+(run_dir / "summary.json").write_text(json.dumps(summary))
+"""
 
 
 def _free_ports(count: int) -> list[int]:
@@ -72,7 +87,7 @@ def _kill_session_processes(temp_dir: str) -> None:
                 process.kill()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
     """A Ray head on free ports, started by the cluster script; yields the job API address."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix sockets live here
@@ -106,6 +121,46 @@ def ray_head() -> Iterator[str]:
         _kill_session_processes(temp_dir)
 
 
+def _stand_in_checkout(root: Path) -> Path:
+    """A checkout whose launch/train.py is the stand-in, with things that must not be shipped."""
+    for name in ("pyproject.toml", "conf", "launch/__init__.py"):
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, target)
+        else:
+            shutil.copy2(REPO / name, target)
+    (root / "launch" / "train.py").write_text(STAND_IN_DRIVER)
+    for excluded in (".git/objects", "data/gsm8k", "checkpoints/step_3", ".venv/bin"):
+        (root / excluded).mkdir(parents=True)
+        (root / excluded / "payload").write_bytes(b"x" * 1024)
+    return root
+
+
+def test_a_sweep_becomes_one_job_per_run_with_statuses_and_summary(
+    ray_head: str, tmp_path: Path
+) -> None:
+    checkout = _stand_in_checkout(tmp_path / "checkout")
+    runs_root = tmp_path / "runs"
+    command = [str(BIN / "riskpo-submit"), "--address", ray_head, "--runs-root", str(runs_root),
+               "--working-dir", str(checkout), "--python", sys.executable,
+               "-m", "seed=0,1", "+fail_on_seed=1"]
+    env = dict(os.environ, RAY_AUTH_MODE="token")  # the head's token is ~/.ray/auth_token
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]  # one of the two jobs failed
+    assert output.count("submitted riskpo-seed-") == 2
+    assert "stand-in driver running with" in output  # the logs were followed
+    assert "SUCCEEDED" in output and "FAILED" in output
+    run_dirs = sorted(path.name for path in runs_root.iterdir() if path.is_dir())
+    assert len(run_dirs) == 2 and all(name.startswith("riskpo-seed-") for name in run_dirs)
+    table = (runs_root / "sweep_summary.md").read_text()
+    assert "| 0 | 0.5 | 3 |" in table and "| 1 | — | no summary.json |" in table
+
+
+@pytest.mark.skipif(not (REPO / "launch" / "train.py").exists(),
+                    reason="launch/train.py (the riskpo-train driver) is not in the tree yet")
 def test_submit_the_embedded_default_and_read_its_run_dir(ray_head: str, tmp_path: Path) -> None:
     runs_root = tmp_path / "runs"
     runs_root.mkdir()
