@@ -13,11 +13,12 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-SUMMARY_FILE = "summary.json"
+from riskpo.logging import CONFIG_FILE, SUMMARY_FILE
+
 SUMMARY_TABLE_FILE = "sweep_summary.md"
 # Where a run directory keeps its resolved config, in order of preference: the driver's own
-# copy, then the one Hydra writes beside it.
-RESOLVED_CONFIG_FILES = ("config.yaml", "resolved_config.yaml", ".hydra/config.yaml")
+# copy (riskpo/logging.py), then the one Hydra writes beside it.
+RESOLVED_CONFIG_FILES = (CONFIG_FILE, ".hydra/config.yaml")
 # Keys that differ between runs by construction and say nothing about the experiment.
 IGNORED_CONFIG_KEYS = ("run_dir", "hydra", "resume")
 MISSING = "—"

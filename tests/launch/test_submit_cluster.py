@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from riskpo.logging import CONFIG_FILE, REQUIRED_STEP_KEYS
+from riskpo.trainer import complete_checkpoints
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The embedded default, shortened: no warm start (minutes of CPU), three RL steps, no wandb.
 FAST_OVERRIDES = ["trainer.total_steps=3", "model.warmstart.enabled=false", "logger=none"]
-METRIC_KEYS = ("step", "train/reward_mean", "actor/entropy", "time/step", "time/generate",
-               "time/verify", "time/advantage", "time/train", "time/sync")
 
 pytestmark = pytest.mark.slow
 # A stand-in for launch/train.py: checks what the job's working directory holds, writes a run
@@ -175,16 +176,15 @@ def test_submit_the_embedded_default_and_read_its_run_dir(ray_head: str, tmp_pat
     assert "SUCCEEDED" in output
 
     (run_dir,) = [path for path in runs_root.iterdir() if path.is_dir()]
-    from launch.sweep_summary import resolved_config_path
-
-    resolved_config_path(run_dir)  # the resolved config is there
+    assert (run_dir / CONFIG_FILE).is_file()  # the resolved config
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [m for m in metrics if "train/reward_mean" in m]
     assert [m["step"] for m in train_steps][-1] == 3
-    for key in METRIC_KEYS:
+    for key in REQUIRED_STEP_KEYS:
         assert key in train_steps[-1], key
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["wall_s"] > 0
     assert summary["initial"] and summary["final"]
     assert list(run_dir.rglob("*.png")), "no plots in the run directory"
+    assert complete_checkpoints(run_dir), "no finished checkpoint (the last step saves one)"
     assert (runs_root / "sweep_summary.md").is_file()
