@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from riskpo.logging import CONFIG_FILE, REQUIRED_STEP_KEYS
-from riskpo.trainer import complete_checkpoints
-
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The embedded default, shortened: no warm start (minutes of CPU), three RL steps, no wandb.
@@ -163,6 +160,9 @@ def test_a_sweep_becomes_one_job_per_run_with_statuses_and_summary(
 @pytest.mark.skipif(not (REPO / "launch" / "train.py").exists(),
                     reason="launch/train.py (the riskpo-train driver) is not in the tree yet")
 def test_submit_the_embedded_default_and_read_its_run_dir(ray_head: str, tmp_path: Path) -> None:
+    from riskpo.logging import CONFIG_FILE, REQUIRED_STEP_KEYS
+    from riskpo.trainer import complete_checkpoints
+
     runs_root = tmp_path / "runs"
     runs_root.mkdir()
     command = [str(BIN / "riskpo-submit"), "--address", ray_head, "--runs-root", str(runs_root),
