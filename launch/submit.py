@@ -126,6 +126,20 @@ def check_working_dir(working_dir: Path) -> Path:
     return working_dir
 
 
+def project_extra_requirements(working_dir: Path, extras: Sequence[str]) -> list[str]:
+    """The requirements of the project's optional extras (pyproject.toml), e.g. gpu -> vllm."""
+    import tomllib
+
+    optional = tomllib.loads((working_dir / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {})
+    requirements = []
+    for extra in extras:
+        if extra not in optional:
+            raise ValueError(f"--extra {extra!r}: pyproject.toml has extras {sorted(optional)}")
+        requirements.extend(optional[extra])
+    return requirements
+
+
 def build_runtime_env(options: SubmitOptions) -> dict[str, Any]:
     """The Ray runtime_env shared by every job: the code without .git/checkpoints/data/venvs,
     environment variables and extra pip packages."""
@@ -236,6 +250,9 @@ def _print_submitted(runs: Sequence[RunSpec], job_ids: Sequence[str], address: s
     print(f"follow a job's log: ray job logs --address {address} --follow JOB_ID")
     print(f"status of a job:    ray job status --address {address} JOB_ID")
     print(f"stop a job:         ray job stop --address {address} JOB_ID")
+    if not any(run.run_dir for run in runs):
+        print("note: without --runs-root (or run_dir=...) a run writes inside the job's temporary "
+              "working directory on the node that runs it")
 
 
 def _parse_resources(pairs: Sequence[str]) -> dict[str, float]:
@@ -263,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="environment variable for the job (repeatable); WANDB_* pass through")
     parser.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
                         help="extra pip package installed in the job's environment (repeatable)")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME",
+                        help="install the project's optional extra NAME (e.g. gpu) in the "
+                             "job's environment (repeatable)")
     parser.add_argument("--runs-root", default=None,
                         help="directory on the cluster (shared storage) under which each job "
                              "gets run_dir=RUNS_ROOT/JOB_ID, unless the overrides set run_dir")
@@ -288,12 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     try:
         env_vars = {**forwarded_environment(os.environ), **parse_env_assignments(args.env)}
+        working_dir = check_working_dir(args.working_dir.resolve())
         options = SubmitOptions(
             address=args.address or "",
-            working_dir=check_working_dir(args.working_dir.resolve()),
+            working_dir=working_dir,
             python=args.python,
             env_vars=env_vars,
-            pip_packages=list(args.pip),
+            pip_packages=[*project_extra_requirements(working_dir, args.extra), *args.pip],
             runs_root=args.runs_root,
             entrypoint_num_cpus=args.entrypoint_num_cpus,
             entrypoint_num_gpus=args.entrypoint_num_gpus,

@@ -176,3 +176,10 @@ def test_working_dir_must_be_a_checkout(tmp_path: Path) -> None:
     assert submit.check_working_dir(submit.PROJECT_ROOT) == submit.PROJECT_ROOT
     with pytest.raises(ValueError, match=r"not a RiskPO-RL checkout .*pyproject.toml"):
         submit.check_working_dir(tmp_path)
+
+
+def test_project_extras_become_pip_requirements() -> None:
+    requirements = submit.project_extra_requirements(submit.PROJECT_ROOT, ["gpu"])
+    assert any(requirement.startswith("vllm") for requirement in requirements)
+    with pytest.raises(ValueError, match=r"'nope'.*\['dev', 'gpu'\]"):
+        submit.project_extra_requirements(submit.PROJECT_ROOT, ["nope"])
