@@ -33,6 +33,7 @@ LOG = logging.getLogger(__name__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_DIR = "/tmp/riskpo-verifier"
 FIRST_SLOT_UID = 61000
+MAX_SANDBOX_UIDS = 2000
 ZYGOTE_START_S = 30.0
 STDERR_KEEP = 4096
 
@@ -255,6 +256,14 @@ class Slot:
         shutil.rmtree(self.config["base_dir"], ignore_errors=True)
 
 
+def _remove_stale_slot_dirs() -> None:
+    """Slot directories of executors whose process is gone (killed actors leave them)."""
+    for entry in os.listdir(BASE_DIR):
+        owner = entry.split("-slot")[0]
+        if "-slot" in entry and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            shutil.rmtree(os.path.join(BASE_DIR, entry), ignore_errors=True)
+
+
 def _world_readable(path: str) -> bool:
     """Whether an unprivileged uid can reach path (every parent o+x, the file o+r)."""
     path = os.path.realpath(path)
@@ -281,6 +290,7 @@ class CodeExecutor:
         self.limits = limits or ExecLimits()
         os.makedirs(BASE_DIR, mode=0o711, exist_ok=True)
         os.chmod(BASE_DIR, 0o711)
+        _remove_stale_slot_dirs()
         is_root = os.geteuid() == 0
         abi = sandbox.landlock_abi()
         config = {
@@ -293,8 +303,9 @@ class CodeExecutor:
                          "uid": is_root}
         self.slots: list[Slot] = []
         self.free: queue.Queue[Slot] = queue.Queue()
+        self.uid_locks: list[int] = []
         for index in range(num_slots):
-            slot_config = dict(config, uid=FIRST_SLOT_UID + index if is_root else None)
+            slot_config = dict(config, uid=self._claim_uid() if is_root else None)
             slot = Slot(index, slot_config, self.limits)
             self.slots.append(slot)
             self.free.put(slot)
@@ -314,6 +325,22 @@ class CodeExecutor:
     def close(self) -> None:
         for slot in self.slots:
             slot.close()
+        for fd in self.uid_locks:
+            os.close(fd)
+        self.uid_locks = []
+
+    def _claim_uid(self) -> int:
+        """A sandbox uid no other executor on this machine holds (an flock per uid)."""
+        for uid in range(FIRST_SLOT_UID, FIRST_SLOT_UID + MAX_SANDBOX_UIDS):
+            fd = os.open(os.path.join(BASE_DIR, f"uid-{uid}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.uid_locks.append(fd)
+            return uid
+        raise SandboxUnavailable(f"all {MAX_SANDBOX_UIDS} sandbox uids are taken")
 
     def _probe_all(self, strict: bool) -> dict[str, Any]:
         reports = [self._probe(slot) for slot in self.slots]

@@ -173,6 +173,10 @@ class MathVerifier:
         self.limits = limits or MathLimits()
         self.pool = MathWorkerPool(self.limits)
         self.cache: OrderedDict[tuple[str, str], dict] = OrderedDict()
+        self.layers = {"worker_processes": self.limits.workers,
+                       "rlimit_as_mb": self.limits.memory_mb,
+                       "hard_timeout_s": self.limits.hard_timeout_s,
+                       "main_thread_timeouts": True}
 
     def verify(self, row: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         return self.verify_many([row], deadline)[0]
@@ -184,6 +188,8 @@ class MathVerifier:
         pending: list[tuple[int, str, str]] = []
         for index, row in enumerate(rows):
             result, pair = self._prepare(row)
+            if result is not None:
+                result["layers"] = self.layers
             results.append(result)
             if pair:
                 pending.append((index, *pair))
@@ -200,6 +206,7 @@ class MathVerifier:
         for index, gold, answer in pending:
             verdict = fresh.get((gold, answer)) or self.cache[(gold, answer)]
             results[index] = self._verdict_result(rows[index].get("id"), verdict)
+            results[index]["layers"] = self.layers
         self._remember(fresh)
         return results  # type: ignore[return-value]
 

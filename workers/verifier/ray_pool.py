@@ -65,7 +65,7 @@ class VerifierActor:
         return list(await asyncio.gather(*calls))
 
     async def layers(self) -> dict[str, Any]:
-        return self.verifier.layers if self.kind == "code" else {"math_workers": True}
+        return self.verifier.layers
 
 
 class VerifierPool:
