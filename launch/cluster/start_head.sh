@@ -9,7 +9,7 @@ source "$(dirname "$0")/common.sh"
 parse_node_flags "$@"
 mapfile -t resources < <(resource_args)
 
-echo "starting the head; workers join with: launch/cluster/start_worker.sh $(hostname -I | awk '{print $1}'):${RAY_PORT:-6379}"
+echo "starting the head; workers join with: launch/cluster/start_worker.sh $(hostname -I | awk '{print $1}'):${RAY_PORT:-6379}" >&2
 exec ray start --head \
     --port="${RAY_PORT:-6379}" \
     --dashboard-host=0.0.0.0 \
