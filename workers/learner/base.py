@@ -37,6 +37,7 @@ class LearnerBackend(ABC):
     config: LearnerConfig
     world_size: int
     pad_token_id: int
+    device: torch.device
 
     # ---------------------------------------------------------------- primitives
 
@@ -84,7 +85,7 @@ class LearnerBackend(ABC):
         """Per-token log-probs of the response tokens of the planned rows, in plan order."""
         values: list[list[float]] = []
         for rows in plan:
-            micro = collate(batch, rows, self.pad_token_id)
+            micro = collate(batch, rows, self.pad_token_id).to(self.device)
             logits = self.forward(micro, reference=reference)
             if rows:
                 per_token = token_logprobs(logits, micro.input_ids, self.config.temperature)
@@ -105,7 +106,7 @@ class LearnerBackend(ABC):
         for plan, units in zip(mini_batch_plans, loss_units, strict=True):
             sums: dict[str, float] = dict.fromkeys(("loss", "tokens", *TOKEN_WEIGHTED_METRICS), 0.0)
             for index, rows in enumerate(plan):
-                micro = collate(batch, rows, self.pad_token_id)
+                micro = collate(batch, rows, self.pad_token_id).to(self.device)
                 loss = self._micro_batch_loss(micro, units, sums)
                 self.backward(loss, last_micro_batch=index == len(plan) - 1)
             sums.update(self.optimizer_step())

@@ -50,7 +50,7 @@ class LearnerConfig:
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
     tis_cap: float | None = None
-    weight_sync_bucket_mb: float = 64.0
+    weight_sync_bucket_mb: float = 16.0  # see bench/weight_sync.py: 4-16 MB pipelines best on gloo
     weight_sync_timeout_s: float = 600.0
     seed: int = 0
 

@@ -72,7 +72,11 @@ class DeepSpeedBackend(LearnerBackend):
         optimizer = None
         if not config.offload_optimizer:
             optimizer = torch.optim.AdamW(
-                model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+                model.parameters(),
+                lr=config.lr,
+                betas=tuple(config.betas),
+                weight_decay=config.weight_decay,
+                fused=config.device == "gpu",
             )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
@@ -93,8 +97,8 @@ class DeepSpeedBackend(LearnerBackend):
                 raise ValueError("reference log-probs asked for, but kl_coef is 0 (no reference model)")
             model = self.reference
         return model(
-            input_ids=micro.input_ids.to(self.device),
-            attention_mask=micro.attention_mask.to(self.device),
+            input_ids=micro.input_ids,
+            attention_mask=micro.attention_mask,
             use_cache=False,
         ).logits
 

@@ -30,6 +30,11 @@ class MicroBatch:
     old_logprobs: torch.Tensor | None  # [B, L-1]
     ref_logprobs: torch.Tensor | None  # [B, L-1]
 
+    def to(self, device: torch.device) -> MicroBatch:
+        moved = {name: None if value is None else value.to(device, non_blocking=True)
+                 for name, value in vars(self).items()}
+        return MicroBatch(**moved)
+
     @property
     def is_empty(self) -> bool:
         return not bool(self.response_mask.any())
