@@ -264,3 +264,15 @@ def test_layers_are_reported(code_verifier):
         assert layers["uid"] and all(uid >= 1000 for uid in layers["uid"])
     assert "degraded" in layers
     print(f"\nisolation layers on this machine ({sys.platform}): {layers}")
+
+
+@pytest.mark.slow
+def test_dead_zygote_is_an_infra_error_then_replaced(code_verifier, code_executor):
+    import signal
+
+    for slot in code_executor.slots:
+        os.kill(slot.process.pid, signal.SIGKILL)
+    statuses = [code_verifier.verify(stdio_row("print(6)", "6"))["status"] for _ in range(4)]
+    assert R.INFRA_ERROR in statuses
+    assert statuses[-1] == R.OK
+    assert all(slot.process.poll() is None for slot in code_executor.slots)

@@ -35,6 +35,7 @@ BASE_DIR = "/tmp/riskpo-verifier"
 FIRST_SLOT_UID = 61000
 MAX_SANDBOX_UIDS = 2000
 ZYGOTE_START_S = 30.0
+ZYGOTE_REPLY_S = 30.0
 STDERR_KEEP = 4096
 
 
@@ -224,7 +225,7 @@ class Slot:
         self.sock.send(json.dumps(self.config).encode())
         if json.loads(self.sock.recv(1 << 16)) != {"ready": True}:
             raise SandboxUnavailable("zygote did not start")
-        self.sock.settimeout(None)
+        self.sock.settimeout(ZYGOTE_REPLY_S)  # a hung zygote becomes an error, then a restart
 
     def spawn(self, role: str) -> Child:
         """A fresh child ('sandbox' has every layer, 'trusted' only rlimits and a clean env)."""
@@ -316,7 +317,7 @@ class CodeExecutor:
         slot = self.free.get()
         try:
             yield slot
-        except (OSError, ValueError, json.JSONDecodeError):
+        except (OSError, ValueError):  # zygote died, hung or spoke nonsense: a fresh one
             slot.restart()
             raise
         finally:
