@@ -5,6 +5,7 @@ engine; Ray is imported only by the actor and group modules."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,15 @@ ENGINE_KINDS = {
 }
 
 
-def make_engine(kind: str, model_path: str | Path, **engine_kwargs: Any) -> RolloutEngine:
-    """Builds an engine by kind ("hf", "vllm", or "package.module:Class" for a custom one)."""
+def make_engine(kind: str | Callable[..., RolloutEngine], model_path: str | Path, **engine_kwargs: Any) -> RolloutEngine:
+    """Builds an engine: kind is "hf", "vllm", "package.module:Class", or an engine class."""
+    if callable(kind):
+        return kind(model_path, **engine_kwargs)
     target = ENGINE_KINDS.get(kind, kind)
     if ":" not in target:
         raise ValueError(
-            f"make_engine: unknown engine kind {kind!r}; use one of {sorted(ENGINE_KINDS)} "
-            "or 'package.module:Class'"
+            f"make_engine: unknown engine kind {kind!r}; use one of {sorted(ENGINE_KINDS)}, "
+            "'package.module:Class' or an engine class"
         )
     module_name, class_name = target.split(":", 1)
     engine_class = getattr(importlib.import_module(module_name), class_name)

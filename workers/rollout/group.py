@@ -218,13 +218,28 @@ class RolloutGroup:
     # ---- the rest of the actor surface ------------------------------------------------
 
     def weight_versions(self) -> list[int]:
-        return ray.get([actor.weight_version.remote() for actor in self.actors])
+        return self._call_every_actor("weight_version")
 
     def sleep(self) -> None:
-        ray.get([actor.sleep.remote() for actor in self.actors])
+        self._call_every_actor("sleep")
 
     def wake_up(self) -> None:
-        ray.get([actor.wake_up.remote() for actor in self.actors])
+        self._call_every_actor("wake_up")
+
+    def _call_every_actor(self, method: str, restart_timeout_s: float = 300.0) -> list[Any]:
+        """One call per actor, waiting out actors that Ray is restarting."""
+        deadline = time.monotonic() + restart_timeout_s
+        results = []
+        for actor in self.actors:
+            while True:
+                try:
+                    results.append(ray.get(getattr(actor, method).remote()))
+                    break
+                except ActorUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        return results
 
     def shutdown(self) -> None:
         for actor in self.actors:
