@@ -140,8 +140,20 @@ class CandidateGone(BaseException):
     """The sandboxed candidate died or timed out; a check cannot catch this as an Exception."""
 
 
+class UnsendableArguments(BaseException):
+    """The check passed arguments the codec cannot carry: the test, not the solution, is at fault."""
+
+
+CALLS_MADE = [0]
+
+
 def _remote_candidate(*args: Any) -> Any:
-    write_message(REPLY_FD, {"call": encode_value(list(args))})
+    try:
+        request = {"call": encode_value(list(args))}
+    except UnsupportedValue as exc:
+        raise UnsendableArguments(str(exc)) from None
+    CALLS_MADE[0] += 1
+    write_message(REPLY_FD, request)
     reply = read_message(REQUEST_FD)
     if "value" in reply:
         return decode_value(reply["value"])
@@ -151,7 +163,10 @@ def _remote_candidate(*args: Any) -> Any:
 
 
 def judge(job: dict) -> None:
-    """assert style, trusted side: run the dataset's check with a stub that calls the sandbox."""
+    """assert style, trusted side: run the dataset's check with a stub that calls the sandbox.
+
+    A check that never reaches the candidate proves nothing: it is reported as a bad test.
+    """
     namespace: dict[str, Any] = {"__name__": "judge", "__builtins__": builtins}
     verdict: dict[str, Any]
     try:
@@ -163,8 +178,13 @@ def judge(job: dict) -> None:
         verdict = {"verdict": "pass"}
     except CandidateGone as exc:
         verdict = {"verdict": "gone", "message": str(exc)}
+    except UnsendableArguments as exc:
+        verdict = {"verdict": "bad_test", "message": f"check passed unsendable arguments: {exc}"}
     except BaseException as exc:  # noqa: BLE001 - any failure of the check is a failed check
         verdict = {"verdict": "fail", "message": f"{type(exc).__name__}: {exc}"[:300]}
+    if CALLS_MADE[0] == 0 and verdict["verdict"] != "bad_test":
+        verdict = {"verdict": "bad_test", "message": "the check never called the candidate "
+                   f"({verdict.get('message', 'passed vacuously')})"[:300]}
     write_message(REPLY_FD, verdict)
     os._exit(0)
 

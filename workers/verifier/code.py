@@ -208,6 +208,8 @@ def _verdict_result(frame: dict) -> tuple:
     if frame["verdict"] == "pass":
         return R.OK, 1, 1, ""
     message = frame.get("message", "")
+    if frame["verdict"] == "bad_test":
+        return R.BAD_INPUT, 0, 1, message
     if message.startswith("CandidateRaised"):
         status = R.MEMORY if "MemoryError" in message else R.RUNTIME_ERROR
         return status, 0, 1, message
