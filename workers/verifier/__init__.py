@@ -1,26 +1,25 @@
-"""Reward verifiers: sandboxed code execution and symbolic math, locally or as Ray actors."""
+"""Reward verifiers: sandboxed code execution and symbolic math, locally or as Ray actors.
+
+Names are imported lazily, so that the sandbox zygote and the math workers (which import
+submodules of this package) stay small and never load Ray.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from workers.verifier.code import CodeLimits, CodeVerifier, extract_code
-from workers.verifier.executor import CodeExecutor, ExecLimits, SandboxUnavailable
-from workers.verifier.math_extract import extract_answer
-from workers.verifier.math_verifier import MathLimits, MathVerifier
-from workers.verifier.results import is_masked, make_result
-
-__all__ = [
-    "CodeExecutor", "CodeLimits", "CodeVerifier", "ExecLimits", "MathLimits", "MathVerifier",
-    "SandboxUnavailable", "VerifierLimits", "VerifierPool", "extract_answer", "extract_code",
-    "is_masked", "make_result",
-]
+_EXPORTS = {
+    "CodeExecutor": "executor", "ExecLimits": "executor", "SandboxUnavailable": "executor",
+    "CodeLimits": "code", "CodeVerifier": "code", "extract_code": "code",
+    "MathLimits": "math_verifier", "MathVerifier": "math_verifier",
+    "extract_answer": "math_extract", "is_masked": "results", "make_result": "results",
+    "VerifierLimits": "ray_pool", "VerifierPool": "ray_pool",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    """Import the Ray layer only when asked for (ray is slow to import)."""
-    if name in ("VerifierPool", "VerifierLimits"):
-        from workers.verifier import ray_pool
-
-        return getattr(ray_pool, name)
-    raise AttributeError(name)
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'workers.verifier' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"workers.verifier.{_EXPORTS[name]}"), name)
