@@ -44,6 +44,10 @@ class LearnerWorker:
 
     def setup(self, model_path: str, master_addr: str, master_port: int, local_rank: int) -> None:
         """Joins the learners' default process group and builds the backend."""
+        if self.config.device == "gpu":
+            # Ray shows each rank exactly its own GPU (CUDA_VISIBLE_DEVICES), which is then
+            # device 0 in this process; DeepSpeed picks its device from LOCAL_RANK.
+            local_rank = 0
         os.environ.update(
             RANK=str(self.rank),
             LOCAL_RANK=str(local_rank),
@@ -52,7 +56,7 @@ class LearnerWorker:
             MASTER_PORT=str(master_port),
         )
         if self.config.device == "gpu":
-            torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU
+            torch.cuda.set_device(0)
         import deepspeed
 
         from workers.learner.deepspeed_backend import disable_shared_memory_comm_build
