@@ -33,3 +33,13 @@ def math_verifier():
     verifier = MathVerifier(MathLimits(timeout_s=2, hard_timeout_s=6.0, memory_mb=1536))
     yield verifier
     verifier.close()
+
+
+@pytest.fixture(scope="session")
+def patient_math_verifier():
+    """Generous timeouts: equivalences that need sympy's simplify must not fail on a busy CI box."""
+    from workers.verifier.math_verifier import MathLimits, MathVerifier
+
+    verifier = MathVerifier(MathLimits(timeout_s=8, hard_timeout_s=30.0, workers=2))
+    yield verifier
+    verifier.close()

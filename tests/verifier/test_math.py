@@ -76,10 +76,10 @@ HOSTILE = [
 
 
 @pytest.mark.slow
-def test_equivalent_answers_score_one(math_verifier):
+def test_equivalent_answers_score_one(patient_math_verifier):
     rows = [{"id": i, "response": boxed(a), "ground_truth": g}
             for i, (g, a) in enumerate(EQUIVALENT)]
-    results = math_verifier.verify_many(rows)
+    results = patient_math_verifier.verify_many(rows)
     assert [(r["status"], r["message"]) for r in results if r["reward"] != 1.0] == []
 
 
