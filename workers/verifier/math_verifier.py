@@ -32,7 +32,7 @@ class MathLimits:
     """Math-Verify's own timeout per step, the parent's hard deadline per answer, worker memory
     cap, pool size and recycling period."""
 
-    timeout_s: int = 2
+    timeout_s: int = 3
     hard_timeout_s: float = 10.0
     memory_mb: int = 2048
     workers: int = 2
