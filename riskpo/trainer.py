@@ -260,7 +260,7 @@ class Trainer:
         valid = torch.tensor([not is_masked(r) for r in flat], dtype=torch.bool)
         rewards = torch.tensor([float(r["reward"]) if v else 0.0 for r, v in zip(flat, valid.tolist(), strict=True)])
         stats = reward_statistics(rewards, valid)
-        metrics = {f"train/reward_{key}": value for key, value in stats.items()}
+        metrics = {f"train/{key.replace('/', '_')}": value for key, value in stats.items()}
         metrics["train/accuracy"] = float(((rewards >= 1.0) & valid).sum()) / max(1, int(valid.sum()))
         metrics["train/masked_samples"] = float((~valid).sum())
         metrics["train/prompts"] = float(len(rollouts.rows))

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from riskpo.config import TINY_MODEL, RunConfig
+from riskpo.config import TINY_MODEL, ConfigError, RunConfig
 
 # Set in every actor: no usage reporting, no JIT builds of DeepSpeed's CPU ops, quiet tokenizers.
 ACTOR_ENV = {
@@ -45,25 +45,58 @@ def prepare_model(run: RunConfig, console: Console) -> str:
     return str(target)
 
 
+def required_resources(run: RunConfig) -> dict[str, float]:
+    """Logical CPUs and GPUs the run's actors ask Ray for (the driver needs none)."""
+    c, v = run.cluster, run.verifier
+    verifiers = v.num_math_actors + v.num_code_actors
+    return {
+        "CPU": run.rollout.num_actors * c.rollout_cpus_per_actor
+        + verifiers * c.verifier_cpus_per_actor + run.learner.num_ranks * c.learner_cpus_per_rank,
+        "GPU": run.rollout.num_actors * c.rollout_gpus_per_actor
+        + run.learner.num_ranks * c.learner_gpus_per_rank,
+    }
+
+
 def connect_ray(run: RunConfig, console: Console) -> bool:
-    """Joins cluster.address or RAY_ADDRESS when given, else starts a local cluster. Returns
-    True when this call connected (the caller disconnects at the end)."""
+    """Joins cluster.address or RAY_ADDRESS when given, else starts a local cluster with enough
+    logical CPUs for the run's actors. Returns True when this call connected (the caller
+    disconnects at the end). Raises when the cluster cannot hold the actors, rather than
+    letting them wait forever for resources."""
     import ray
 
     if ray.is_initialized():
+        check_resources(run, ray.cluster_resources())
         return False
     address = run.cluster.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": ACTOR_ENV}
     if address:
         console.print(f"ray: joining the cluster at {address}")
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-        return True
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    temp_dir = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    console.print("ray: starting a local cluster")
-    ray.init(num_cpus=run.cluster.num_cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env, _temp_dir=temp_dir)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        temp_dir = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        num_cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, int(required_resources(run)["CPU"] + 0.999))
+        console.print(f"ray: starting a local cluster ({num_cpus} logical CPUs)")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env, _temp_dir=temp_dir)
+    try:
+        check_resources(run, ray.cluster_resources())
+    except ConfigError:
+        ray.shutdown()
+        raise
     return True
+
+
+def check_resources(run: RunConfig, available: dict[str, float]) -> None:
+    """ConfigError when the cluster has fewer CPUs or GPUs than the run's actors need."""
+    for resource, needed in required_resources(run).items():
+        have = available.get(resource, 0.0)
+        if needed > have + 1e-9:
+            key = "cluster.num_cpus" if resource == "CPU" else "cluster.rollout_gpus_per_actor"
+            raise ConfigError(
+                key, f"the actors need {needed:g} {resource}s but the Ray cluster has {have:g}",
+                "lower rollout.num_actors / learner.num_ranks / verifier actor counts or their "
+                "cluster.*_per_actor shares, or add nodes (a local cluster: cluster.num_cpus=N)")
 
 
 @dataclass

@@ -49,9 +49,21 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(response: str, data_source: str = "") -> str | None:
-    """The final answer of a response: `#### n` for GSM8K-style sources, else the last box."""
-    if "gsm8k" in data_source.lower():
+ANSWER_FORMATS = ("boxed", "gsm8k", "final_number")
+FINAL_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+FINAL_NUMBER_WINDOW = 256  # the last number is looked for in the response's last characters
+
+
+def extract_answer(response: str, data_source: str = "", answer_format: str = "boxed") -> str | None:
+    """The final answer of a response, by format: `boxed` (the last box), `gsm8k` (`#### n`,
+    also chosen by a GSM8K data source; falls back to the last box) or `final_number` (the
+    last plain number in the response's tail, for tasks whose answer is just a number)."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format {answer_format!r} not in {ANSWER_FORMATS}")
+    if answer_format == "final_number":
+        matches = FINAL_NUMBER.findall(response[-FINAL_NUMBER_WINDOW:])
+        return matches[-1] if matches else None
+    if answer_format == "gsm8k" or "gsm8k" in data_source.lower():
         matches = GSM8K_ANSWER.findall(response[-4096:])
         if matches:
             return matches[-1]

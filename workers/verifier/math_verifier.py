@@ -167,7 +167,8 @@ def _gold_text(ground_truth: Any) -> str:
 
 
 class MathVerifier:
-    """Scores math rows {"id", "response", "ground_truth", "data_source"?}."""
+    """Scores math rows {"id", "response", "ground_truth", "data_source"?, "answer_format"?}
+    (answer_format: boxed (default) | gsm8k | final_number, see math_extract.extract_answer)."""
 
     def __init__(self, limits: MathLimits | None = None) -> None:
         self.limits = limits or MathLimits()
@@ -231,10 +232,13 @@ class MathVerifier:
                 raise ValueError("response must be a string")
             gold = _gold_text(row["ground_truth"])
             data_source = str(row.get("data_source") or "")
+            answer_format = str(row.get("answer_format") or "boxed")
+            if answer_format not in X.ANSWER_FORMATS:
+                raise ValueError(f"answer_format {answer_format!r} not in {X.ANSWER_FORMATS}")
         except (KeyError, TypeError, ValueError) as exc:
             return R.make_result(row_id, R.BAD_INPUT, message=f"bad math row: {exc}"), None
         try:
-            extracted = X.extract_answer(response, data_source)
+            extracted = X.extract_answer(response, data_source, answer_format)
             if extracted is None:
                 return R.make_result(row_id, R.NO_ANSWER, message="no final answer found"), None
             answer = X.sanitize(extracted)
