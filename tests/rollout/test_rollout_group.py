@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rollout_test_support import ENGINE_KWARGS
+from rollout_test_support import ENGINE_KWARGS, VLLM_AVAILABLE
 
 from workers.rollout import Prompt, SamplingParams, make_engine
 from workers.rollout.hf_engine import HFEngine
@@ -162,5 +162,20 @@ def test_group_raises_when_a_chunk_fails_twice(
         with pytest.raises(RolloutLostError, match="failed on actor"):
             group.generate(PROMPTS[:2], GREEDY, chunk_size=1)
         assert len(group.events) >= 2
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not VLLM_AVAILABLE, reason="vllm is not importable here (.venv-vllm has it)")
+def test_vllm_engine_serves_from_inside_a_rollout_actor(ray_cluster, tiny_model_path, expected_greedy):
+    from workers.rollout.group import RolloutGroup
+
+    group = RolloutGroup(1, "vllm", tiny_model_path, ENGINE_KWARGS["vllm"])
+    try:
+        results = group.generate(PROMPTS, GREEDY)
+        assert [[s.token_ids for s in samples] for samples in results] == expected_greedy
+        assert group.weight_versions() == [0]
     finally:
         group.shutdown()
