@@ -116,6 +116,7 @@ def bench_actor_overhead(model_path, engine_kwargs, prompts, params, repeats) ->
              time_generate(via_actor, prompts, params, 1, warm_up=False)[0])
             for _ in range(repeats)
         ]
+        transport = measure_transport(ray, group, engine.generate(prompts, params))
         group.shutdown()
     finally:
         ray.shutdown()
@@ -125,7 +126,29 @@ def bench_actor_overhead(model_path, engine_kwargs, prompts, params, repeats) ->
           + ", ".join(f"{local:.2f}/{actor:.2f}" for local, actor in pairs), flush=True)
     print(f"actor/in-process time ratio: median {ratio:.3f} (overhead {100 * (ratio - 1):+.1f}%, "
           f"target < +10%); per pair {', '.join(f'{r:.3f}' for r in ratios)}", flush=True)
-    return {"pairs_seconds": pairs, "ratios": ratios, "ratio": ratio}
+    local_median = statistics.median(local for local, _ in pairs)
+    transport_share = (transport["results_round_trip_s"] + transport["ping_s"]) / local_median
+    print(f"transport alone: results through the object store {transport['results_round_trip_s']:.3f} s, "
+          f"actor ping {1000 * transport['ping_s']:.1f} ms = {100 * transport_share:.1f}% of the "
+          "in-process generate time", flush=True)
+    return {"pairs_seconds": pairs, "ratios": ratios, "ratio": ratio,
+            "transport_share": transport_share, **transport}
+
+
+def measure_transport(ray, group, results) -> dict:
+    """What the actor path adds besides generating: the results' serialisation round trip
+    and an actor call's latency (medians)."""
+    round_trips, pings = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        ray.get(ray.put(results))
+        round_trips.append(time.perf_counter() - started)
+    for _ in range(20):
+        started = time.perf_counter()
+        ray.get(group.actors[0].ping.remote())
+        pings.append(time.perf_counter() - started)
+    return {"results_round_trip_s": statistics.median(round_trips),
+            "ping_s": statistics.median(pings)}
 
 
 def main() -> None:
