@@ -91,8 +91,11 @@ def bench_engines(model_path, kinds, engine_kwargs, prompts, params, repeats) ->
         engine = make_engine(kind, model_path, **engine_kwargs[kind])
         seconds, tokens = time_generate(engine.generate, prompts, params, repeats)
         figures[kind] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
-        print(f"{kind:5s} engine in-process: {tokens} tokens in {seconds:.3f} s = "
-              f"{tokens / seconds:,.0f} tokens/s", flush=True)
+        print(
+            f"{kind:5s} engine in-process: {tokens} tokens in {seconds:.3f} s = "
+            f"{tokens / seconds:,.0f} tokens/s",
+            flush=True,
+        )
         del engine
     return figures
 
@@ -104,16 +107,22 @@ def bench_actor_overhead(model_path, engine_kwargs, prompts, params, repeats) ->
 
     from workers.rollout.group import RolloutGroup
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 1024 * 1024)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * 1024 * 1024,
+    )
     try:
         engine = make_engine("hf", model_path, **engine_kwargs["hf"])
         group = RolloutGroup(1, "hf", model_path, engine_kwargs["hf"], num_cpus_per_actor=1)
         via_actor = lambda p, s: group.generate(p, s, chunk_size=len(p))  # noqa: E731
         engine.generate(prompts, params), via_actor(prompts, params)  # warm-up
         pairs = [
-            (time_generate(engine.generate, prompts, params, 1, warm_up=False)[0],
-             time_generate(via_actor, prompts, params, 1, warm_up=False)[0])
+            (
+                time_generate(engine.generate, prompts, params, 1, warm_up=False)[0],
+                time_generate(via_actor, prompts, params, 1, warm_up=False)[0],
+            )
             for _ in range(repeats)
         ]
         transport = measure_transport(ray, group, engine.generate(prompts, params))
@@ -122,17 +131,31 @@ def bench_actor_overhead(model_path, engine_kwargs, prompts, params, repeats) ->
         ray.shutdown()
     ratios = [actor / local for local, actor in pairs]
     ratio = statistics.median(ratios)
-    print(f"hf in-process vs via Ray actor, {repeats} alternating pairs (s): "
-          + ", ".join(f"{local:.2f}/{actor:.2f}" for local, actor in pairs), flush=True)
-    print(f"actor/in-process time ratio: median {ratio:.3f} (overhead {100 * (ratio - 1):+.1f}%, "
-          f"target < +10%); per pair {', '.join(f'{r:.3f}' for r in ratios)}", flush=True)
+    print(
+        f"hf in-process vs via Ray actor, {repeats} alternating pairs (s): "
+        + ", ".join(f"{local:.2f}/{actor:.2f}" for local, actor in pairs),
+        flush=True,
+    )
+    print(
+        f"actor/in-process time ratio: median {ratio:.3f} (overhead {100 * (ratio - 1):+.1f}%, "
+        f"target < +10%); per pair {', '.join(f'{r:.3f}' for r in ratios)}",
+        flush=True,
+    )
     local_median = statistics.median(local for local, _ in pairs)
     transport_share = (transport["results_round_trip_s"] + transport["ping_s"]) / local_median
-    print(f"transport alone: results through the object store {transport['results_round_trip_s']:.3f} s, "
-          f"actor ping {1000 * transport['ping_s']:.1f} ms = {100 * transport_share:.1f}% of the "
-          "in-process generate time", flush=True)
-    return {"pairs_seconds": pairs, "ratios": ratios, "ratio": ratio,
-            "transport_share": transport_share, **transport}
+    print(
+        f"transport alone: results through the object store {transport['results_round_trip_s']:.3f} s, "
+        f"actor ping {1000 * transport['ping_s']:.1f} ms = {100 * transport_share:.1f}% of the "
+        "in-process generate time",
+        flush=True,
+    )
+    return {
+        "pairs_seconds": pairs,
+        "ratios": ratios,
+        "ratio": ratio,
+        "transport_share": transport_share,
+        **transport,
+    }
 
 
 def measure_transport(ray, group, results) -> dict:
@@ -147,8 +170,10 @@ def measure_transport(ray, group, results) -> dict:
         started = time.perf_counter()
         ray.get(group.actors[0].ping.remote())
         pings.append(time.perf_counter() - started)
-    return {"results_round_trip_s": statistics.median(round_trips),
-            "ping_s": statistics.median(pings)}
+    return {
+        "results_round_trip_s": statistics.median(round_trips),
+        "ping_s": statistics.median(pings),
+    }
 
 
 def main() -> None:
@@ -172,17 +197,24 @@ def main() -> None:
     if importlib.util.find_spec("vllm") is not None:
         kinds.append("vllm")
     engine_kwargs = {
-        "hf": {"device": args.device, "dtype": dtype_name,
-               "max_batch_sequences": args.max_batch_sequences, "num_threads": args.threads},
+        "hf": {
+            "device": args.device,
+            "dtype": dtype_name,
+            "max_batch_sequences": args.max_batch_sequences,
+            "num_threads": args.threads,
+        },
         "vllm": {"dtype": dtype_name, "enforce_eager": not on_gpu, "seed": 0},
     }
     prompts = make_prompts(args.prompts)
     # Random weights rarely emit EOS; ignore-EOS is not in the contract, so lengths are
     # reported as measured (tokens/s counts the tokens actually generated).
     params = SamplingParams(n=args.samples, max_new_tokens=args.max_new_tokens, seed=0)
-    print(f"model {args.model_size} ({dtype_name}) on {args.device}; {args.prompts} prompts x "
-          f"{args.samples} samples x {args.max_new_tokens} tokens; engines: {', '.join(kinds)}; "
-          f"torch {torch.__version__}", flush=True)
+    print(
+        f"model {args.model_size} ({dtype_name}) on {args.device}; {args.prompts} prompts x "
+        f"{args.samples} samples x {args.max_new_tokens} tokens; engines: {', '.join(kinds)}; "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
     if on_gpu:
         print(f"GPU: {torch.cuda.get_device_name(0)}", flush=True)
     if "vllm" not in kinds:
@@ -190,8 +222,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_rollout_") as tmp:
         model_path = build_model(Path(tmp), args.model_size, dtype)
-        figures = {"engines": bench_engines(model_path, kinds, engine_kwargs, prompts, params,
-                                            args.repeats)}
+        figures = {
+            "engines": bench_engines(
+                model_path, kinds, engine_kwargs, prompts, params, args.repeats
+            )
+        }
         run_actor = not args.skip_actor and not on_gpu
         if run_actor and importlib.util.find_spec("ray") is not None:
             figures["actor"] = bench_actor_overhead(

@@ -25,9 +25,7 @@ from transformers import (
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)  # ids 0..3, in this order
 
-DEFAULT_CHARS = (
-    string.digits + "+-*/=() \n" + string.ascii_letters + ".,:;?!'\"_<>#%^"
-)
+DEFAULT_CHARS = string.digits + "+-*/=() \n" + string.ascii_letters + ".,:;?!'\"_<>#%^"
 
 # Renders [{"role": ..., "content": ...}] as "<bos>role: content\n..." and, with
 # add_generation_prompt, ends with "assistant: " so the model continues as the assistant.

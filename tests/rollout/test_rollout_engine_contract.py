@@ -62,11 +62,15 @@ def test_same_seed_same_samples_other_seed_other_samples(engine):
     assert len({tuple(tokens) for tokens in first}) > 1  # the n samples differ
 
 
-def test_logprobs_match_a_forward_pass_at_temperature_one(engine, tiny_model_path, reference_logprobs):
+def test_logprobs_match_a_forward_pass_at_temperature_one(
+    engine, tiny_model_path, reference_logprobs
+):
     results = engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=16, seed=3))
     for samples in results:
         for sample in samples:
-            expected = reference_logprobs(tiny_model_path, sample.prompt_token_ids, sample.token_ids)
+            expected = reference_logprobs(
+                tiny_model_path, sample.prompt_token_ids, sample.token_ids
+            )
             torch.testing.assert_close(
                 torch.tensor(sample.logprobs), expected, atol=2e-3, rtol=1e-3
             )

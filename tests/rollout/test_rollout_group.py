@@ -169,7 +169,9 @@ def test_group_raises_when_a_chunk_fails_twice(
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.skipif(not VLLM_AVAILABLE, reason="vllm is not importable here (.venv-vllm has it)")
-def test_vllm_engine_serves_from_inside_a_rollout_actor(ray_cluster, tiny_model_path, expected_greedy):
+def test_vllm_engine_serves_from_inside_a_rollout_actor(
+    ray_cluster, tiny_model_path, expected_greedy
+):
     from workers.rollout.group import RolloutGroup
 
     group = RolloutGroup(1, "vllm", tiny_model_path, ENGINE_KWARGS["vllm"])

@@ -20,7 +20,9 @@ ENGINE_KINDS = {
 }
 
 
-def make_engine(kind: str | Callable[..., RolloutEngine], model_path: str | Path, **engine_kwargs: Any) -> RolloutEngine:
+def make_engine(
+    kind: str | Callable[..., RolloutEngine], model_path: str | Path, **engine_kwargs: Any
+) -> RolloutEngine:
     """Builds an engine: kind is "hf", "vllm", "package.module:Class", or an engine class."""
     if callable(kind):
         return kind(model_path, **engine_kwargs)

@@ -71,9 +71,7 @@ class Completion:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams
-    ) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """Returns [prompt][sample] completions, in prompt order, params.n per prompt."""
         ...
 

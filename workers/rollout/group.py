@@ -121,7 +121,9 @@ class RolloutGroup:
         if num_actors < 1:
             raise ValueError(f"RolloutGroup: num_actors must be >= 1, got {num_actors}")
         if chunks_per_actor < 1 or max_inflight_per_actor < 1:
-            raise ValueError("RolloutGroup: chunks_per_actor and max_inflight_per_actor must be >= 1")
+            raise ValueError(
+                "RolloutGroup: chunks_per_actor and max_inflight_per_actor must be >= 1"
+            )
         if bundle_indices is not None and len(bundle_indices) != num_actors:
             raise ValueError(
                 f"RolloutGroup: {len(bundle_indices)} bundle_indices for {num_actors} actors"
@@ -160,7 +162,9 @@ class RolloutGroup:
         fails twice; each failure is in self.events and in metrics()."""
         params.validate()
         started = time.perf_counter()
-        chunk_size = chunk_size or math.ceil(len(prompts) / (len(self.actors) * self.chunks_per_actor))
+        chunk_size = chunk_size or math.ceil(
+            len(prompts) / (len(self.actors) * self.chunks_per_actor)
+        )
         pending = deque(make_chunks(prompts, params, max(1, chunk_size)))
         scheduler = LeastLoadedScheduler(len(self.actors), self.max_inflight_per_actor)
         running: dict[ray.ObjectRef, tuple[int, Chunk]] = {}

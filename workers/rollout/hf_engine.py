@@ -69,7 +69,9 @@ class HFEngine:
         if dtype not in DTYPES:
             raise ValueError(f"HFEngine: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if max_batch_sequences < 1:
-            raise ValueError(f"HFEngine: max_batch_sequences must be >= 1, got {max_batch_sequences}")
+            raise ValueError(
+                f"HFEngine: max_batch_sequences must be >= 1, got {max_batch_sequences}"
+            )
         self.device = torch.device(device)
         self.num_threads = num_threads  # torch CPU threads while generating; None: unchanged
         self.max_batch_sequences = max_batch_sequences
@@ -102,9 +104,7 @@ class HFEngine:
 
     # ---- generation -------------------------------------------------------------------
 
-    def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams
-    ) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         params.validate()
         if self._sleeping:
             raise RuntimeError("HFEngine.generate called while asleep; call wake_up() first")
@@ -152,7 +152,9 @@ class HFEngine:
         response_ids = output.sequences[:, prompt_width:]  # [rows, steps]
         token_logprobs = self._sampled_logprobs(output.scores, response_ids)  # [rows, steps]
         completions = [
-            self._completion(prompt, response_ids[row].tolist(), token_logprobs[row].tolist(), params)
+            self._completion(
+                prompt, response_ids[row].tolist(), token_logprobs[row].tolist(), params
+            )
             for row, prompt in enumerate(rows)
         ]
         return [completions[i : i + params.n] for i in range(0, len(completions), params.n)]

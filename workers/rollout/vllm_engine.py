@@ -48,7 +48,9 @@ class VLLMEngine:
         engine_args: dict[str, Any] | None = None,
     ):
         if tensor_parallel_size < 1:
-            raise ValueError(f"VLLMEngine: tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+            raise ValueError(
+                f"VLLMEngine: tensor_parallel_size must be >= 1, got {tensor_parallel_size}"
+            )
         if sleep_level not in (1, 2):
             raise ValueError(f"VLLMEngine: sleep_level must be 1 or 2, got {sleep_level}")
         vllm_api.import_vllm()
@@ -72,9 +74,7 @@ class VLLMEngine:
         self._weight_version = 0
         self._sleeping = False
 
-    def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams
-    ) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         params.validate()
         if self._sleeping:
             raise RuntimeError("VLLMEngine.generate called while asleep; call wake_up() first")
