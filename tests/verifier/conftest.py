@@ -14,7 +14,7 @@ os.environ["VERIFIER_TEST_SECRET"] = "hunter2-do-not-leak"
 def code_executor():
     from workers.verifier.executor import CodeExecutor, ExecLimits
 
-    executor = CodeExecutor(num_slots=2, limits=ExecLimits(max_timeout_s=2.0, memory_mb=512))
+    executor = CodeExecutor(num_slots=2, limits=ExecLimits(max_timeout_s=10.0, memory_mb=512))
     yield executor
     executor.close()
 
@@ -23,7 +23,15 @@ def code_executor():
 def code_verifier(code_executor):
     from workers.verifier.code import CodeLimits, CodeVerifier
 
-    return CodeVerifier(code_executor, CodeLimits(test_timeout_s=1.5, request_timeout_s=30.0))
+    return CodeVerifier(code_executor, CodeLimits(test_timeout_s=3.0, request_timeout_s=30.0))
+
+
+@pytest.fixture(scope="session")
+def patient_code_verifier(code_executor):
+    """Same sandbox, 10 s per check: a busy CI machine must not fail honest HumanEval solutions."""
+    from workers.verifier.code import CodeLimits, CodeVerifier
+
+    return CodeVerifier(code_executor, CodeLimits(test_timeout_s=10.0, request_timeout_s=60.0))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 
 from workers.verifier import results as R
 
-TEST_TIMEOUT_S = 1.5
+TEST_TIMEOUT_S = 3.0
 SLACK_S = 3.0
 UNREACHABLE = "unreachable-7f3a"
 SITE_DIR = os.path.dirname(os.__file__)

@@ -50,16 +50,16 @@ def verify_all(code_verifier, rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_every_canonical_solution_scores_one(code_verifier):
-    results = verify_all(code_verifier, humaneval_rows(planted_bug=False))
+def test_every_canonical_solution_scores_one(patient_code_verifier):
+    results = verify_all(patient_code_verifier, humaneval_rows(planted_bug=False))
     assert len(results) == 164
     failed = [(r["id"], r["status"], r["message"]) for r in results if r["reward"] != 1.0]
     assert failed == []
 
 
 @pytest.mark.slow
-def test_every_planted_bug_scores_zero(code_verifier):
-    results = verify_all(code_verifier, humaneval_rows(planted_bug=True))
+def test_every_planted_bug_scores_zero(patient_code_verifier):
+    results = verify_all(patient_code_verifier, humaneval_rows(planted_bug=True))
     assert len(results) == 164
     passed = [r["id"] for r in results if r["reward"] != 0.0]
     assert passed == []
