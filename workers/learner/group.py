@@ -34,6 +34,7 @@ class LearnerGroup:
         cpus_per_rank: float = 1.0,
         gpus_per_rank: float | None = None,
         placement_strategy: str = "PACK",
+        placement_timeout_s: float = 300.0,
     ) -> None:
         config.validate()
         self.config = config
@@ -41,7 +42,14 @@ class LearnerGroup:
         gpus = (1.0 if config.device == "gpu" else 0.0) if gpus_per_rank is None else gpus_per_rank
         bundle = {"CPU": cpus_per_rank, **({"GPU": gpus} if gpus else {})}
         self.placement_group = placement_group([bundle] * config.num_ranks, strategy=placement_strategy)
-        ray.get(self.placement_group.ready())
+        try:
+            ray.get(self.placement_group.ready(), timeout=placement_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.placement_group)
+            raise RuntimeError(
+                f"LearnerGroup: the cluster cannot place {config.num_ranks} learner ranks of {bundle} "
+                f"within {placement_timeout_s:.0f} s (learner.num_ranks, cpus_per_rank, gpus_per_rank)"
+            ) from None
         actor_class = ray.remote(LearnerWorker)
         self.workers = [
             actor_class.options(
