@@ -129,7 +129,7 @@ def _rewrite(answer: str) -> str:
 
 
 @pytest.mark.slow
-def test_champ_reference_answers_verify_against_themselves(math_verifier):
+def test_champ_reference_answers_verify_against_themselves(patient_math_verifier):
     import champ_dataset
 
     problems = champ_dataset.load("v0").problems
@@ -139,5 +139,5 @@ def test_champ_reference_answers_verify_against_themselves(math_verifier):
         rows.append({"id": name, "response": boxed(problem.answer), "ground_truth": problem.answer})
         rows.append({"id": name + "/rewritten", "response": boxed(_rewrite(problem.answer)),
                      "ground_truth": problem.answer})
-    results = math_verifier.verify_many(rows)
+    results = patient_math_verifier.verify_many(rows)
     assert [(r["id"], r["status"], r["message"]) for r in results if r["reward"] != 1.0] == []
