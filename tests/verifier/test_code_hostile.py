@@ -114,6 +114,8 @@ def sandbox_processes(uids: list[int]) -> list[tuple[int, int, int]]:
             except (OSError, ValueError):
                 continue
             uid = int(fields["Uid"].split()[1])
+            if fields["State"].strip().startswith("Z"):
+                continue  # already dead; only an init that never reaps (some containers) keeps it
             if uid in uids:
                 found.append((int(entry), uid, int(fields["PPid"])))
     return found

@@ -42,6 +42,7 @@ class Zygote:
         self.job_dirs: dict[int, str] = {}
         self.ready: dict[str, tuple[int, list[int]]] = {}
         self.counter = 0
+        self.pid = os.getpid()
 
     def spawn(self, request: dict[str, Any], sock: socket.socket) -> None:
         """Hand over a pre-forked child of the asked role, then fork its replacement."""
@@ -96,6 +97,11 @@ class Zygote:
             return
         if self.uid is not None:
             sandbox.drop_to_uid(self.uid, self.keep_read_cap and bool(self.landlock_abi))
+            # A uid change clears the parent-death signal: set it again, then make sure the
+            # zygote did not die in between (we would have been re-parented already).
+            sandbox.LIBC.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != self.pid:
+                os._exit(1)
         sandbox.set_no_new_privs()
         if self.seccomp_filter is not None:
             self.seccomp_filter.load()
@@ -117,6 +123,15 @@ class Zygote:
         self._reap_orphans()
         shutil.rmtree(self.job_dirs.pop(pid), ignore_errors=True)
         sock.send(json.dumps({"status": status, "killed": killed}).encode())
+
+    def kill_all(self) -> None:
+        """The executor is gone: no child of ours may outlive this zygote."""
+        for pid in list(self.job_dirs):
+            self._kill_group(pid)
+            shutil.rmtree(self.job_dirs.pop(pid), ignore_errors=True)
+        if self.seccomp_filter is None and self.uid is not None:
+            self._kill_uid()
+        self._reap_orphans()
 
     @staticmethod
     def _kill_group(pid: int) -> None:
@@ -157,12 +172,14 @@ def main() -> None:
     preload()
     gc.freeze()
     sandbox.LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    sandbox.LIBC.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # No parent-death signal here: it follows the executor *thread* that started us, which may
+    # be a short-lived pool thread. The executor's death closes our socket instead.
     zygote = Zygote(config)
     sock.send(b'{"ready": true}')
     while True:
         packet = sock.recv(PACKET_BYTES)
         if not packet:
+            zygote.kill_all()
             return
         request = json.loads(packet)
         if request["op"] == "spawn":
