@@ -82,9 +82,9 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         self.eos_token_ids = self._eos_token_ids()
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-        )
+        if tokenizer.pad_token_id is None:  # left padding needs one; pads are masked out
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(self.eos_token_ids[0])
+        self.pad_token_id = tokenizer.pad_token_id
         # Only our per-call settings drive generation, never a checkpoint's saved defaults.
         self.model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
