@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the head node of a RiskPO Ray cluster (GCS on --port, job API/dashboard on 8265).
 # Usage: launch/cluster/start_head.sh [--num-gpus N] [--num-cpus N] [--verifier-slots N]
-#                                     [-- RAY_START_ARGS...]
+#                                     [--driver-slots N] [-- RAY_START_ARGS...]
 # Environment: RAY_PORT (6379), DASHBOARD_PORT (8265).
 # Then submit from any machine: RAY_ADDRESS=http://HEAD_IP:8265 riskpo-submit ...
 set -euo pipefail

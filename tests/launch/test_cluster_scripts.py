@@ -73,3 +73,12 @@ def test_bad_flags_are_named(fake_ray_path: str, args: list[str], message: str) 
 def test_worker_needs_the_head_address(fake_ray_path: str) -> None:
     result = _run("start_worker.sh", [], fake_ray_path)
     assert result.returncode != 0 and "usage: start_worker.sh HEAD_IP:PORT" in result.stderr
+
+
+def test_driver_slots_join_the_custom_resources(fake_ray_path: str) -> None:
+    result = _run("start_head.sh", ["--num-gpus", "0", "--verifier-slots", "2",
+                                    "--driver-slots", "1"], fake_ray_path)
+    assert result.returncode == 0, result.stderr
+    (resources,) = [a.removeprefix("--resources=") for a in result.stdout.splitlines()
+                    if a.startswith("--resources=")]
+    assert json.loads(resources) == {"verifier_node": 2, "riskpo_driver": 1}
