@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,17 +87,23 @@ def _kill_session_processes(temp_dir: str) -> None:
                 process.kill()
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the job API
+    client_env: dict[str, str]  # environment for clients: token authentication on, its token
+
+
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A Ray head on free ports, started by the cluster script; yields the job API address."""
+def ray_head() -> Iterator[RayHead]:
+    """A Ray head on free ports, started by the cluster script, with token authentication (Ray's
+    default) and a token of its own, so that nothing depends on ~/.ray/auth_token."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix sockets live here
     gcs, dashboard, agent_http, agent_grpc, metrics, env_agent, client, node_manager, objects = (
         _free_ports(9))
     env = dict(os.environ, RAY_PORT=str(gcs), DASHBOARD_PORT=str(dashboard), RAY_TMPDIR=temp_dir,
                RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_AUTH_MODE", None)  # Ray's default: token auth when a token exists or is made
-    client_env = dict(env, RAY_AUTH_MODE="token")  # clients send the token (~/.ray/auth_token)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     command = ["bash", str(REPO / "launch/cluster/start_head.sh"),
                "--num-cpus", "4", "--num-gpus", "0", "--verifier-slots", "1", "--",
                f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent_http}",
@@ -108,8 +116,8 @@ def ray_head() -> Iterator[str]:
     try:
         if head.poll() is not None:
             pytest.fail(f"the Ray head exited with {head.returncode}")
-        _wait_for_job_api(address, client_env)
-        yield address
+        _wait_for_job_api(address, env)
+        yield RayHead(address, env)
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
         try:
@@ -136,16 +144,15 @@ def _stand_in_checkout(root: Path) -> Path:
 
 
 def test_a_sweep_becomes_one_job_per_run_with_statuses_and_summary(
-    ray_head: str, tmp_path: Path
+    ray_head: RayHead, tmp_path: Path
 ) -> None:
     checkout = _stand_in_checkout(tmp_path / "checkout")
     runs_root = tmp_path / "runs"
-    command = [str(BIN / "riskpo-submit"), "--address", ray_head, "--runs-root", str(runs_root),
-               "--working-dir", str(checkout), "--python", sys.executable,
-               "-m", "seed=0,1", "+fail_on_seed=1"]
-    env = dict(os.environ, RAY_AUTH_MODE="token")  # the head's token is ~/.ray/auth_token
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=240)
+    command = [str(BIN / "riskpo-submit"), "--address", ray_head.address,
+               "--runs-root", str(runs_root), "--working-dir", str(checkout),
+               "--python", sys.executable, "-m", "seed=0,1", "+fail_on_seed=1"]
+    result = subprocess.run(command, cwd=tmp_path, env=ray_head.client_env, capture_output=True,
+                            text=True, timeout=240)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-4000:]  # one of the two jobs failed
     assert output.count("submitted riskpo-seed-") == 2
@@ -159,17 +166,19 @@ def test_a_sweep_becomes_one_job_per_run_with_statuses_and_summary(
 
 @pytest.mark.skipif(not (REPO / "launch" / "train.py").exists(),
                     reason="launch/train.py (the riskpo-train driver) is not in the tree yet")
-def test_submit_the_embedded_default_and_read_its_run_dir(ray_head: str, tmp_path: Path) -> None:
+def test_submit_the_embedded_default_and_read_its_run_dir(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
     from riskpo.logging import CONFIG_FILE, REQUIRED_STEP_KEYS
     from riskpo.trainer import complete_checkpoints
 
     runs_root = tmp_path / "runs"
     runs_root.mkdir()
-    command = [str(BIN / "riskpo-submit"), "--address", ray_head, "--runs-root", str(runs_root),
-               "--python", sys.executable, "--env", f"RISKPO_CACHE={tmp_path / 'cache'}",
-               "--", *FAST_OVERRIDES]
-    env = dict(os.environ, RAY_AUTH_MODE="token")  # the head's token is ~/.ray/auth_token
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    command = [str(BIN / "riskpo-submit"), "--address", ray_head.address,
+               "--runs-root", str(runs_root), "--python", sys.executable,
+               "--env", f"RISKPO_CACHE={tmp_path / 'cache'}", "--", *FAST_OVERRIDES]
+    result = subprocess.run(command, cwd=REPO, env=ray_head.client_env, capture_output=True,
+                            text=True, timeout=420)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "submitted riskpo-" in output and "ray job logs --address" in output
