@@ -155,7 +155,7 @@ class ModelConfig:
 class ArithmeticConfig:
     """Knobs of the synthetic arithmetic task."""
 
-    min_digits: int = 1
+    min_digits: int = 3
     max_digits: int = 3
     min_terms: int = 2
     max_terms: int = 2
