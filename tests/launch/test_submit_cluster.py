@@ -125,6 +125,7 @@ def ray_head() -> Iterator[RayHead]:
         except subprocess.TimeoutExpired:
             head.kill()
         _kill_session_processes(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stand_in_checkout(root: Path) -> Path:
