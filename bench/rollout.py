@@ -224,13 +224,19 @@ def main() -> None:
         model_path = build_model(Path(tmp), args.model_size, dtype)
         figures = {
             "engines": bench_engines(
-                model_path, kinds, engine_kwargs, prompts, params, args.repeats
+                model_path, ["hf"], engine_kwargs, prompts, params, args.repeats
             )
         }
+        # Before vLLM: its CPU backend pins this process's threads, which would slow the
+        # in-process side of the comparison and flatter the actor.
         run_actor = not args.skip_actor and not on_gpu
         if run_actor and importlib.util.find_spec("ray") is not None:
             figures["actor"] = bench_actor_overhead(
                 model_path, engine_kwargs, prompts, params, args.repeats
+            )
+        if "vllm" in kinds:
+            figures["engines"].update(
+                bench_engines(model_path, ["vllm"], engine_kwargs, prompts, params, args.repeats)
             )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
