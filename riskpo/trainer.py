@@ -27,7 +27,7 @@ from riskpo.config import RunConfig
 from riskpo.data.rows import Row
 from riskpo.data.sampler import PromptBatch, PromptSampler
 from riskpo.data.templates import build_prompt
-from riskpo.evaluation import EvalSettings, Generator, Grader, evaluate, grade
+from riskpo.evaluation import EvalSettings, evaluate, grade
 from riskpo.logging import RunLogger
 from riskpo.metrics import reward_statistics
 from workers.rollout.engine import Completion, SamplingParams
@@ -51,8 +51,8 @@ class Learner(Protocol):
 class Workers:
     """The worker groups the loop calls; built by launch/train.py from the cluster config."""
 
-    rollout: Generator  # generate(prompts, params) -> [prompt][sample] completions
-    verifiers: Grader  # verify_batch(rows) -> one result per row, in order
+    rollout: Any  # generate(prompts, params), weight_versions(), drain_events()
+    verifiers: Any  # verify_batch(rows) -> one result per row, in order; drain_events()
     learner: Learner  # train_step, sync_weights, save, load
 
 
@@ -147,6 +147,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         timer = PhaseTimer()
         step_start = time.perf_counter()
+        with timer("sync"):
+            self.ensure_rollout_weights()
         rollouts, rollout_metrics = self.collect_rollouts(timer)
         with timer("advantage"):
             batch, advantage_metrics = self.compute_advantages(rollouts)
@@ -217,6 +219,15 @@ class Trainer:
             results = grade(self.workers.verifiers, prompts.rows, completions)
         return Rollouts(prompts.rows, list(prompts.bundle_ids), completions, results)
 
+    def ensure_rollout_weights(self) -> None:
+        """Every rollout engine must hold the learner's current weights: an engine that came
+        back from a restart holds the initial ones (a lower version) and is re-synced."""
+        versions = self.workers.rollout.weight_versions()
+        if len(set(versions)) > 1:
+            self.logger.event("rollout/resync", f"engine weight versions {versions} differ (an actor "
+                              "restarted): syncing weights again before rolling out", step=self.step)
+            self.workers.learner.sync_weights(self.workers.rollout)
+
     def _whole_bundles(self, rollouts: Rollouts) -> Rollouts:
         """Renumbers bundles of the kept prompts: consecutive groups of bundle_size."""
         size = self.sampler.bundle_size
@@ -278,8 +289,7 @@ class Trainer:
         """Faults the worker groups recovered from this step, as events and metrics."""
         counts: dict[str, float] = {}
         for name, group in (("rollout", self.workers.rollout), ("verifier", self.workers.verifiers)):
-            drain = getattr(group, "drain_events", None)
-            for event in drain() if drain else []:
+            for event in group.drain_events():
                 kind = str(event.get("kind", "event"))
                 self.logger.event(f"{name}/{kind}", str(event.get("message", "")), step=self.step,
                                   **{k: v for k, v in event.items() if k not in ("kind", "message")})

@@ -8,6 +8,7 @@ batch deadline, and never retries a chunk: rows of a chunk whose actor died get 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ class VerifierActor:
             threads = limits.code_slots_per_actor
         self.kind = kind
         self.threads = ThreadPoolExecutor(max_workers=threads)
+        self.pid = os.getpid()  # a new pid after a restart tells the pool the actor came back
 
     async def verify(self, rows: list[dict], deadline_unix: float) -> list[dict]:
         """Results for rows in order; deadline_unix is wall-clock (time.time()) seconds."""
@@ -63,6 +65,9 @@ class VerifierActor:
         calls = [loop.run_in_executor(self.threads, self.verifier.verify, row, deadline)
                  for row in rows]
         return list(await asyncio.gather(*calls))
+
+    async def ping(self) -> int:
+        return self.pid
 
     async def layers(self) -> dict[str, Any]:
         return self.verifier.layers
@@ -88,6 +93,14 @@ class VerifierPool:
                        for kind, count in kind_to_num_actors.items() if count > 0}
         self.layers = {kind: ray.get(actors[0].layers.remote())
                        for kind, actors in self.actors.items()}
+        self._pids = {(kind, i): ray.get(actor.ping.remote())
+                      for kind, actors in self.actors.items() for i, actor in enumerate(actors)}
+        self._events: list[dict[str, Any]] = []
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Faults since the last call (failed chunks, restarted actors), oldest first."""
+        events, self._events = self._events, []
+        return events
 
     def verify_batch(self, rows: list[dict], deadline_s: float = 600.0) -> list[dict]:
         """One result per row, in order, within deadline_s seconds from now."""
@@ -133,6 +146,10 @@ class VerifierPool:
                 load[(kind, actor_index)] -= 1
                 if not self._store(ref, indices, rows, results):
                     healthy.discard((kind, actor_index))
+                    self._events.append({
+                        "kind": "chunk_failed", "actor": f"{kind}[{actor_index}]",
+                        "message": f"{len(indices)} rows masked (infra_error): their {kind} "
+                                   f"verifier {actor_index} failed; not retried"})
             if chunks and not in_flight:
                 healthy = self._healthy_actors(deadline_unix)
                 self._drop_orphans(chunks, healthy, rows, results)
@@ -155,17 +172,23 @@ class VerifierPool:
         healthy: set[tuple[str, int]] = set()
         waiting = {(kind, i) for kind, actors in self.actors.items() for i in range(len(actors))}
         while waiting and time.time() < deadline_unix:
-            pings = {self.actors[kind][i].layers.remote(): (kind, i) for kind, i in waiting}
+            pings = {self.actors[kind][i].ping.remote(): (kind, i) for kind, i in waiting}
             for ref, key in pings.items():
                 try:
-                    ray.get(ref, timeout=max(deadline_unix - time.time(), 0.01))
+                    pid = ray.get(ref, timeout=max(deadline_unix - time.time(), 0.01))
                 except ray.exceptions.ActorDiedError:
                     waiting.discard(key)  # out of restarts: it stays out of the pool
+                    self._events.append({"kind": "actor_lost", "actor": f"{key[0]}[{key[1]}]",
+                                         "message": f"{key[0]} verifier {key[1]} is out of restarts"})
                 except (ray.exceptions.RayError, TimeoutError):
                     continue
                 else:
                     healthy.add(key)
                     waiting.discard(key)
+                    if self._pids.get(key) != pid:
+                        self._pids[key] = pid
+                        self._events.append({"kind": "actor_restarted", "actor": f"{key[0]}[{key[1]}]",
+                                             "message": f"{key[0]} verifier {key[1]} was restarted"})
             if waiting:
                 time.sleep(PING_BACKOFF_S)
         return healthy
