@@ -156,7 +156,8 @@ class Trainer:
             learner_metrics = self.workers.learner.train_step(batch)
         with timer("sync"):
             sync_metrics = self.workers.learner.sync_weights(self.workers.rollout)
-        metrics: dict[str, float] = {"step": self.step, **rollout_metrics, **advantage_metrics}
+        metrics: dict[str, float] = {"step": self.step, **rollout_metrics, **advantage_metrics,
+                                     **self.workers.rollout.metrics()}
         metrics.update({f"actor/{key}": value for key, value in learner_metrics.items()})
         metrics.update(sync_metrics)
         metrics.update({f"time/{phase}": seconds for phase, seconds in timer.seconds.items()})

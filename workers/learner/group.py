@@ -69,6 +69,8 @@ class LearnerGroup:
         self.master_addr = node_ips[0]
         self._manifest: WeightManifest | None = None
         self._sync_targets: list[Any] = []
+        self._sync_generation = 0
+        self.weight_version = 0  # of the last sync; every engine holds it after sync_weights
 
     # ---------------------------------------------------------------- training
 
@@ -157,21 +159,27 @@ class LearnerGroup:
         """Broadcasts the policy from rank 0 to every rollout actor (a RolloutGroup or a list
         of actors) in buckets; checks they all report the same new weight version."""
         actors = rollout_actors(rollout)
-        if actors != self._sync_targets:
+        before = ray.get([actor.weight_version.remote() for actor in actors])
+        # A restarted actor has lost its place in the sync group (and its weights): reopen.
+        reopen = actors != self._sync_targets or any(v != self.weight_version for v in before)
+        if reopen:
             self._open_weight_sync(actors)
         manifest = self._weight_manifest()
         start = time.perf_counter()
-        receiving = [actor.receive_weights.remote(manifest) for actor in actors]
+        self.weight_version += 1
+        receiving = [actor.receive_weights.remote(manifest, self.weight_version) for actor in actors]
         sent = ray.get([worker.send_weights.remote(manifest) for worker in self.workers])
         versions = ray.get(receiving)
         elapsed = time.perf_counter() - start
-        if len(set(versions)) != 1:
-            raise RuntimeError(f"rollout engines disagree on the weight version after a sync: {versions}")
+        if set(versions) != {self.weight_version}:
+            raise RuntimeError(f"rollout engines report weight versions {versions} after sync "
+                               f"{self.weight_version}")
         return {
             "sync/time_s": elapsed,
             "sync/bytes": float(sent[0]),
             "sync/bytes_per_s": sent[0] / elapsed,
-            "sync/weight_version": float(versions[0]),
+            "sync/weight_version": float(self.weight_version),
+            "sync/reopened": float(reopen),
         }
 
     def _open_weight_sync(self, actors: list[Any]) -> None:
@@ -180,7 +188,7 @@ class LearnerGroup:
             "master_port": ray.get(self.workers[0].reserve_port.remote()),
             "world_size": 1 + len(actors),
             "backend": "nccl" if self.config.device == "gpu" else "gloo",
-            "group_name": f"weight_sync_{id(self)}_{len(actors)}",
+            "group_name": f"weight_sync_{id(self)}_{self._sync_generation}",
             "timeout_s": self.config.weight_sync_timeout_s,
         }
         ray.get([
@@ -188,6 +196,7 @@ class LearnerGroup:
             *[actor.init_weight_sync.remote(rank=rank, **transport) for rank, actor in enumerate(actors, 1)],
         ])
         self._sync_targets = actors
+        self._sync_generation += 1
 
     def _weight_manifest(self) -> WeightManifest:
         if self._manifest is None:

@@ -22,12 +22,15 @@ class RolloutActor:
     def __init__(self, engine_kind: Any, model_path: str | Path, engine_kwargs: dict | None = None):
         self.engine = make_engine(engine_kind, model_path, **(engine_kwargs or {}))
         self._receiver = None
+        self._synced_version: int | None = None  # the learner's numbering, once it has synced
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompts, params)
 
     def weight_version(self) -> int:
-        return self.engine.weight_version
+        """The learner's version of the weights held (after a sync), else the engine's count
+        of loads (0 at start and after a restart)."""
+        return self.engine.weight_version if self._synced_version is None else self._synced_version
 
     def sleep(self) -> None:
         self.engine.sleep()
@@ -40,7 +43,7 @@ class RolloutActor:
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "weight_version": self.engine.weight_version,
+            "weight_version": self.weight_version(),
         }
 
     def init_weight_sync(self, **transport_kwargs: Any) -> None:
@@ -48,8 +51,10 @@ class RolloutActor:
 
         self._receiver = make_receiver(**transport_kwargs)
 
-    def receive_weights(self, manifest: Any) -> int:
+    def receive_weights(self, manifest: Any, version: int | None = None) -> int:
+        """Loads the weights the sender broadcasts; `version` is the learner's number for them."""
         if self._receiver is None:
             raise RuntimeError("RolloutActor.receive_weights before init_weight_sync")
         self.engine.load_weights(self._receiver.receive(manifest))
-        return self.engine.weight_version
+        self._synced_version = version
+        return self.weight_version()

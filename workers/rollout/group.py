@@ -131,6 +131,7 @@ class RolloutGroup:
         self.chunks_per_actor = chunks_per_actor
         self.max_inflight_per_actor = max_inflight_per_actor
         self.events: list[RolloutEvent] = []
+        self.failures_total = 0
         self._metrics: dict[str, float] = {}
         remote_actor = ray.remote(RolloutActor)
         self.actors = []
@@ -191,6 +192,7 @@ class RolloutGroup:
         return results  # type: ignore[return-value]  # every slot is filled here
 
     def _after_actor_loss(self, actor: int, chunk: Chunk, error: Exception) -> Chunk:
+        self.failures_total += 1
         self.events.append(
             RolloutEvent("actor_died", actor, list(chunk.prompt_indices), repr(error)[:500])
         )
@@ -212,8 +214,15 @@ class RolloutGroup:
             "rollout/tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
             "rollout/actor_failures": float(failures),
             "rollout/resubmitted_chunks": float(failures),
-            "rollout/actor_failures_total": float(len(self.events)),
+            "rollout/actor_failures_total": float(self.failures_total),
         }
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Actor failures since the last call, as plain dicts (kind, message, ...), oldest first."""
+        events, self.events = self.events, []
+        return [{"kind": e.kind, "actor": e.actor_index, "prompts": len(e.prompt_indices),
+                 "message": f"actor {e.actor_index} died under {len(e.prompt_indices)} prompts "
+                            f"(resubmitted once): {e.error[:200]}"} for e in events]
 
     def metrics(self) -> dict[str, float]:
         """Figures of the last generate call (and the running count of actor failures)."""
