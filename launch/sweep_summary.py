@@ -147,7 +147,8 @@ class SweepSummaryCallback(Callback):
     `hydra.callbacks.sweep_summary._target_: launch.sweep_summary.SweepSummaryCallback`."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
+        # runs live in run_dir/<job number> when run_dir is given, else in Hydra's sweep dir
+        sweep_dir = Path(config.get("run_dir") or config.hydra.sweep.dir)
         output = write_sweep_summary([sweep_dir])
         print(f"sweep summary: {output}")
 
