@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from riskpo.logging import read_metrics  # noqa: E402
 
 PLOTS_SUBDIR = "plots"
-QUANTILE_KEY = re.compile(r"^(risk/q_|risk/tracker|quantile/)")
+QUANTILE_KEY = re.compile(r"^riskpo/(tracked_)?q_(alpha|beta)$")  # quantiles used and tracked
 PASS_KEY = re.compile(r"^eval/pass@(\d+)$")
 AVG_KEY = re.compile(r"^eval/avg@(\d+)$")
 

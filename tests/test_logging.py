@@ -25,7 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _step(step: int, evaluate: bool = False) -> dict:
     row = {key: 0.1 * step for key in REQUIRED_STEP_KEYS}
     row["step"] = step
-    row["risk/q_alpha"], row["risk/q_beta"] = 1.0 + 0.1 * step, 3.0 - 0.1 * step
+    row["riskpo/tracked_q_alpha"], row["riskpo/tracked_q_beta"] = 1.0 + 0.1 * step, 3.0 - 0.1 * step
     if evaluate:
         row.update({"eval/avg@8": 0.4 + 0.01 * step, "eval/pass@1": 0.4, "eval/pass@2": 0.55,
                     "eval/pass@4": 0.7, "eval/pass@8": 0.8})
