@@ -133,7 +133,7 @@ class WarmstartConfig:
     max_seconds: float = 900.0  # ... or after this long ...
     max_steps: int = 5000  # ... or this many optimizer steps
     batch_size: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     eval_every: int = 10  # optimizer steps between accuracy checks
     eval_problems: int = 256
