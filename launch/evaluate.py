@@ -49,7 +49,7 @@ def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> d
 
     from riskpo.config import compose_config, validate
     from riskpo.data.loaders import load_train_and_eval
-    from riskpo.evaluation import EvalSettings, evaluate
+    from riskpo.evaluation import eval_settings, evaluate
     from workers.factory import connect_ray, verifier_limits
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
@@ -57,12 +57,7 @@ def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> d
     run = validate(compose_config(overrides))
     _, eval_rows = load_train_and_eval(run.data)
     d, r = run.data, run.rollout
-    settings = EvalSettings(
-        samples=d.eval_samples, pass_k=d.eval_pass_k,
-        temperature=r.temperature if r.eval_temperature is None else r.eval_temperature,
-        top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens, stop=r.stop,
-        greedy=d.eval_greedy, seed=run.seed, template=d.template,
-        system_prompt=d.system_prompt, instruction=d.instruction)
+    settings = eval_settings(run, seed=run.seed)
     started = connect_ray(run, console)
     try:
         rollout = RolloutGroup(num_actors=r.num_actors, engine_kind=r.engine,

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
+from riskpo.config import RunConfig
 from riskpo.data.rows import Row
 from riskpo.data.templates import build_prompt
 from riskpo.metrics import avg_at_k, pass_at_k
@@ -39,6 +40,17 @@ class EvalSettings:
     template: str = "plain"
     system_prompt: str | None = None
     instruction: str | None = None
+
+
+def eval_settings(run: RunConfig, seed: int) -> EvalSettings:
+    """The evaluation settings of a run config (data.eval_*, the rollout's sampling)."""
+    d, r = run.data, run.rollout
+    return EvalSettings(
+        samples=d.eval_samples, pass_k=d.eval_pass_k,
+        temperature=r.temperature if r.eval_temperature is None else r.eval_temperature,
+        top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens, stop=r.stop,
+        greedy=d.eval_greedy, seed=seed, template=d.template, system_prompt=d.system_prompt,
+        instruction=d.instruction)
 
 
 def default_pass_k(samples: int) -> list[int]:

@@ -27,7 +27,7 @@ from riskpo.config import RunConfig
 from riskpo.data.rows import Row
 from riskpo.data.sampler import PromptBatch, PromptSampler
 from riskpo.data.templates import build_prompt
-from riskpo.evaluation import EvalSettings, evaluate, grade
+from riskpo.evaluation import eval_settings, evaluate, grade
 from riskpo.logging import RunLogger
 from riskpo.metrics import reward_statistics
 from workers.rollout.engine import Completion, SamplingParams
@@ -307,13 +307,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict[str, float]:
-        d, r = self.run.data, self.run.rollout
-        settings = EvalSettings(
-            samples=d.eval_samples, pass_k=d.eval_pass_k,
-            temperature=r.temperature if r.eval_temperature is None else r.eval_temperature,
-            top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens, stop=r.stop,
-            greedy=d.eval_greedy, seed=self.run.seed + 12345, template=d.template,
-            system_prompt=d.system_prompt, instruction=d.instruction)
+        settings = eval_settings(self.run, seed=self.run.seed + 12345)
         start = time.perf_counter()
         metrics = evaluate(self.workers.rollout, self.workers.verifiers, self.eval_rows, settings)
         metrics["time/eval"] = time.perf_counter() - start
