@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("model", help="HF model directory, checkpoint directory or run directory")
     parser.add_argument("--output", help="write the metrics as JSON to this file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.eval_samples=16")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def resolve_model_dir(path: str) -> Path:

@@ -94,6 +94,22 @@ def test_run_directory_contract(ray_cluster, tmp_path):
     assert (run_dir / "checkpoints" / "step_000002" / "hf" / "config.json").is_file()
 
 
+def test_riskpo_eval_on_a_run_directory(ray_cluster, tmp_path, capsys):
+    from launch.evaluate import main as riskpo_eval
+
+    run_dir = tmp_path / "run"
+    run_training(["trainer.total_steps=1"], run_dir)
+    output = tmp_path / "eval.json"
+    overrides = ["data.eval.size=4", "data.eval_samples=4", "logger.backend=none"]
+    assert riskpo_eval([str(run_dir), "--output", str(output), *overrides]) == 0
+    report = json.loads(output.read_text())
+    assert report["model"].endswith("checkpoints/step_000001/hf")
+    assert report["rows"] == 4 and report["sampling"]["samples"] == 4
+    assert {"eval/avg@4", "eval/pass@1", "eval/pass@2", "eval/pass@4",
+            "eval/greedy_accuracy"} <= report["metrics"].keys()
+    assert json.loads(capsys.readouterr().out) == report
+
+
 def test_killed_workers_do_not_stop_the_run(ray_cluster, tmp_path):
     from riskpo.data.loaders import load_train_and_eval
     from riskpo.trainer import Trainer
