@@ -140,10 +140,13 @@ def test_killed_workers_do_not_stop_the_run(ray_cluster, tmp_path):
         logger.close()
         workers.shutdown()
     kinds = [json.loads(line)["kind"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert "rollout/resync" in kinds
+    rows = read_metrics(run_dir)
+    # The kill lands during step 2's generate (the chunk is resubmitted) or before it (the
+    # stale engine is found before rolling out); either way the restarted engine is re-synced.
+    assert "rollout/actor_died" in kinds or "rollout/resync" in kinds
+    assert "rollout/resync" in kinds or rows[1]["sync/reopened"] == 1.0
     assert "verifier/actor_restarted" in kinds
-    step2 = read_metrics(run_dir)[1]
-    assert step2["faults/verifier_actor_restarted"] == 1.0
+    assert rows[1]["faults/verifier_actor_restarted"] == 1.0
 
 
 @pytest.mark.parametrize(

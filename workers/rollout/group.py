@@ -185,11 +185,24 @@ class RolloutGroup:
             except ACTOR_LOST_ERRORS as error:
                 failures += 1
                 pending.appendleft(self._after_actor_loss(actor, chunk, error))
+                self._wait_for_restart(actor)  # else the resubmission can find it restarting
                 continue
             for index, samples in zip(chunk.prompt_indices, completions, strict=True):
                 results[index] = samples
         self._record_metrics(results, failures, time.perf_counter() - started)
         return results  # type: ignore[return-value]  # every slot is filled here
+
+    def _wait_for_restart(self, actor: int, timeout_s: float = 300.0) -> None:
+        """Returns once the actor answers a ping again, or Ray has given up on it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actors[actor].ping.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                return
+            except ActorUnavailableError:
+                time.sleep(0.2)
+            except (RayActorError, ray.exceptions.GetTimeoutError):
+                return  # out of restarts, or still not back: the scheduler works around it
 
     def _after_actor_loss(self, actor: int, chunk: Chunk, error: Exception) -> Chunk:
         self.failures_total += 1
