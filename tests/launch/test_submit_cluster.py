@@ -165,8 +165,6 @@ def test_a_sweep_becomes_one_job_per_run_with_statuses_and_summary(
     assert "| 0 | 0.5 | 3 |" in table and "| 1 | — | no summary.json |" in table
 
 
-@pytest.mark.skipif(not (REPO / "launch" / "train.py").exists(),
-                    reason="launch/train.py (the riskpo-train driver) is not in the tree yet")
 def test_submit_the_embedded_default_and_read_its_run_dir(
     ray_head: RayHead, tmp_path: Path
 ) -> None:
