@@ -251,8 +251,15 @@ class ClusterConfig:
     learner_cpus_per_rank: float = 1.0
     verifier_cpus_per_actor: float = 1.0
     colocate: bool = False  # rollout and learner share GPUs (engines sleep while training)
-    verifier_resource: str | None = None  # custom resource that marks verifier (CPU) nodes
+    # Custom resources that mark nodes (`ray start --resources`). Each actor of the group takes
+    # one unit, so a node advertising N hosts at most N of them; null: any node with room.
+    verifier_resource: str | None = None  # verifier actors (CPU nodes)
+    rollout_resource: str | None = None  # rollout actors (inference GPUs)
+    learner_resource: str | None = None  # learner ranks (training GPUs)
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    # auto: actors given GPUs use them; cpu: compute on CPU even where Ray hands out GPUs
+    # (simulated clusters whose GPUs are only placement labels).
+    device: str = "auto"
 
 
 @dataclass
@@ -624,14 +631,29 @@ def _check_cluster(run: RunConfig) -> None:
                 "learner_cpus_per_rank", "verifier_cpus_per_actor"):
         _require(getattr(c, key) >= 0, f"cluster.{key}", "must be >= 0")
     if c.colocate:
-        _require(c.rollout_gpus_per_actor > 0 and c.learner_gpus_per_rank > 0, "cluster.colocate",
-                 "colocation shares GPUs, and this config gives rollout or learner none",
-                 "set cluster.rollout_gpus_per_actor and cluster.learner_gpus_per_rank, or colocate=false")
+        _check_colocation(run)
     _one_of(c.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
             "cluster.placement_strategy")
     _require(c.num_cpus is None or c.num_cpus >= 1, "cluster.num_cpus", "must be >= 1 or null")
-    _require(c.verifier_resource is None or bool(c.verifier_resource), "cluster.verifier_resource",
-             "is empty", "name a custom resource or use null")
+    for key in ("verifier_resource", "rollout_resource", "learner_resource"):
+        _require(getattr(c, key) is None or bool(getattr(c, key)), f"cluster.{key}",
+                 "is empty", "name a custom resource or use null")
+    _one_of(c.device, ("auto", "cpu"), "cluster.device")
+
+
+def _check_colocation(run: RunConfig) -> None:
+    """Colocated: rollout actor i and learner rank i share bundle i, each taking half its GPU."""
+    c = run.cluster
+    _require(c.rollout_gpus_per_actor > 0 and c.learner_gpus_per_rank > 0, "cluster.colocate",
+             "colocation shares GPUs, and this config gives rollout or learner none",
+             "set cluster.rollout_gpus_per_actor and cluster.learner_gpus_per_rank, or colocate=false")
+    _require(c.rollout_gpus_per_actor == c.learner_gpus_per_rank <= 1, "cluster.colocate",
+             f"rollout ({c.rollout_gpus_per_actor}) and learner ({c.learner_gpus_per_rank}) gpus "
+             "per actor must be equal and at most 1 to share one device",
+             "set both to 1 (or colocate=false)")
+    _require(run.rollout.num_actors == run.learner.num_ranks, "cluster.colocate",
+             f"{run.rollout.num_actors} rollout actors cannot pair with {run.learner.num_ranks} "
+             "learner ranks on shared GPUs", "use rollout.num_actors == learner.num_ranks")
 
 
 def _check_logger(run: RunConfig) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +45,65 @@ def prepare_model(run: RunConfig, console: Console) -> str:
     return str(target)
 
 
+# Placement. Disaggregated: rollout actors and learner ranks each get a placement group of one
+# bundle per actor ({CPU, GPU, their node marker}); colocated: one group whose bundle i holds
+# rollout actor i and learner rank i, each asking half of the bundle's GPU so Ray hands both the
+# same device. Verifier actors are plain actors asking for one unit of cluster.verifier_resource,
+# so Ray restarts them on any surviving verifier node. A marker resource is one unit per actor:
+# a node advertising N (launch/cluster: --verifier-slots N) hosts at most N such actors.
+MARKER_KEYS = {"verifier": "verifier_resource", "rollout": "rollout_resource",
+               "learner": "learner_resource"}
+
+
+def node_marker(run: RunConfig, group: str) -> dict[str, float]:
+    """{resource: 1} for the custom resource the cluster config names for group, else {}."""
+    name = getattr(run.cluster, MARKER_KEYS[group])
+    return {name: 1.0} if name else {}
+
+
+def _cpu_gpu(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def rollout_bundle(run: RunConfig) -> dict[str, float]:
+    c = run.cluster
+    return {**_cpu_gpu(c.rollout_cpus_per_actor, c.rollout_gpus_per_actor), **node_marker(run, "rollout")}
+
+
+def learner_bundle(run: RunConfig) -> dict[str, float]:
+    c = run.cluster
+    return {**_cpu_gpu(c.learner_cpus_per_rank, c.learner_gpus_per_rank), **node_marker(run, "learner")}
+
+
+def shared_bundle(run: RunConfig) -> dict[str, float]:
+    """Colocated: one GPU share for a rollout actor and a learner rank, CPUs for both."""
+    c = run.cluster
+    cpus = c.rollout_cpus_per_actor + c.learner_cpus_per_rank
+    return {**_cpu_gpu(cpus, c.learner_gpus_per_rank), **node_marker(run, "rollout"),
+            **node_marker(run, "learner")}
+
+
+def verifier_actor_resources(run: RunConfig) -> dict[str, float]:
+    return {"CPU": run.cluster.verifier_cpus_per_actor, **node_marker(run, "verifier")}
+
+
+def _add(total: dict[str, float], resources: dict[str, float], times: int) -> None:
+    for name, amount in resources.items():
+        total[name] = total.get(name, 0.0) + amount * times
+
+
 def required_resources(run: RunConfig) -> dict[str, float]:
-    """Logical CPUs and GPUs the run's actors ask Ray for (the driver needs none)."""
-    c, v = run.cluster, run.verifier
-    verifiers = v.num_math_actors + v.num_code_actors
-    return {
-        "CPU": run.rollout.num_actors * c.rollout_cpus_per_actor
-        + verifiers * c.verifier_cpus_per_actor + run.learner.num_ranks * c.learner_cpus_per_rank,
-        "GPU": run.rollout.num_actors * c.rollout_gpus_per_actor
-        + run.learner.num_ranks * c.learner_gpus_per_rank,
-    }
+    """Logical CPUs, GPUs and node-marker resources the run's actors ask Ray for (the driver
+    needs none)."""
+    total = {"CPU": 0.0, "GPU": 0.0}
+    if run.cluster.colocate:
+        _add(total, shared_bundle(run), run.learner.num_ranks)
+    else:
+        _add(total, rollout_bundle(run), run.rollout.num_actors)
+        _add(total, learner_bundle(run), run.learner.num_ranks)
+    verifiers = run.verifier.num_math_actors + run.verifier.num_code_actors
+    _add(total, verifier_actor_resources(run), verifiers)
+    return total
 
 
 def connect_ray(run: RunConfig, console: Console) -> bool:
@@ -88,28 +137,50 @@ def connect_ray(run: RunConfig, console: Console) -> bool:
 
 
 def check_resources(run: RunConfig, available: dict[str, float]) -> None:
-    """ConfigError when the cluster has fewer CPUs or GPUs than the run's actors need."""
+    """ConfigError naming the cluster key when the Ray cluster has fewer CPUs, GPUs or marker
+    resources than the run's actors need."""
+    markers = {getattr(run.cluster, key): f"cluster.{key}" for key in MARKER_KEYS.values()}
     for resource, needed in required_resources(run).items():
         have = available.get(resource, 0.0)
-        if needed > have + 1e-9:
-            key = "cluster.num_cpus" if resource == "CPU" else "cluster.rollout_gpus_per_actor"
+        if needed <= have + 1e-9:
+            continue
+        if resource in markers:
+            nodes = "no node advertises it" if have == 0 else f"the nodes advertise {have:g}"
             raise ConfigError(
-                key, f"the actors need {needed:g} {resource}s but the Ray cluster has {have:g}",
-                "lower rollout.num_actors / learner.num_ranks / verifier actor counts or their "
-                "cluster.*_per_actor shares, or add nodes (a local cluster: cluster.num_cpus=N)")
+                markers[resource], f"the actors need {needed:g} of the custom resource "
+                f"{resource!r} (one per actor) but {nodes}",
+                f"start nodes with ray start --resources='{{\"{resource}\": N}}' "
+                "(launch/cluster: --verifier-slots N for verifier_node), or set it to null")
+        key = "cluster.num_cpus" if resource == "CPU" else "cluster.rollout_gpus_per_actor"
+        raise ConfigError(
+            key, f"the actors need {needed:g} {resource}s but the Ray cluster has {have:g}",
+            "lower rollout.num_actors / learner.num_ranks / verifier actor counts or their "
+            "cluster.*_per_actor shares, or add nodes (a local cluster: cluster.num_cpus=N)")
 
 
 @dataclass
 class RunWorkers:
-    """The three groups a Trainer calls, and their shutdown."""
+    """The three groups a Trainer calls, and their shutdown (placement groups last)."""
 
     rollout: Any
     verifiers: Any
     learner: Any
+    placement_groups: list[Any] = field(default_factory=list)
 
     def shutdown(self) -> None:
         for group in (self.learner, self.rollout, self.verifiers):
             group.shutdown()
+        if self.placement_groups:
+            from ray.util.placement_group import remove_placement_group
+
+            for placement_group in self.placement_groups:
+                remove_placement_group(placement_group)
+            self.placement_groups = []
+
+
+def computes_on_gpu(run: RunConfig, gpus_per_actor: float) -> bool:
+    """Whether an actor given gpus_per_actor GPUs computes on them (cluster.device=cpu: no)."""
+    return gpus_per_actor > 0 and run.cluster.device != "cpu"
 
 
 def learner_config(run: RunConfig) -> Any:
@@ -118,7 +189,7 @@ def learner_config(run: RunConfig) -> Any:
     learner, loss = run.learner, run.algorithm.loss
     return LearnerConfig(
         num_ranks=learner.num_ranks,
-        device="gpu" if run.cluster.learner_gpus_per_rank > 0 else "cpu",
+        device="gpu" if computes_on_gpu(run, run.cluster.learner_gpus_per_rank) else "cpu",
         zero_stage=learner.zero_stage, dtype=learner.dtype, lr=learner.lr,
         weight_decay=learner.weight_decay, betas=list(learner.betas), grad_clip=learner.grad_clip,
         warmup_steps=learner.warmup_steps, ppo_epochs=loss.ppo_epochs,
@@ -144,11 +215,43 @@ def verifier_limits(run: RunConfig) -> Any:
         math=MathLimits(timeout_s=max(1, int(v.math_timeout_s)), hard_timeout_s=2 * v.math_timeout_s,
                         memory_mb=max(v.memory_mb, 1024), workers=v.workers_per_actor),
         code_slots_per_actor=v.workers_per_actor,
-        actor_num_cpus=run.cluster.verifier_cpus_per_actor)
+        actor_num_cpus=run.cluster.verifier_cpus_per_actor,
+        actor_resources=node_marker(run, "verifier"))
+
+
+def reserve_bundles(bundles: list[dict[str, float]], strategy: str, what: str,
+                    timeout_s: float = 300.0) -> Any:
+    """A ready placement group, or a RuntimeError naming what could not be placed."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group(bundles, strategy=strategy)
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"the cluster cannot place {what}: {len(bundles)} bundle(s) of {bundles[0]} "
+            f"({strategy}) within {timeout_s:.0f} s; check `ray status` against cluster.*") from None
+    return group
+
+
+def engine_kwargs(run: RunConfig) -> dict[str, Any]:
+    r = run.rollout
+    kwargs: dict[str, Any] = {"dtype": run.model.dtype}
+    if run.model.gguf_file:
+        kwargs["gguf_file"] = run.model.gguf_file
+    if r.engine == "vllm":
+        kwargs.update(tensor_parallel_size=r.tensor_parallel_size,
+                      gpu_memory_utilization=r.gpu_memory_utilization)
+    elif computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):
+        kwargs["device"] = "cuda"  # Ray's CUDA_VISIBLE_DEVICES makes the actor's GPU device 0
+    return kwargs
 
 
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
-    """Starts the rollout, verifier and learner groups (learner last: it loads the model)."""
+    """Starts the rollout, verifier and learner groups (learner last: it loads the model),
+    placed as the cluster config says (see the Placement note above)."""
     from workers.learner.group import LearnerGroup
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
@@ -156,21 +259,27 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
     c, r = run.cluster, run.rollout
     console.print(f"workers: {r.num_actors} {r.engine} rollout actor(s), "
                   f"{run.verifier.num_math_actors} math + {run.verifier.num_code_actors} code "
-                  f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})")
-    engine_kwargs: dict[str, Any] = {"dtype": run.model.dtype}
-    if run.model.gguf_file:
-        engine_kwargs["gguf_file"] = run.model.gguf_file
-    if r.engine == "vllm":
-        engine_kwargs.update(tensor_parallel_size=r.tensor_parallel_size,
-                             gpu_memory_utilization=r.gpu_memory_utilization)
+                  f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})"
+                  f", {'colocated' if c.colocate else 'disaggregated'} ({c.placement_strategy})")
+    share = 0.5 if c.colocate else 1.0  # colocated: rollout actor and learner rank halve a GPU
+    if c.colocate:
+        shared = reserve_bundles([shared_bundle(run)] * run.learner.num_ranks, c.placement_strategy,
+                                 "the colocated rollout actors and learner ranks")
+        rollout_group, learner_group, owned = shared, shared, [shared]
+    else:
+        rollout_group = reserve_bundles([rollout_bundle(run)] * r.num_actors, c.placement_strategy,
+                                        "the rollout actors")
+        learner_group, owned = None, [rollout_group]
     rollout = RolloutGroup(
         num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
-        engine_kwargs=engine_kwargs, num_cpus_per_actor=c.rollout_cpus_per_actor,
-        num_gpus_per_actor=c.rollout_gpus_per_actor)
+        engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
+        num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=rollout_group)
     verifiers = VerifierPool(
         {"math": run.verifier.num_math_actors, "code": run.verifier.num_code_actors},
         verifier_limits(run))
     learner = LearnerGroup(model_path, learner_config(run), cpus_per_rank=c.learner_cpus_per_rank,
-                           gpus_per_rank=c.learner_gpus_per_rank,
-                           placement_strategy=c.placement_strategy)
-    return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner)
+                           gpus_per_rank=c.learner_gpus_per_rank * share,
+                           placement_strategy=c.placement_strategy,
+                           bundle_resources=node_marker(run, "learner"),
+                           placement_group=learner_group)
+    return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner, placement_groups=owned)

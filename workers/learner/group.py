@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from riskpo.batch import TrainBatch
@@ -35,21 +35,22 @@ class LearnerGroup:
         gpus_per_rank: float | None = None,
         placement_strategy: str = "PACK",
         placement_timeout_s: float = 300.0,
+        bundle_resources: dict[str, float] | None = None,
+        placement_group: PlacementGroup | None = None,
     ) -> None:
+        """Rank r runs in bundle r of a placement group: its own (one bundle per rank of
+        {CPU, GPU, **bundle_resources}), or `placement_group` when given (colocation: bundles
+        shared with rollout actors; the caller removes it)."""
         config.validate()
         self.config = config
         self.steps = 0  # train_step calls so far: seeds the mini-batch shuffle
         gpus = (1.0 if config.device == "gpu" else 0.0) if gpus_per_rank is None else gpus_per_rank
-        bundle = {"CPU": cpus_per_rank, **({"GPU": gpus} if gpus else {})}
-        self.placement_group = placement_group([bundle] * config.num_ranks, strategy=placement_strategy)
-        try:
-            ray.get(self.placement_group.ready(), timeout=placement_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(self.placement_group)
-            raise RuntimeError(
-                f"LearnerGroup: the cluster cannot place {config.num_ranks} learner ranks of {bundle} "
-                f"within {placement_timeout_s:.0f} s (learner.num_ranks, cpus_per_rank, gpus_per_rank)"
-            ) from None
+        self._owns_placement_group = placement_group is None
+        if placement_group is None:
+            bundle = {"CPU": cpus_per_rank, **({"GPU": gpus} if gpus else {}), **(bundle_resources or {})}
+            placement_group = _reserve_bundles(bundle, config.num_ranks, placement_strategy,
+                                               placement_timeout_s)
+        self.placement_group = placement_group
         actor_class = ray.remote(LearnerWorker)
         self.workers = [
             actor_class.options(
@@ -207,7 +208,23 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
-        remove_placement_group(self.placement_group)
+        if self._owns_placement_group:
+            remove_placement_group(self.placement_group)
+
+
+def _reserve_bundles(bundle: dict[str, float], num_ranks: int, strategy: str,
+                     timeout_s: float) -> PlacementGroup:
+    """A ready placement group of num_ranks copies of bundle, or a RuntimeError naming the keys."""
+    group = placement_group([bundle] * num_ranks, strategy=strategy)
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"LearnerGroup: the cluster cannot place {num_ranks} learner ranks of {bundle} "
+            f"within {timeout_s:.0f} s (learner.num_ranks, cpus_per_rank, gpus_per_rank)"
+        ) from None
+    return group
 
 
 def rollout_actors(rollout: Any) -> list[Any]:

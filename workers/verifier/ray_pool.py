@@ -38,6 +38,9 @@ class VerifierLimits:
     max_in_flight_per_actor: int = 2
     max_restarts: int = 3
     actor_num_cpus: float = 1.0
+    # Custom Ray resources each actor asks for, e.g. {"verifier_node": 1}: actors (and their
+    # restarts after a node is lost) then land only on nodes that advertise them.
+    actor_resources: dict[str, float] = field(default_factory=dict)
 
 
 class VerifierActor:
@@ -87,8 +90,8 @@ class VerifierPool:
         if unknown:
             raise ValueError(f"unknown verifier kinds {sorted(unknown)}; expected {KINDS}")
         remote = ray.remote(VerifierActor).options(
-            num_cpus=self.limits.actor_num_cpus, max_restarts=self.limits.max_restarts,
-            max_task_retries=0)
+            num_cpus=self.limits.actor_num_cpus, resources=dict(self.limits.actor_resources),
+            max_restarts=self.limits.max_restarts, max_task_retries=0)
         self.actors = {kind: [remote.remote(kind, self.limits) for _ in range(count)]
                        for kind, count in kind_to_num_actors.items() if count > 0}
         self.layers = {kind: ray.get(actors[0].layers.remote())
