@@ -99,6 +99,9 @@ def cluster() -> Iterator[Any]:
     if had_session_cluster:
         ray.shutdown()
     temp_dir = tempfile.mkdtemp(prefix="raymn", dir="/tmp")
+    session_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir  # Ray writes the cluster's address file in <it>/ray
+    os.makedirs(os.path.join(temp_dir, "ray"))
     simulated = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "temp_dir": temp_dir, "object_store_memory": NODE_OBJECT_STORE,
         "include_dashboard": False})
@@ -118,6 +121,10 @@ def cluster() -> Iterator[Any]:
         ray.shutdown()
         simulated.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if session_tmpdir is None:
+            del os.environ["RAY_TMPDIR"]
+        else:
+            os.environ["RAY_TMPDIR"] = session_tmpdir
         if had_session_cluster:
             _restore_session_cluster()
 
