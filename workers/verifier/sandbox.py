@@ -69,8 +69,9 @@ def landlock_abi() -> int:
     return max(int(version), 0)
 
 
-def apply_rlimits(limits: SandboxLimits, as_root_uid: bool) -> None:
-    """Set hard limits; RLIMIT_NPROC only matters once the uid is dropped."""
+def rlimit_plan(limits: SandboxLimits, as_root_uid: bool) -> list[tuple[int, int]]:
+    """(resource, value) pairs to set as hard limits; RLIMIT_NPROC only matters once the uid
+    is dropped. Computed once in the zygote, applied in each child by `apply_rlimits`."""
     pairs = {
         resource.RLIMIT_CPU: limits.cpu_seconds,
         resource.RLIMIT_AS: limits.memory_mb << 20,
@@ -82,7 +83,12 @@ def apply_rlimits(limits: SandboxLimits, as_root_uid: bool) -> None:
     }
     if not as_root_uid:
         pairs[resource.RLIMIT_NPROC] = limits.threads
-    for which, value in pairs.items():
+    return list(pairs.items())
+
+
+def apply_rlimits(plan: list[tuple[int, int]]) -> None:
+    """Set each limit with soft = hard, so the code cannot raise it again."""
+    for which, value in plan:
         resource.setrlimit(which, (value, value))
 
 
@@ -101,48 +107,67 @@ def open_rule_paths(paths: list[str], lowest_fd: int = 200) -> list[tuple[int, b
     return opened
 
 
-def _landlock_rule(ruleset_fd: int, path_fd: int, is_dir: bool, access: int) -> None:
+def _rule_buffer(path_fd: int, is_dir: bool, access: int) -> ctypes.Array:
     if not is_dir:
         access &= LL_FILE_RIGHTS
     rule = struct.pack("=Qi", access, path_fd)
-    buffer = ctypes.create_string_buffer(rule, len(rule))
-    if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, 1, buffer, 0) != 0:
+    return ctypes.create_string_buffer(rule, len(rule))
+
+
+def _add_rule(ruleset_fd: int, rule: ctypes.Array) -> None:
+    if LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, 1, rule, 0) != 0:
         raise OSError(ctypes.get_errno(), "landlock_add_rule failed")
 
 
-def apply_landlock(abi: int, read_fds: list[tuple[int, bool]], write_path: str) -> None:
-    """Allow reading under read_fds and everything under write_path; no TCP, scoped signals."""
-    handled_fs = (1 << 13) - 1
-    if abi >= 2:
-        handled_fs |= 1 << 13
-    if abi >= 3:
-        handled_fs |= LL_TRUNCATE
-    if abi >= 5:
-        handled_fs |= LL_IOCTL_DEV
-    handled_net = LL_NET_BIND_TCP | LL_NET_CONNECT_TCP if abi >= 4 else 0
-    scoped = LL_SCOPE_ABSTRACT_UNIX | LL_SCOPE_SIGNAL if abi >= 6 else 0
-    attr = struct.pack("=QQQ", handled_fs, handled_net, scoped)
-    size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
-    buffer = ctypes.create_string_buffer(attr, len(attr))
-    ruleset_fd = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(size), 0)
-    if ruleset_fd < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    write_fd = os.open(write_path, os.O_PATH | os.O_CLOEXEC)
-    try:
-        for path_fd, is_dir in read_fds:
-            _landlock_rule(ruleset_fd, path_fd, is_dir, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR)
-        _landlock_rule(ruleset_fd, write_fd, True, handled_fs)
-        set_no_new_privs()
-        if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    finally:
-        os.close(write_fd)
-        os.close(ruleset_fd)
+class LandlockPolicy:
+    """Read-only access under read_fds, full access to one job directory, no TCP, scoped
+    signals and abstract sockets. The rule buffers are packed once (in the zygote), so that
+    `apply` in each child is only the syscalls."""
+
+    def __init__(self, abi: int, read_fds: list[tuple[int, bool]]) -> None:
+        handled_fs = (1 << 13) - 1
+        if abi >= 2:
+            handled_fs |= 1 << 13
+        if abi >= 3:
+            handled_fs |= LL_TRUNCATE
+        if abi >= 5:
+            handled_fs |= LL_IOCTL_DEV
+        handled_net = LL_NET_BIND_TCP | LL_NET_CONNECT_TCP if abi >= 4 else 0
+        scoped = LL_SCOPE_ABSTRACT_UNIX | LL_SCOPE_SIGNAL if abi >= 6 else 0
+        attr = struct.pack("=QQQ", handled_fs, handled_net, scoped)
+        self.attr = ctypes.create_string_buffer(attr, len(attr))
+        self.attr_size = ctypes.c_size_t(24 if abi >= 6 else (16 if abi >= 4 else 8))
+        self.handled_fs = handled_fs
+        read_access = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+        self.read_rules = [_rule_buffer(fd, is_dir, read_access) for fd, is_dir in read_fds]
+
+    def apply(self, write_path: str) -> None:
+        """Restrict the calling process: read the read paths, read and write under write_path."""
+        ruleset_fd = LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, self.attr, self.attr_size, 0)
+        if ruleset_fd < 0:
+            raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+        write_fd = os.open(write_path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            for rule in self.read_rules:
+                _add_rule(ruleset_fd, rule)
+            _add_rule(ruleset_fd, _rule_buffer(write_fd, True, self.handled_fs))
+            set_no_new_privs()
+            if LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        finally:
+            os.close(write_fd)
+            os.close(ruleset_fd)
 
 
 def set_no_new_privs() -> None:
     if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS) failed")
+
+
+_CAPSET_HEADER = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0), 8)
+_READ_SEARCH_ONLY = 1 << CAP_DAC_READ_SEARCH
+_CAPSET_DATA = ctypes.create_string_buffer(
+    struct.pack("=IIIIII", _READ_SEARCH_ONLY, _READ_SEARCH_ONLY, 0, 0, 0, 0), 24)
 
 
 def drop_to_uid(uid: int, keep_dac_read_search: bool) -> None:
@@ -156,13 +181,8 @@ def drop_to_uid(uid: int, keep_dac_read_search: bool) -> None:
     if keep_dac_read_search:
         LIBC.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
     os.setresuid(uid, uid, uid)
-    if keep_dac_read_search:
-        header = struct.pack("=Ii", 0x20080522, 0)
-        mask = 1 << CAP_DAC_READ_SEARCH
-        data = struct.pack("=IIIIII", mask, mask, 0, 0, 0, 0)
-        if LIBC.syscall(SYS_CAPSET, ctypes.create_string_buffer(header, 8),
-                        ctypes.create_string_buffer(data, 24)) != 0:
-            raise OSError(ctypes.get_errno(), "capset failed")
+    if keep_dac_read_search and LIBC.syscall(SYS_CAPSET, _CAPSET_HEADER, _CAPSET_DATA) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 def build_seccomp_filter():  # -> pyseccomp.SyscallFilter (built once in the zygote)
