@@ -275,12 +275,14 @@ def _world_readable(path: str) -> bool:
     return bool(os.stat(path).st_mode & stat.S_IROTH)
 
 
-def _seccomp_available() -> bool:
+def _seccomp_program() -> str | None:
+    """The seccomp deny-list as hex BPF, compiled here so that the zygote never imports
+    pyseccomp (which loads threading and random, whose fork hooks would run in every child);
+    None where libseccomp is unavailable."""
     try:
-        import pyseccomp  # noqa: F401
+        return sandbox.compile_seccomp_filter().hex()
     except (ImportError, OSError):
-        return False
-    return True
+        return None
 
 
 class CodeExecutor:
@@ -296,11 +298,11 @@ class CodeExecutor:
         abi = sandbox.landlock_abi()
         config = {
             "landlock_abi": abi,
-            "seccomp": _seccomp_available(),
+            "seccomp": _seccomp_program(),
             "keep_read_cap": not _world_readable(os.__file__),
             "uid": None,
         }
-        self.expected = {"rlimits": True, "landlock": abi > 0, "seccomp": config["seccomp"],
+        self.expected = {"rlimits": True, "landlock": abi > 0, "seccomp": config["seccomp"] is not None,
                          "uid": is_root}
         self.slots: list[Slot] = []
         self.free: queue.Queue[Slot] = queue.Queue()

@@ -185,7 +185,7 @@ def drop_to_uid(uid: int, keep_dac_read_search: bool) -> None:
         raise OSError(ctypes.get_errno(), "capset failed")
 
 
-def build_seccomp_filter():  # -> pyseccomp.SyscallFilter (built once in the zygote)
+def build_seccomp_filter():  # -> pyseccomp.SyscallFilter (built once, by the executor)
     """A deny-list filter: EPERM for dangerous syscalls, ENOSYS for clone3 (glibc falls back)."""
     import pyseccomp
 

@@ -50,7 +50,7 @@ class Zygote:
         read_fds = sandbox.open_rule_paths(sandbox.interpreter_read_paths())
         self.landlock = (sandbox.LandlockPolicy(self.landlock_abi, read_fds)
                          if self.landlock_abi else None)
-        self.seccomp_filter = (sandbox.SeccompProgram(sandbox.compile_seccomp_filter())
+        self.seccomp_filter = (sandbox.SeccompProgram(bytes.fromhex(config["seccomp"]))
                                if config["seccomp"] else None)
         limits = sandbox.SandboxLimits(**config["limits"])
         self.rlimits = {as_root: sandbox.rlimit_plan(limits, as_root) for as_root in (False, True)}
@@ -196,6 +196,9 @@ def prepare_process() -> None:
 def preload() -> None:
     for name in PRELOADED_MODULES:
         importlib.import_module(name)
+
+
+def check_no_fork_hooks() -> None:
     loaded = [name for name in FORK_HOOK_MODULES if name in sys.modules]
     if loaded:
         raise RuntimeError(f"zygote imported modules with fork hooks: {loaded}")
@@ -207,6 +210,7 @@ def main() -> None:
     preload()
     zygote = Zygote(config)
     prepare_process()
+    check_no_fork_hooks()
     gc.freeze()  # objects made so far stay out of every child's collections (and copies)
     sandbox.LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # No parent-death signal here: it follows the executor *thread* that started us, which may
