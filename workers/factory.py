@@ -249,9 +249,25 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
+def reserve_placement(run: RunConfig) -> tuple[Any, Any | None]:
+    """The rollout actors' placement group and the learner's (None: LearnerGroup reserves its
+    own, one bundle per rank); colocated, both are the same shared group."""
+    c = run.cluster
+    if c.colocate:
+        shared = reserve_bundles([shared_bundle(run)] * run.learner.num_ranks, c.placement_strategy,
+                                 "the colocated rollout actors and learner ranks")
+        return shared, shared
+    rollout = reserve_bundles([rollout_bundle(run)] * run.rollout.num_actors, c.placement_strategy,
+                              "the rollout actors")
+    return rollout, None
+
+
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
     """Starts the rollout, verifier and learner groups (learner last: it loads the model),
-    placed as the cluster config says (see the Placement note above)."""
+    placed as the cluster config says (see the Placement note above). On failure, what was
+    started is stopped again before the error propagates."""
+    from ray.util.placement_group import remove_placement_group
+
     from workers.learner.group import LearnerGroup
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
@@ -262,24 +278,25 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
                   f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})"
                   f", {'colocated' if c.colocate else 'disaggregated'} ({c.placement_strategy})")
     share = 0.5 if c.colocate else 1.0  # colocated: rollout actor and learner rank halve a GPU
-    if c.colocate:
-        shared = reserve_bundles([shared_bundle(run)] * run.learner.num_ranks, c.placement_strategy,
-                                 "the colocated rollout actors and learner ranks")
-        rollout_group, learner_group, owned = shared, shared, [shared]
-    else:
-        rollout_group = reserve_bundles([rollout_bundle(run)] * r.num_actors, c.placement_strategy,
-                                        "the rollout actors")
-        learner_group, owned = None, [rollout_group]
-    rollout = RolloutGroup(
-        num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
-        engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
-        num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=rollout_group)
-    verifiers = VerifierPool(
-        {"math": run.verifier.num_math_actors, "code": run.verifier.num_code_actors},
-        verifier_limits(run))
-    learner = LearnerGroup(model_path, learner_config(run), cpus_per_rank=c.learner_cpus_per_rank,
-                           gpus_per_rank=c.learner_gpus_per_rank * share,
-                           placement_strategy=c.placement_strategy,
-                           bundle_resources=node_marker(run, "learner"),
-                           placement_group=learner_group)
-    return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner, placement_groups=owned)
+    rollout_placement, learner_placement = reserve_placement(run)
+    started: list[Any] = []
+    try:
+        started.append(RolloutGroup(
+            num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
+            engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
+            num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=rollout_placement))
+        started.append(VerifierPool(
+            {"math": run.verifier.num_math_actors, "code": run.verifier.num_code_actors},
+            verifier_limits(run)))
+        started.append(LearnerGroup(
+            model_path, learner_config(run), cpus_per_rank=c.learner_cpus_per_rank,
+            gpus_per_rank=c.learner_gpus_per_rank * share, placement_strategy=c.placement_strategy,
+            bundle_resources=node_marker(run, "learner"), placement_group=learner_placement))
+    except BaseException:
+        for group in reversed(started):
+            group.shutdown()
+        remove_placement_group(rollout_placement)
+        raise
+    rollout, verifiers, learner = started
+    return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner,
+                      placement_groups=[rollout_placement])

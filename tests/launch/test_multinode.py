@@ -91,7 +91,8 @@ def _restore_session_cluster() -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """Head (no CPUs: nothing lands there), an inference node and a training node with 2 fake
-    GPUs each, two CPU verifier nodes; the test process is the driver."""
+    GPUs each, two CPU verifier nodes, a node with 2 fake GPUs for the colocated layout; the
+    test process is the driver."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -111,6 +112,7 @@ def cluster() -> Iterator[Any]:
         "training": simulated.add_node(num_cpus=2, num_gpus=2, resources={"training_node": 2}, **node),
         "verifier_a": simulated.add_node(num_cpus=2, resources={"verifier_node": 2}, **node),
         "verifier_b": simulated.add_node(num_cpus=2, resources={"verifier_node": 2}, **node),
+        "colocated": simulated.add_node(num_cpus=3, num_gpus=2, resources={"colocated_node": 2}, **node),
     }
     simulated.wait_for_nodes()
     ray.init(address=simulated.address, log_to_driver=False,
@@ -173,6 +175,12 @@ def wait_for_actor_node(handle: Any, timeout_s: float = 60.0) -> str:
             time.sleep(0.5)
 
 
+def placement_group_table(group: Any) -> dict[str, Any]:
+    from ray.util import placement_group_table as table
+
+    return table(group)
+
+
 def node_ids(cluster: Any, *roles: str) -> set[str]:
     return {cluster.nodes_by_role[role].node_id for role in roles}
 
@@ -187,10 +195,41 @@ def test_actors_land_where_the_cluster_config_says(cluster, placed):
     assert learner_nodes == node_ids(cluster, "training")
     assert verifier_nodes <= node_ids(cluster, "verifier_a", "verifier_b")
     assert len(workers.verifiers.actors["math"]) == 2
-    # The fake GPUs were reserved (2 rollout + 2 learner) though the compute runs on CPU.
-    import ray
+    # One bundle per rollout actor with its fake GPU and marker (the compute runs on CPU).
+    (rollout_group,) = workers.placement_groups
+    table = placement_group_table(rollout_group)
+    assert list(table["bundles"].values()) == [{"CPU": 1.0, "GPU": 1.0, "inference_node": 1.0}] * 2
+    assert set(table["bundles_to_node_id"].values()) == node_ids(cluster, "inference")
+    learner_table = placement_group_table(workers.learner.placement_group)
+    assert list(learner_table["bundles"].values()) == [{"CPU": 1.0, "GPU": 1.0, "training_node": 1.0}] * 2
 
-    assert ray.available_resources().get("GPU", 0.0) == 0.0
+
+@pytest.mark.slow
+def test_colocated_rollout_and_learner_share_bundles_and_gpus(cluster, placed):
+    """Colocated on the 2-GPU node: rollout actor i and learner rank i share bundle i (half a GPU
+    each), so 2 actors + 2 ranks fit on 2 GPUs; disaggregated they would need 4."""
+    from workers.factory import build_workers, prepare_model
+
+    console = Console(stderr=True, quiet=True)
+    run = validate(compose(extra=[
+        "cluster.colocate=true", "cluster.placement_strategy=STRICT_PACK",
+        "cluster.rollout_resource=colocated_node", "cluster.learner_resource=colocated_node",
+        "cluster.rollout_cpus_per_actor=0.5", "cluster.learner_cpus_per_rank=0.5",
+        "cluster.verifier_resource=null", "verifier.num_math_actors=1"]))
+    workers = build_workers(run, prepare_model(run, console), console)
+    try:
+        (shared,) = workers.placement_groups
+        assert workers.learner.placement_group is shared
+        table = placement_group_table(shared)
+        assert list(table["bundles"].values()) == [{"CPU": 1.0, "GPU": 1.0, "colocated_node": 1.0}] * 2
+        colocated = node_ids(cluster, "colocated")
+        assert set(table["bundles_to_node_id"].values()) == colocated
+        assert {actor_node(actor) for actor in workers.rollout.actors} == colocated
+        assert {actor_node(rank) for rank in workers.learner.workers} == colocated
+        # The engines answer and a weight sync reaches both (gloo: device=cpu).
+        assert workers.learner.sync_weights(workers.rollout)["sync/weight_version"] == 1.0
+    finally:
+        workers.shutdown()
 
 
 @pytest.mark.slow
