@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import io
 import os
 import sys
 import traceback
@@ -48,10 +49,29 @@ def _exit_code_of(exc: BaseException) -> int:
     return 1
 
 
+CHILD_STREAMS: list[io.TextIOWrapper] = []
+
+
+def prepare_streams() -> None:
+    """Once, in the zygote: text streams over fds 0, 1 and 2 for the children, never used by
+    the zygote itself (so they hold no buffered byte). They name fd numbers, so in each child
+    they reach that child's own stdin and pipes; building them here saves every child the
+    codec and io set-up (and the pages it would copy)."""
+    if not CHILD_STREAMS:
+        CHILD_STREAMS.extend([
+            io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                             encoding="utf-8", errors="replace"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                             encoding="utf-8", errors="replace"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+                             encoding="utf-8", errors="replace"),
+        ])
+
+
 def _fresh_streams() -> None:
-    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    if not CHILD_STREAMS:
+        raise RuntimeError("the zygote did not prepare the child streams")
+    sys.stdin, sys.stdout, sys.stderr = CHILD_STREAMS
 
 
 def _compile(code: str) -> Any:

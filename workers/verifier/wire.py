@@ -16,6 +16,7 @@ HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 64 << 20
 MAX_DEPTH = 64
 MAX_ITEMS = 1_000_000
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class UnsupportedValue(TypeError):
@@ -83,7 +84,7 @@ def decode_value(tree: Any) -> Any:
 
 def pack_message(message: Any) -> bytes:
     """One length-prefixed JSON frame."""
-    body = json.dumps(message, separators=(",", ":")).encode()
+    body = COMPACT_JSON.encode(message).encode()
     if len(body) > MAX_MESSAGE_BYTES:
         raise ValueError("message too large")
     return HEADER.pack(len(body)) + body

@@ -184,13 +184,22 @@ def _remove_job_dir(path: str) -> None:
 
 
 def prepare_process() -> None:
-    """Once, in the zygote: what every child would otherwise reset after fork. Default
-    dispositions for the signals a child may receive, and an environment holding only PATH and
-    LANG (each child adds its own HOME and TMPDIR)."""
+    """Once, in the zygote: what every child would otherwise set up after fork. Default
+    dispositions for the signals a child may receive, an environment holding only PATH and
+    LANG (each child adds its own HOME and TMPDIR), and the children's text streams."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(PATH="/usr/bin:/bin", LANG="C.UTF-8")
+    for fd in (0, 1, 2):  # the streams need open fds to be built on (children dup2 theirs)
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    child.prepare_streams()
 
 
 def preload() -> None:
