@@ -1,7 +1,7 @@
 """Programs run inside a forked child once its isolation layers are in place.
 
-fd 0/1/2 are the child's stdin/stdout/stderr, fd 3 carries framed requests in, fd 4 framed
-replies out. Exit codes: 0 normal, SystemExit codes as given, 1 uncaught exception,
+fd 0/1/2 are the child's stdin/stdout/stderr, fd 3 carries the executor's framed requests in
+(marshal: only the executor writes them), fd 4 framed JSON replies out. Exit codes: 0 normal, SystemExit codes as given, 1 uncaught exception,
 EXIT_MEMORY for MemoryError, EXIT_COMPILE for a program that does not compile.
 """
 
@@ -19,7 +19,7 @@ from workers.verifier.wire import (
     UnsupportedValue,
     decode_value,
     encode_value,
-    read_message,
+    read_from_parent,
     write_message,
 )
 
@@ -142,7 +142,7 @@ def serve_calls(job: dict) -> None:
     write_message(REPLY_FD, {"ready": True})
     while True:
         try:
-            request = read_message(REQUEST_FD)
+            request = read_from_parent(REQUEST_FD)
         except EOFError:
             _flush_and_exit(0)
         try:
@@ -174,7 +174,7 @@ def _remote_candidate(*args: Any) -> Any:
         raise UnsendableArguments(str(exc)) from None
     CALLS_MADE[0] += 1
     write_message(REPLY_FD, request)
-    reply = read_message(REQUEST_FD)
+    reply = read_from_parent(REQUEST_FD)
     if "value" in reply:
         return decode_value(reply["value"])
     if "raised" in reply:
@@ -252,7 +252,7 @@ PROGRAMS = {"stdio": run_program, "calls": serve_calls, "judge": judge, "probe":
 def run_child_job() -> None:
     """Entry point after the layers: read one job and run the program it names."""
     try:
-        job = read_message(REQUEST_FD)
+        job = read_from_parent(REQUEST_FD)
         PROGRAMS[job["program"]](job)
     except BaseException:  # noqa: BLE001 - never return into the zygote's loop
         traceback.print_exc()

@@ -27,7 +27,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workers.verifier import sandbox
-from workers.verifier.wire import FrameBuffer, pack_message
+from workers.verifier.wire import (
+    REAP,
+    ROLES,
+    SPAWN,
+    ZYGOTE_REPLY,
+    ZYGOTE_REQUEST,
+    FrameBuffer,
+    pack_to_child,
+)
 
 LOG = logging.getLogger(__name__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,7 +106,7 @@ class Child:
         self.reaped = False
 
     def send(self, message: Any) -> None:
-        self.pending += pack_message(message)
+        self.pending += pack_to_child(message)
         self._flush_pending()
 
     def next_frame(self, deadline: float) -> Any | None:
@@ -229,17 +237,24 @@ class Slot:
 
     def spawn(self, role: str) -> Child:
         """A fresh child ('sandbox' has every layer, 'trusted' only rlimits and a clean env)."""
-        request = {"op": "spawn", "role": role}
-        self.sock.send(json.dumps(request).encode())
-        payload, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 4)
+        self.sock.send(ZYGOTE_REQUEST.pack(SPAWN, ROLES.index(role), 0.0))
+        payload, fds, _, _ = socket.recv_fds(self.sock, ZYGOTE_REPLY.size, 4)
         if len(fds) != 4:
             raise OSError(errno.EPROTO, "zygote sent no pipes")
-        return Child(self, json.loads(payload)["pid"], fds, self.limits)
+        pid, _ = self._unpack_reply(payload)
+        return Child(self, pid, fds, self.limits)
 
     def reap(self, pid: int, grace_s: float) -> tuple[int, bool]:
-        self.sock.send(json.dumps({"op": "reap", "pid": pid, "grace": grace_s}).encode())
-        reply = json.loads(self.sock.recv(1 << 16))
-        return reply["status"], reply["killed"]
+        """Wait up to grace_s for pid to exit, else kill its group; its status and whether
+        the zygote had to kill it. The zygote also removes the child's job directory."""
+        self.sock.send(ZYGOTE_REQUEST.pack(REAP, pid, max(grace_s, 0.0)))
+        return self._unpack_reply(self.sock.recv(ZYGOTE_REPLY.size))
+
+    @staticmethod
+    def _unpack_reply(payload: bytes) -> tuple[int, bool]:
+        if len(payload) != ZYGOTE_REPLY.size:  # b"" when the zygote died
+            raise OSError(errno.EPROTO, f"zygote sent {len(payload)} bytes, not a reply")
+        return ZYGOTE_REPLY.unpack(payload)
 
     def restart(self) -> None:
         self.close()

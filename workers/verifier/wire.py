@@ -1,4 +1,4 @@
-"""Framed JSON messages over pipes and a type-exact codec for values crossing the sandbox wall.
+"""Framed messages over pipes and a type-exact codec for values crossing the sandbox wall.
 
 The codec accepts only builtin value types (checked with `type(x) is ...`, so subclasses with a
 rigged `__eq__` are refused) and rebuilds them exactly on the trusted side.
@@ -7,12 +7,22 @@ rigged `__eq__` are refused) and rebuilds them exactly on the trusted side.
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import os
 import struct
 from typing import Any
 
 HEADER = struct.Struct("!I")
+# Executor <-> zygote, over a SOCK_SEQPACKET pair that only these two trusted processes hold:
+# fixed binary records, cheaper than JSON on the zygote side, where every page the code
+# touches between two forks is copied. Request: op (b"S" spawn / b"R" reap), role index or
+# pid, grace seconds. Reply: pid (spawn, with the child's 4 pipe ends) or wait status (reap),
+# and whether the zygote had to kill.
+ZYGOTE_REQUEST = struct.Struct("!cid")
+ZYGOTE_REPLY = struct.Struct("!i?")
+SPAWN, REAP = b"S", b"R"
+ROLES = ("sandbox", "trusted")
 MAX_MESSAGE_BYTES = 64 << 20
 MAX_DEPTH = 64
 MAX_ITEMS = 1_000_000
@@ -88,6 +98,27 @@ def pack_message(message: Any) -> bytes:
     if len(body) > MAX_MESSAGE_BYTES:
         raise ValueError("message too large")
     return HEADER.pack(len(body)) + body
+
+
+def pack_to_child(message: Any) -> bytes:
+    """One length-prefixed marshal frame, for the executor's messages to its children.
+
+    Only the executor writes these and only children read them, so marshal (unsafe on hostile
+    bytes) is safe here; it is cheaper than JSON in a fresh child. Everything a child sends
+    back is JSON, parsed by `FrameBuffer`.
+    """
+    body = marshal.dumps(message)
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise ValueError("message too large")
+    return HEADER.pack(len(body)) + body
+
+
+def read_from_parent(fd: int) -> Any:
+    """Read one `pack_to_child` frame from a blocking fd."""
+    (size,) = HEADER.unpack(read_exact(fd, HEADER.size))
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError("message too large")
+    return marshal.loads(read_exact(fd, size))
 
 
 def write_message(fd: int, message: Any) -> None:

@@ -8,7 +8,6 @@ any test, in memory it inherited. Run as `python -m workers.verifier.zygote SOCK
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib
 import json
@@ -21,6 +20,7 @@ import sys
 from typing import Any
 
 from workers.verifier import child, sandbox
+from workers.verifier.wire import REAP, ROLES, SPAWN, ZYGOTE_REPLY, ZYGOTE_REQUEST
 
 PR_SET_CHILD_SUBREAPER = 36
 PACKET_BYTES = 1 << 16
@@ -59,13 +59,12 @@ class Zygote:
         self.counter = 0
         self.pid = os.getpid()
 
-    def spawn(self, request: dict[str, Any], sock: socket.socket) -> None:
+    def spawn(self, role: str, sock: socket.socket) -> None:
         """Hand over a pre-forked child of the asked role, then fork its replacement."""
-        role = request["role"]
         if role not in self.ready:
             self.ready[role] = self._fork_child(role)
         pid, parent_ends = self.ready.pop(role)
-        socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], parent_ends)
+        socket.send_fds(sock, [ZYGOTE_REPLY.pack(pid, False)], parent_ends)
         for fd in parent_ends:
             os.close(fd)
         self.ready[role] = self._fork_child(role)
@@ -120,12 +119,11 @@ class Zygote:
         if self.seccomp_filter is not None:
             self.seccomp_filter.load()
 
-    def reap(self, request: dict[str, Any], sock: socket.socket) -> None:
-        pid = request["pid"]
+    def reap(self, pid: int, grace_s: float, sock: socket.socket) -> None:
         killed = False
         pidfd = os.pidfd_open(pid)
         try:
-            if not select.select([pidfd], [], [], max(request["grace"], 0.0))[0]:
+            if not select.select([pidfd], [], [], grace_s)[0]:
                 self._kill_group(pid)
                 killed = True
             _, status = os.waitpid(pid, 0)
@@ -136,7 +134,7 @@ class Zygote:
             self._kill_uid()
         self._reap_orphans()
         _remove_job_dir(self.job_dirs.pop(pid))
-        sock.send(json.dumps({"status": status, "killed": killed}).encode())
+        sock.send(ZYGOTE_REPLY.pack(status, killed))
 
     def kill_all(self) -> None:
         """The executor is gone: no child of ours may outlive this zygote."""
@@ -150,8 +148,10 @@ class Zygote:
     @staticmethod
     def _kill_group(pid: int) -> None:
         for kill in (os.killpg, os.kill):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
                 kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
 
     def _kill_uid(self) -> None:
         """Without seccomp a child could fork: kill everything the slot uid owns."""
@@ -230,11 +230,13 @@ def main() -> None:
         if not packet:
             zygote.kill_all()
             return
-        request = json.loads(packet)
-        if request["op"] == "spawn":
-            zygote.spawn(request, sock)
-        elif request["op"] == "reap":
-            zygote.reap(request, sock)
+        op, argument, grace_s = ZYGOTE_REQUEST.unpack(packet)
+        if op == SPAWN:
+            zygote.spawn(ROLES[argument], sock)
+        elif op == REAP:
+            zygote.reap(argument, grace_s, sock)
+        else:
+            raise ValueError(f"unknown zygote request {op!r}")
 
 
 if __name__ == "__main__":
