@@ -162,6 +162,7 @@ def main() -> None:
     finally:
         executor.close()
     bench_math(args.workers)
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
