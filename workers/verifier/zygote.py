@@ -120,16 +120,15 @@ class Zygote:
             self.seccomp_filter.load()
 
     def reap(self, pid: int, grace_s: float, sock: socket.socket) -> None:
-        killed = False
         pidfd = os.pidfd_open(pid)
         try:
-            if not select.select([pidfd], [], [], grace_s)[0]:
-                self._kill_group(pid)
-                killed = True
-            _, status = os.waitpid(pid, 0)
+            killed = not select.select([pidfd], [], [], grace_s)[0]
         finally:
             os.close(pidfd)
-        self._kill_group(pid)
+        # Kill before the wait, never after: until it is reaped, pid names this child and its
+        # group alone; once reaped, the number may already belong to another process.
+        self._kill_group(pid, leader_too=killed)
+        _, status = os.waitpid(pid, 0)
         if self.seccomp_filter is None and self.uid is not None:
             self._kill_uid()
         self._reap_orphans()
@@ -146,8 +145,11 @@ class Zygote:
         self._reap_orphans()
 
     @staticmethod
-    def _kill_group(pid: int) -> None:
-        for kill in (os.killpg, os.kill):
+    def _kill_group(pid: int, leader_too: bool = True) -> None:
+        """SIGKILL an unreaped child's process group (strays), and the child itself, which may
+        not have reached its setsid yet; leader_too=False when it has already exited."""
+        kills = (os.killpg, os.kill) if leader_too else (os.killpg,)
+        for kill in kills:
             try:
                 kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
