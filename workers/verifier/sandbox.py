@@ -247,4 +247,8 @@ def interpreter_read_paths() -> list[str]:
     paths = ["/usr", "/lib", "/lib64", "/bin", "/etc/localtime", "/etc/ld.so.cache",
              "/dev/null", "/dev/urandom", "/dev/zero"]
     paths += [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__)]
-    return sorted({os.path.realpath(path) for path in paths})
+    resolved = sorted({os.path.realpath(path) for path in paths})
+    # A rule covers everything beneath its directory: nested paths (/usr/lib under /usr once
+    # /lib is resolved) would only cost each child one more syscall.
+    return [path for path in resolved
+            if not any(path.startswith(other + os.sep) for other in resolved if other != path)]
