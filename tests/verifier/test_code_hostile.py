@@ -293,3 +293,18 @@ def test_checks_that_never_reach_the_candidate_are_bad_input(test_source, code_v
     result = code_verifier.verify({"id": 1, "code": "def add(a, b): return a + b", "tests": {
         "style": "assert", "entry_point": "add", "test": test_source}})
     assert result["status"] == R.BAD_INPUT and R.is_masked(result)
+
+
+def test_each_child_has_its_own_random_stream(code_executor):
+    """The zygote preloads no `random` (its fork hook costs every child): each child that
+    imports it must still seed its own generator, so two runs never share a stream."""
+    draws = []
+    for _ in range(2):
+        with code_executor.slot() as slot:
+            child = slot.spawn("sandbox")
+            child.send({"program": "stdio", "code": "import random\nprint(random.getrandbits(64))",
+                        "stdin": ""})
+            outcome = child.finish(time.monotonic() + 5)
+        assert outcome.returncode == 0, bytes(outcome.stderr)
+        draws.append(bytes(outcome.stdout))
+    assert draws[0] != draws[1]

@@ -88,3 +88,12 @@ def test_result_rows_validate_status():
     assert R.make_result(1, R.OK, passed=1, total=2)["reward"] == 0.0
     with pytest.raises(ValueError, match="unknown verifier status"):
         R.make_result(1, "great")
+
+
+def test_landlock_read_rules_are_not_nested():
+    from workers.verifier.sandbox import interpreter_read_paths
+
+    paths = interpreter_read_paths()
+    assert any(path == "/usr" or path.startswith("/usr/") for path in paths)
+    for path in paths:
+        assert not any(path.startswith(other + "/") for other in paths if other != path), path
