@@ -1,0 +1,126 @@
+"""riskpo-compare: spec validation and fairness, the report's numbers from known run directories,
+and the CI comparison itself (2 algorithms x 2 seeds, 3 steps) through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.compare import load_spec, plan, unique_runs
+from launch.compare_report import findings, load_result, study_table, write_report
+from riskpo.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def write_spec(tmp_path: Path, studies: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: test\ncommon: [logger.backend=none]\nstudies:\n" + studies)
+    return path
+
+
+TWO_ARMS = """\
+  arith:
+    overrides: [trainer.total_steps=4]
+    seeds: [0, 1]
+    target: 0.5
+    baseline: grpo
+    arms:
+      riskpo_paper: [algorithm=riskpo_paper]
+      grpo: [algorithm=grpo]
+"""
+
+
+def test_a_study_whose_arms_differ_outside_the_algorithm_is_refused(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TWO_ARMS.replace(
+        "grpo: [algorithm=grpo]", "grpo: [algorithm=grpo, trainer.samples_per_prompt=4]")))
+    with pytest.raises(ConfigError, match=r"studies.arith.*trainer.samples_per_prompt"):
+        plan(spec, tmp_path / "runs")
+
+
+def test_spec_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="studies.arith.baseline"):
+        load_spec(write_spec(tmp_path, TWO_ARMS.replace("baseline: grpo", "baseline: ppo")))
+    with pytest.raises(ConfigError, match="studies.arith.seeds"):
+        load_spec(write_spec(tmp_path, TWO_ARMS.replace("seeds: [0, 1]", "seeds: []")))
+    with pytest.raises(ConfigError, match="arith/riskpo_paper/seed0: algorithm.alpha.*beta=2.0"):
+        plan(load_spec(write_spec(tmp_path, TWO_ARMS.replace(
+            "[algorithm=riskpo_paper]", "[algorithm=riskpo_paper, algorithm.beta=2.0]"))),
+             tmp_path / "runs")
+
+
+def test_identical_runs_in_two_studies_run_once(tmp_path):
+    second = TWO_ARMS.replace("arith:", "again:").replace("grpo: [algorithm=grpo]",
+                                                           "grpo_too: [algorithm=grpo]")
+    second = second.replace("baseline: grpo", "baseline: grpo_too")
+    studies = plan(load_spec(write_spec(tmp_path, TWO_ARMS + second)), tmp_path / "runs")
+    assert len(studies["arith"]) == len(studies["again"]) == 4
+    assert len(unique_runs(studies)) == 4  # the second study reuses the first one's runs
+    assert {run.arm for run in studies["again"]} == {"riskpo_paper", "grpo_too"}
+
+
+def fake_run(run_dir: Path, finals: dict[str, float], curve: list[tuple[int, float]],
+             entropy: float) -> None:
+    """A finished run directory with the files the report reads."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": s, "actor/entropy": entropy, "adv/all_wrong_nonzero_fraction": 0.5}
+            for s in range(1, 5)]
+    for step, avg in curve[1:]:
+        rows[step - 1].update({"eval/pass@1": avg, "eval/pass@2": avg + 0.1})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"initial": {"eval/pass@1": curve[0][1], "eval/pass@2": curve[0][1] + 0.1},
+               "final": finals, "steps": 4, "wall_s": 10.0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_numbers_from_known_runs(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TWO_ARMS))
+    studies = plan(spec, tmp_path / "runs")
+    values = {("riskpo_paper", 0): 0.4, ("riskpo_paper", 1): 0.6, ("grpo", 0): 0.5, ("grpo", 1): 0.5}
+    for run in studies["arith"]:
+        avg = values[(run.arm, run.seed)]
+        fake_run(run.run_dir, {"eval/pass@1": avg, "eval/pass@2": avg + 0.2,
+                               "eval/greedy_accuracy": avg},
+                 [(0, 0.3), (2, avg - 0.1), (4, avg)], entropy=0.1 if run.arm == "grpo" else 0.3)
+    study = spec.studies[0]
+    results = [load_result(run) for run in studies["arith"]]
+    grouped = {"riskpo_paper": [r for r in results if r.arm == "riskpo_paper"],
+               "grpo": [r for r in results if r.arm == "grpo"]}
+    table = study_table(study, grouped)
+    assert "| riskpo_paper | 2 | 0.500 ± 0.141 | 0.700 ± 0.141 |" in table
+    assert "| grpo | 2 | 0.500 ± 0.000 | 0.700 ± 0.000 |" in table
+    assert "| *before RL* | 4 | 0.300 ± 0.000 |" in table
+    # avg@1 >= 0.5: riskpo seed 1 at step 2 (0.5), grpo both seeds at step 4
+    assert "| 2 (1/2 runs) |" in table and "| 4 (2/2 runs) |" in table
+    lines = findings(study, grouped)
+    assert any("Highest entropy at the end: **riskpo_paper**" in line for line in lines)
+    assert any("riskpo_paper − grpo: pass@k gap +0.000 at k=1, +0.000 at k=2" in line
+               for line in lines)
+    report = write_report(spec, studies, tmp_path / "out" / "results.md", "riskpo-compare")
+    text = report.read_text()
+    assert "4 of 4 runs finished" in text and "`algorithm.name`" in text
+    assert (tmp_path / "out" / "results" / "arith_over_steps.png").is_file()
+
+
+@pytest.mark.slow
+def test_ci_comparison_through_the_command_line(tmp_path):
+    command = [sys.executable, "-m", "launch.compare", "--spec", "conf/compare/ci.yaml",
+               "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "report.md")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "report.md").read_text()
+    assert "4 of 4 runs finished" in text
+    for arm in ("riskpo_paper", "grpo"):
+        assert f"| {arm} | 2 |" in text
+    assert "--spec conf/compare/ci.yaml" in text  # the command that regenerates it
+    figures = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"arithmetic_over_steps.png", "arithmetic_pass_at_k.png", "arithmetic_entropy.png",
+            "arithmetic_all_wrong_signal.png"} <= figures
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert again.returncode == 0 and "0 to run" in again.stderr  # finished runs are reused
