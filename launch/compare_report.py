@@ -30,6 +30,7 @@ ALL_WRONG_NONZERO = "adv/all_wrong_nonzero_fraction"
 ALL_WRONG = "adv/all_wrong_question_fraction"
 SMOOTH = 5  # steps in the rolling mean of per-step curves
 MISSING = "—"
+EPS = 1e-9  # differences below this are rounding, not a lead
 
 
 @dataclass
@@ -189,6 +190,41 @@ def findings(study: Study, grouped: dict[str, list[RunResult]]) -> list[str]:
     return lines
 
 
+def paper_claims(study: Study, grouped: dict[str, list[RunResult]]) -> str | None:
+    """The paper's three claims checked on this study, each RiskPO arm against the baseline: a
+    table of the two values and a verdict ("holds" only when the difference exceeds one seed
+    standard deviation of both arms). None when the study has no non-RiskPO baseline."""
+    base = grouped.get(study.baseline or "")
+    if not base or study.baseline.startswith("riskpo"):
+        return None
+    kmax = max(pass_ks(base) or [1])
+
+    def gap(results: list[RunResult], k: int) -> float:
+        return (mean_std([r.final.get(f"eval/pass@{k}") for r in results])[0]
+                - mean_std([r.final.get(f"eval/pass@{k}") for r in base])[0])
+
+    claims = [("higher entropy at the end", lambda r: r.end_mean(ENTROPY)),
+              ("more all-wrong questions with a nonzero advantage",
+               lambda r: r.train_mean(ALL_WRONG_NONZERO)),
+              (f"higher pass@{kmax}", lambda r: r.final.get(f"eval/pass@{kmax}"))]
+    lines = [f"| claim (RiskPO vs {study.baseline}) | arm | arm | {study.baseline} | verdict |",
+             "|---|---|---|---|---|"]
+    for arm, results in grouped.items():
+        if not arm.startswith("riskpo") or not results:
+            continue
+        for claim, value in claims:
+            (m, s), (mb, sb) = (mean_std([value(r) for r in rs]) for rs in (results, base))
+            verdict = ("holds" if m - mb > max(s, sb) + EPS else "not shown (within seed spread)"
+                       if m - mb > EPS else "does not hold")
+            lines.append(f"| {claim} | {arm} | {m:.3f} ± {s:.3f} | {mb:.3f} ± {sb:.3f} | {verdict} |")
+        if kmax > 1:
+            low, high = gap(results, 1), gap(results, kmax)
+            verdict = "holds" if high > EPS and high - low > EPS else "does not hold"
+            lines.append(f"| pass@k gain grows with k | {arm} | gap {low:+.3f} at k=1, "
+                         f"{high:+.3f} at k={kmax} | 0 | {verdict} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -297,6 +333,9 @@ def write_report(spec: Spec, studies: dict[str, list[PlannedRun]], output: Path,
             study_table(study, grouped) + "\n",
             "**Findings** (computed from the table):\n",
             "\n".join(f"- {line}" for line in findings(study, grouped)) + "\n",
+            *(["**The paper's claims on this task** (computed; \"holds\" needs a lead larger "
+                "than one seed standard deviation):\n", claims + "\n"]
+              if (claims := paper_claims(study, grouped)) else []),
             "**What differs between the arms** (resolved configs; everything else is equal):\n",
             config_differences(runs) + "\n",
             "\n".join(f"![{p.stem}]({figures.name}/{p.name})" for p in plots) + "\n",

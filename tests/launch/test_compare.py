@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from launch.compare import load_spec, plan, unique_runs
-from launch.compare_report import findings, load_result, study_table, write_report
+from launch.compare_report import (
+    findings,
+    load_result,
+    paper_claims,
+    study_table,
+    write_report,
+)
 from riskpo.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -100,9 +106,14 @@ def test_report_numbers_from_known_runs(tmp_path):
     assert any("Highest entropy at the end: **riskpo_paper**" in line for line in lines)
     assert any("riskpo_paper − grpo: pass@k gap +0.000 at k=1, +0.000 at k=2" in line
                for line in lines)
+    claims = paper_claims(study, grouped)
+    assert "| higher entropy at the end | riskpo_paper | 0.300 ± 0.000 | 0.100 ± 0.000 | holds |" in claims
+    assert "| higher pass@2 | riskpo_paper | 0.700 ± 0.141 | 0.700 ± 0.000 | does not hold |" in claims
+    assert "gap +0.000 at k=1, +0.000 at k=2 | 0 | does not hold |" in claims
     report = write_report(spec, studies, tmp_path / "out" / "results.md", "riskpo-compare")
     text = report.read_text()
     assert "4 of 4 runs finished" in text and "`algorithm.name`" in text
+    assert "The paper's claims on this task" in text
     assert (tmp_path / "out" / "results" / "arith_over_steps.png").is_file()
 
 
