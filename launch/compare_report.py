@@ -26,6 +26,7 @@ from riskpo.logging import read_metrics  # noqa: E402
 PASS_KEY = re.compile(r"^eval/pass@(\d+)$")
 AVG1 = "eval/pass@1"  # unbiased pass@1 = the mean accuracy of the samples = avg@1
 ENTROPY = "actor/entropy"
+REWARD = "train/reward_mean"
 ALL_WRONG_NONZERO = "adv/all_wrong_nonzero_fraction"
 ALL_WRONG = "adv/all_wrong_question_fraction"
 SMOOTH = 5  # steps in the rolling mean of per-step curves
@@ -115,7 +116,8 @@ def by_arm(study: Study, results: Sequence[RunResult]) -> dict[str, list[RunResu
 def study_table(study: Study, grouped: dict[str, list[RunResult]]) -> str:
     everything = [r for rs in grouped.values() for r in rs]
     ks = [k for k in pass_ks(everything) if k > 1]
-    header = ["arm", "seeds", "avg@1", *(f"pass@{k}" for k in ks), "greedy", "entropy (end)",
+    header = ["arm", "seeds", "avg@1", *(f"pass@{k}" for k in ks), "greedy",
+              "train reward (end)", "entropy (end)",
               f"steps to avg@1 ≥ {study.target:g}", "all-wrong q. with signal", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     initial = [r.initial for r in everything if r.initial]
@@ -124,7 +126,7 @@ def study_table(study: Study, grouped: dict[str, list[RunResult]]) -> str:
             "*before RL*", str(len(initial)), cell([m.get(AVG1) for m in initial]),
             *(cell([m.get(f"eval/pass@{k}") for m in initial]) for k in ks),
             cell([m.get("eval/greedy_accuracy") for m in initial]), MISSING, MISSING, MISSING,
-            MISSING]) + " |")
+            MISSING, MISSING]) + " |")
     for arm, results in grouped.items():
         if not results:
             lines.append(f"| {arm} | 0 |" + f" {MISSING} |" * (len(header) - 2))
@@ -137,6 +139,7 @@ def study_table(study: Study, grouped: dict[str, list[RunResult]]) -> str:
             arm, str(len(results)), cell([r.final.get(AVG1) for r in results]),
             *(cell([r.final.get(f"eval/pass@{k}") for r in results]) for k in ks),
             cell([r.final.get("eval/greedy_accuracy") for r in results]),
+            cell([r.end_mean(REWARD) for r in results]),
             cell([r.end_mean(ENTROPY) for r in results]), steps,
             cell([r.train_mean(ALL_WRONG_NONZERO) for r in results], 2),
             f"{statistics.fmean(r.wall_s for r in results):.0f}"]) + " |")
@@ -292,7 +295,8 @@ def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> 
     axis.legend(fontsize=8)
     written.append(_save(figure, out / f"{study.name}_pass_at_k.png"))
 
-    for key, name, title in ((ENTROPY, "entropy", "policy entropy (mean token, smoothed)"),
+    for key, name, title in ((REWARD, "train_reward", "training reward (smoothed)"),
+                             (ENTROPY, "entropy", "policy entropy (mean token, smoothed)"),
                              (ALL_WRONG_NONZERO, "all_wrong_signal",
                               "all-wrong questions with a nonzero advantage (smoothed)")):
         figure, axis = plt.subplots(figsize=(6.4, 4.2))
@@ -327,9 +331,10 @@ def write_report(spec: Spec, studies: dict[str, list[PlannedRun]], output: Path,
             f"## {study.title}\n",
             f"{len(results)} of {len(runs)} runs finished; seeds {study.seeds}; final held-out "
             "metrics as mean ± standard deviation over seeds. avg@1 is the mean accuracy of the "
-            "samples; entropy is the mean over the last tenth of the steps; the last column is "
-            "the fraction of all-wrong questions that still get a nonzero advantage, averaged "
-            "over training.\n",
+            "samples; training reward and entropy are means over the last tenth of the steps; "
+            "\"all-wrong q. with signal\" is the fraction of questions whose samples were all "
+            "wrong that still got a nonzero advantage, averaged over training; wall s is one "
+            "run's time with two runs sharing the machine.\n",
             study_table(study, grouped) + "\n",
             "**Findings** (computed from the table):\n",
             "\n".join(f"- {line}" for line in findings(study, grouped)) + "\n",
