@@ -187,9 +187,11 @@ def findings(study: Study, grouped: dict[str, list[RunResult]]) -> list[str]:
             gaps = [mean_std([r.final.get(f"eval/pass@{k}") for r in results])[0]
                     - mean_std([r.final.get(f"eval/pass@{k}") for r in present[baseline]])[0]
                     for k in ks]
-            trend = "grows" if gaps[-1] > gaps[0] else "shrinks" if gaps[-1] < gaps[0] else "stays"
+            trend = (f"moves in {arm}'s favour as k grows" if gaps[-1] - gaps[0] > EPS else
+                     f"moves against {arm} as k grows" if gaps[0] - gaps[-1] > EPS else
+                     "does not move with k")
             lines.append(f"{arm} − {baseline}: pass@k gap {gaps[0]:+.3f} at k={ks[0]}, "
-                         f"{gaps[-1]:+.3f} at k={ks[-1]} (the gap {trend} with k).")
+                         f"{gaps[-1]:+.3f} at k={ks[-1]} (the gap {trend}).")
     return lines
 
 
@@ -210,7 +212,8 @@ def paper_claims(study: Study, grouped: dict[str, list[RunResult]]) -> str | Non
               ("more all-wrong questions with a nonzero advantage",
                lambda r: r.train_mean(ALL_WRONG_NONZERO)),
               (f"higher pass@{kmax}", lambda r: r.final.get(f"eval/pass@{kmax}"))]
-    lines = [f"| claim (RiskPO vs {study.baseline}) | arm | arm | {study.baseline} | verdict |",
+    lines = [f"| claim (RiskPO vs {study.baseline}) | arm | arm's value | {study.baseline}'s value "
+             "| verdict |",
              "|---|---|---|---|---|"]
     for arm, results in grouped.items():
         if not arm.startswith("riskpo") or not results:

@@ -104,7 +104,7 @@ def test_report_numbers_from_known_runs(tmp_path):
     assert "| 2 (1/2 runs) |" in table and "| 4 (2/2 runs) |" in table
     lines = findings(study, grouped)
     assert any("Highest entropy at the end: **riskpo_paper**" in line for line in lines)
-    assert any("riskpo_paper − grpo: pass@k gap +0.000 at k=1, +0.000 at k=2" in line
+    assert any("riskpo_paper − grpo: pass@k gap +0.000 at k=1, +0.000 at k=2 (the gap does not move with k)" in line
                for line in lines)
     claims = paper_claims(study, grouped)
     assert "| higher entropy at the end | riskpo_paper | 0.300 ± 0.000 | 0.100 ± 0.000 | holds |" in claims
