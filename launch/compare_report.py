@@ -9,6 +9,7 @@ import json
 import math
 import re
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,10 +176,14 @@ def findings(study: Study, grouped: dict[str, list[RunResult]]) -> list[str]:
         stats = sorted(((arm, *mean_std([value(r) for r in rs])) for arm, rs in present.items()),
                        key=lambda item: -item[1] if _number(item[1]) else math.inf)
         (best, m1, s1), (second, m2, s2) = stats[0], stats[1]
-        spread = "more than" if m1 - m2 > max(s1, s2) else "within"
         order = ", ".join(f"{arm} {mean:.3f}" for arm, mean, _ in stats)
+        if min(len(present[best]), len(present[second])) < 2:
+            spread = "one seed each: no spread to judge it by"
+        else:
+            spread = ("more than" if m1 - m2 > max(s1, s2) + EPS else "within") + \
+                " one seed standard deviation"
         lines.append(f"Highest {label}: **{best}** ({order}); its lead over {second} is "
-                     f"{m1 - m2:+.3f}, {spread} one seed standard deviation.")
+                     f"{m1 - m2:+.3f}, {spread}.")
     baseline = study.baseline if study.baseline in present else None
     if baseline and len(ks) > 1:
         for arm, results in present.items():
@@ -220,8 +225,9 @@ def paper_claims(study: Study, grouped: dict[str, list[RunResult]]) -> str | Non
             continue
         for claim, value in claims:
             (m, s), (mb, sb) = (mean_std([value(r) for r in rs]) for rs in (results, base))
-            verdict = ("holds" if m - mb > max(s, sb) + EPS else "not shown (within seed spread)"
-                       if m - mb > EPS else "does not hold")
+            verdict = ("does not hold" if m - mb <= EPS else
+                       "higher on one seed (not judged)" if min(len(results), len(base)) < 2 else
+                       "holds" if m - mb > max(s, sb) + EPS else "not shown (within seed spread)")
             lines.append(f"| {claim} | {arm} | {m:.3f} ± {s:.3f} | {mb:.3f} ± {sb:.3f} | {verdict} |")
         if kmax > 1:
             low, high = gap(results, 1), gap(results, kmax)
@@ -240,21 +246,28 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
 
 
 def _band(axis, colors, arm: str, curves: list[tuple[list[int], list[float]]]) -> None:
-    """Mean over seeds on the steps every seed has, and a min-max band."""
-    common = sorted(set.intersection(*(set(steps) for steps, _ in curves))) if curves else []
-    if not common:
+    """Mean over the seeds that have a value at each step, and their min-max band (per-step
+    metrics such as the all-wrong signal exist only on steps that had such questions)."""
+    lookup = [dict(zip(steps, values, strict=True)) for steps, values in curves]
+    steps = sorted({s for table in lookup for s in table})
+    columns = [[v for table in lookup if _number(v := table.get(s))] for s in steps]
+    steps, columns = [s for s, c in zip(steps, columns, strict=True) if c], [c for c in columns if c]
+    if not steps:
         return
-    table = [[dict(zip(steps, values, strict=True))[s] for s in common] for steps, values in curves]
-    columns = list(zip(*table, strict=True))
-    axis.plot(common, [statistics.fmean(c) for c in columns], color=colors[arm], label=arm)
+    axis.plot(steps, [statistics.fmean(c) for c in columns], color=colors[arm], label=arm)
     if len(curves) > 1:
-        axis.fill_between(common, [min(c) for c in columns], [max(c) for c in columns],
+        axis.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns],
                           color=colors[arm], alpha=0.18, linewidth=0)
 
 
 def _smoothed(steps: list[int], values: list[float]) -> tuple[list[int], list[float]]:
     out = [statistics.fmean(values[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(values))]
     return steps, out
+
+
+def _title(axis, text: str) -> None:
+    """A title wrapped to the axis' width (study titles are long)."""
+    axis.set_title("\n".join(textwrap.wrap(text, 58)), fontsize=9)
 
 
 def _save(figure, path: Path) -> Path:
@@ -277,7 +290,8 @@ def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> 
         for arm, results in present.items():
             _band(axis, colors, arm, [([s for s, _ in r.evals], [m.get(key, math.nan) for _, m in r.evals])
                                       for r in results])
-        axis.set(title=f"{study.title}: held-out {label}", xlabel="step", ylabel=label)
+        _title(axis, f"{study.title}: held-out {label}")
+        axis.set(xlabel="step", ylabel=label)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     written.append(_save(figure, out / f"{study.name}_over_steps.png"))
@@ -293,7 +307,8 @@ def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> 
         ks = pass_ks([next(r for rs in present.values() for r in rs)])
         axis.plot(ks, [mean_std([m.get(f"eval/pass@{k}") for m in initial])[0] for k in ks],
                   linestyle="--", color="grey", label="before RL")
-    axis.set(title=f"{study.title}: pass@k at the end", xlabel="k", ylabel="pass@k", xscale="log")
+    _title(axis, f"{study.title}: pass@k at the end")
+    axis.set(xlabel="k", ylabel="pass@k", xscale="log")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     written.append(_save(figure, out / f"{study.name}_pass_at_k.png"))
@@ -305,7 +320,8 @@ def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> 
         figure, axis = plt.subplots(figsize=(6.4, 4.2))
         for arm, results in present.items():
             _band(axis, colors, arm, [_smoothed(*r.series(key)) for r in results])
-        axis.set(title=f"{study.title}: {title}", xlabel="step", ylabel=key)
+        _title(axis, f"{study.title}: {title}")
+        axis.set(xlabel="step", ylabel=key)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         written.append(_save(figure, out / f"{study.name}_{name}.png"))
