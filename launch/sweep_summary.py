@@ -138,7 +138,8 @@ def write_sweep_summary(paths: Sequence[Path], output: Path | None = None) -> Pa
     path); returns the file written."""
     runs = [load_run(run_dir) for run_dir in find_run_dirs(paths)]
     output = output or paths[0] / SUMMARY_TABLE_FILE
-    output.write_text(f"# Sweep summary ({len(runs)} runs)\n\n{summary_table(runs)}")
+    count = f"{len(runs)} run" + ("" if len(runs) == 1 else "s")
+    output.write_text(f"# Sweep summary ({count})\n\n{summary_table(runs)}")
     return output
 
 
