@@ -45,10 +45,13 @@ def prepare_model(run: RunConfig, console: Console) -> str:
     return str(target)
 
 
-# Placement. Disaggregated: rollout actors and learner ranks each get a placement group of one
-# bundle per actor ({CPU, GPU, their node marker}); colocated: one group whose bundle i holds
-# rollout actor i and learner rank i, each asking half of the bundle's GPU so Ray hands both the
-# same device. Verifier actors are plain actors asking for one unit of cluster.verifier_resource,
+# Placement. Disaggregated: one placement group with a bundle per learner rank, then one per
+# rollout actor ({CPU, GPU, their node marker}), reserved all or nothing, so that two runs
+# sharing a cluster that fits one never each hold half of what they need and wait forever (the
+# second waits until the first ends); with STRICT_SPREAD, or STRICT_PACK onto different node
+# markers, which one group cannot satisfy, the two groups are reserved one after the other.
+# Colocated: one group whose bundle i holds rollout actor i and learner rank i, each asking half
+# of the bundle's GPU so Ray hands both the same device. Verifier actors are plain actors asking for one unit of cluster.verifier_resource,
 # so Ray restarts them on any surviving verifier node. A marker resource is one unit per actor:
 # a node advertising N (launch/cluster: --verifier-slots N) hosts at most N such actors.
 MARKER_KEYS = {"verifier": "verifier_resource", "rollout": "rollout_resource",
@@ -230,9 +233,11 @@ def reserve_bundles(bundles: list[dict[str, float]], strategy: str, what: str,
         ray.get(group.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
+        kinds = [b for i, b in enumerate(bundles) if b not in bundles[:i]]
+        shown = " + ".join(f"{bundles.count(b)} x {b}" for b in kinds)
         raise RuntimeError(
-            f"the cluster cannot place {what}: {len(bundles)} bundle(s) of {bundles[0]} "
-            f"({strategy}) within {timeout_s:.0f} s; check `ray status` against cluster.*") from None
+            f"the cluster cannot place {what}: {shown} ({strategy}) within {timeout_s:.0f} s; "
+            "check `ray status` against cluster.* (another run may hold the resources)") from None
     return group
 
 
@@ -249,17 +254,30 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
-def reserve_placement(run: RunConfig) -> tuple[Any, Any | None]:
-    """The rollout actors' placement group and the learner's (None: LearnerGroup reserves its
-    own, one bundle per rank); colocated, both are the same shared group."""
-    c = run.cluster
+def one_gang(run: RunConfig) -> bool:
+    """Whether one placement group can hold the learner ranks and the rollout actors."""
+    strategy = run.cluster.placement_strategy
+    if strategy == "STRICT_SPREAD":
+        return False
+    return strategy != "STRICT_PACK" or node_marker(run, "rollout") == node_marker(run, "learner")
+
+
+def reserve_placement(run: RunConfig) -> tuple[Any, Any | None, list[int] | None]:
+    """(the rollout actors' placement group, the learner's, the rollout actors' bundle indices).
+    The learner's is None when LearnerGroup reserves its own (one bundle per rank); colocated,
+    both are the same shared group; disaggregated, usually one group, learner ranks first."""
+    c, ranks, actors = run.cluster, run.learner.num_ranks, run.rollout.num_actors
     if c.colocate:
-        shared = reserve_bundles([shared_bundle(run)] * run.learner.num_ranks, c.placement_strategy,
+        shared = reserve_bundles([shared_bundle(run)] * ranks, c.placement_strategy,
                                  "the colocated rollout actors and learner ranks")
-        return shared, shared
-    rollout = reserve_bundles([rollout_bundle(run)] * run.rollout.num_actors, c.placement_strategy,
+        return shared, shared, None
+    if one_gang(run):
+        gang = reserve_bundles([learner_bundle(run)] * ranks + [rollout_bundle(run)] * actors,
+                               c.placement_strategy, "the learner ranks and rollout actors")
+        return gang, gang, list(range(ranks, ranks + actors))
+    rollout = reserve_bundles([rollout_bundle(run)] * actors, c.placement_strategy,
                               "the rollout actors")
-    return rollout, None
+    return rollout, None, None
 
 
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
@@ -278,13 +296,14 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
                   f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})"
                   f", {'colocated' if c.colocate else 'disaggregated'} ({c.placement_strategy})")
     share = 0.5 if c.colocate else 1.0  # colocated: rollout actor and learner rank halve a GPU
-    rollout_placement, learner_placement = reserve_placement(run)
+    rollout_placement, learner_placement, rollout_bundles = reserve_placement(run)
     started: list[Any] = []
     try:
         started.append(RolloutGroup(
             num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
             engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
-            num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=rollout_placement))
+            num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=rollout_placement,
+            bundle_indices=rollout_bundles))
         started.append(VerifierPool(
             {"math": run.verifier.num_math_actors, "code": run.verifier.num_code_actors},
             verifier_limits(run)))
