@@ -45,15 +45,17 @@ def prepare_model(run: RunConfig, console: Console) -> str:
     return str(target)
 
 
-# Placement. Disaggregated: one placement group with a bundle per learner rank, then one per
-# rollout actor ({CPU, GPU, their node marker}), reserved all or nothing, so that two runs
-# sharing a cluster that fits one never each hold half of what they need and wait forever (the
-# second waits until the first ends); with STRICT_SPREAD, or STRICT_PACK onto different node
-# markers, which one group cannot satisfy, the two groups are reserved one after the other.
-# Colocated: one group whose bundle i holds rollout actor i and learner rank i, each asking half
-# of the bundle's GPU so Ray hands both the same device. Verifier actors are plain actors asking for one unit of cluster.verifier_resource,
-# so Ray restarts them on any surviving verifier node. A marker resource is one unit per actor:
-# a node advertising N (launch/cluster: --verifier-slots N) hosts at most N such actors.
+# Placement. Where the strategy allows, one placement group holds every actor of the run: a
+# bundle per learner rank, per rollout actor and per verifier actor ({CPU, GPU, its node marker};
+# colocated: bundle i holds rollout actor i and learner rank i, each asking half of its GPU so
+# Ray hands both the same device). Reserved all or nothing, so two runs sharing a cluster that
+# fits one never each hold part of what they need and wait for each other: the second waits,
+# holding nothing, until the first ends. When a node dies, Ray reschedules its bundles on the
+# surviving nodes that have room (a verifier's on another node with the verifier marker) and
+# restarts the actors there. STRICT_SPREAD, and STRICT_PACK onto different node markers, which
+# one group cannot satisfy, keep the rollout actors (or colocated pairs) in their own group,
+# the learner ranks in LearnerGroup's, and the verifiers as plain actors. A marker resource is
+# one unit per actor: a node advertising N (launch/cluster: --verifier-slots N) hosts at most N.
 MARKER_KEYS = {"verifier": "verifier_resource", "rollout": "rollout_resource",
                "learner": "learner_resource"}
 
@@ -254,30 +256,56 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
+@dataclass
+class Placement:
+    """Where a run's actors go: placement groups and bundle indices (None: not in a group)."""
+
+    groups: list[Any]  # what build_workers removes at shutdown
+    rollout: Any
+    rollout_bundles: list[int] | None
+    learner: Any | None  # None: LearnerGroup reserves its own group, one bundle per rank
+    verifier: Any | None = None
+    verifier_bundles: list[int] | None = None
+
+
 def one_gang(run: RunConfig) -> bool:
-    """Whether one placement group can hold the learner ranks and the rollout actors."""
-    strategy = run.cluster.placement_strategy
-    if strategy == "STRICT_SPREAD":
+    """Whether one placement group can hold all the run's actors under its strategy."""
+    c = run.cluster
+    if c.placement_strategy == "STRICT_SPREAD":
         return False
-    return strategy != "STRICT_PACK" or node_marker(run, "rollout") == node_marker(run, "learner")
+    markers = [node_marker(run, group) for group in ("rollout", "learner")]
+    if run.verifier.num_math_actors + run.verifier.num_code_actors:
+        markers.append(node_marker(run, "verifier"))
+    return c.placement_strategy != "STRICT_PACK" or all(m == markers[0] for m in markers)
 
 
-def reserve_placement(run: RunConfig) -> tuple[Any, Any | None, list[int] | None]:
-    """(the rollout actors' placement group, the learner's, the rollout actors' bundle indices).
-    The learner's is None when LearnerGroup reserves its own (one bundle per rank); colocated,
-    both are the same shared group; disaggregated, usually one group, learner ranks first."""
+def reserve_placement(run: RunConfig) -> Placement:
+    """One group, reserved all or nothing, for every actor of the run where the strategy allows
+    (learner ranks, then rollout actors, then verifier actors; colocated: bundle i shared by
+    rollout actor i and learner rank i, then the verifiers). Otherwise the rollout actors (or the
+    colocated pairs) get a group and the verifiers are plain actors."""
     c, ranks, actors = run.cluster, run.learner.num_ranks, run.rollout.num_actors
+    verifiers = run.verifier.num_math_actors + run.verifier.num_code_actors
+    gang = one_gang(run)
+    tail = [verifier_actor_resources(run)] * verifiers if gang else []
     if c.colocate:
-        shared = reserve_bundles([shared_bundle(run)] * ranks, c.placement_strategy,
-                                 "the colocated rollout actors and learner ranks")
-        return shared, shared, None
-    if one_gang(run):
-        gang = reserve_bundles([learner_bundle(run)] * ranks + [rollout_bundle(run)] * actors,
-                               c.placement_strategy, "the learner ranks and rollout actors")
-        return gang, gang, list(range(ranks, ranks + actors))
-    rollout = reserve_bundles([rollout_bundle(run)] * actors, c.placement_strategy,
-                              "the rollout actors")
-    return rollout, None, None
+        head, what = [shared_bundle(run)] * ranks, "the colocated rollout actors and learner ranks"
+    elif gang:
+        head = [learner_bundle(run)] * ranks + [rollout_bundle(run)] * actors
+        what = "the learner ranks and rollout actors"
+    else:
+        head, what = [rollout_bundle(run)] * actors, "the rollout actors"
+    group = reserve_bundles(head + tail, c.placement_strategy,
+                            what + (" and verifier actors" if tail else ""))
+    placement = Placement(groups=[group], rollout=group, rollout_bundles=None, learner=None)
+    if c.colocate:
+        placement.learner = group
+    elif gang:
+        placement.learner, placement.rollout_bundles = group, list(range(ranks, ranks + actors))
+    if tail:
+        placement.verifier = group
+        placement.verifier_bundles = list(range(len(head), len(head) + verifiers))
+    return placement
 
 
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
@@ -296,26 +324,28 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
                   f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})"
                   f", {'colocated' if c.colocate else 'disaggregated'} ({c.placement_strategy})")
     share = 0.5 if c.colocate else 1.0  # colocated: rollout actor and learner rank halve a GPU
-    rollout_placement, learner_placement, rollout_bundles = reserve_placement(run)
+    placement = reserve_placement(run)
     started: list[Any] = []
     try:
         started.append(RolloutGroup(
             num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
             engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
-            num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=rollout_placement,
-            bundle_indices=rollout_bundles))
+            num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=placement.rollout,
+            bundle_indices=placement.rollout_bundles))
         started.append(VerifierPool(
             {"math": run.verifier.num_math_actors, "code": run.verifier.num_code_actors},
-            verifier_limits(run)))
+            verifier_limits(run), placement_group=placement.verifier,
+            bundle_indices=placement.verifier_bundles))
         started.append(LearnerGroup(
             model_path, learner_config(run), cpus_per_rank=c.learner_cpus_per_rank,
             gpus_per_rank=c.learner_gpus_per_rank * share, placement_strategy=c.placement_strategy,
-            bundle_resources=node_marker(run, "learner"), placement_group=learner_placement))
+            bundle_resources=node_marker(run, "learner"), placement_group=placement.learner))
     except BaseException:
         for group in reversed(started):
             group.shutdown()
-        remove_placement_group(rollout_placement)
+        for group in placement.groups:
+            remove_placement_group(group)
         raise
     rollout, verifiers, learner = started
     return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner,
-                      placement_groups=[rollout_placement])
+                      placement_groups=placement.groups)

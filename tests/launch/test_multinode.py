@@ -195,17 +195,19 @@ def test_actors_land_where_the_cluster_config_says(cluster, placed):
     assert learner_nodes == node_ids(cluster, "training")
     assert verifier_nodes <= node_ids(cluster, "verifier_a", "verifier_b")
     assert len(workers.verifiers.actors["math"]) == 2
-    # One group reserved all or nothing: a bundle per learner rank, then one per rollout actor,
-    # each with its fake GPU and marker (the compute runs on CPU).
+    # One group reserved all or nothing: a bundle per learner rank, per rollout actor and per
+    # verifier actor, each with its fake GPU and marker (the compute runs on CPU).
     (gang,) = workers.placement_groups
     assert workers.learner.placement_group is gang
     table = placement_group_table(gang)
     assert list(table["bundles"].values()) == (
         [{"CPU": 1.0, "GPU": 1.0, "training_node": 1.0}] * 2
-        + [{"CPU": 1.0, "GPU": 1.0, "inference_node": 1.0}] * 2)
+        + [{"CPU": 1.0, "GPU": 1.0, "inference_node": 1.0}] * 2
+        + [{"CPU": 1.0, "verifier_node": 1.0}] * 2)
     nodes = [table["bundles_to_node_id"][index] for index in sorted(table["bundles_to_node_id"])]
     assert set(nodes[:2]) == node_ids(cluster, "training")
-    assert set(nodes[2:]) == node_ids(cluster, "inference")
+    assert set(nodes[2:4]) == node_ids(cluster, "inference")
+    assert set(nodes[4:]) <= node_ids(cluster, "verifier_a", "verifier_b")
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Placement on a cluster shared by several runs: a run reserves its learner ranks and rollout
-actors all or nothing, so two runs that fit only one at a time queue instead of deadlocking."""
+"""Placement on a cluster shared by several runs: a run reserves all its actors (learner ranks,
+rollout actors, verifier actors) all or nothing, so two runs that fit only one at a time queue
+instead of deadlocking."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from riskpo.config import compose_config, validate
 from workers.factory import one_gang, reserve_placement
 
 pytestmark = pytest.mark.slow
-# 2.5 + 2.5 CPUs per run on the session cluster's 8: one run fits, two do not.
+# 2.5 + 2.5 + 1 (verifier) CPUs per run on the session cluster's 8: one run fits, two do not.
 BIG = ["cluster.rollout_cpus_per_actor=2.5", "cluster.learner_cpus_per_rank=2.5"]
 
 
@@ -22,21 +23,25 @@ def test_a_second_run_holds_nothing_until_the_first_releases(ray_cluster):
     ray = ray_cluster
     run = validate(compose_config(BIG))
     assert one_gang(run)
-    first, learner, bundles = reserve_placement(run)
-    assert learner is first and bundles == [1]  # learner rank 0 in bundle 0, the actor in 1
+    placement = reserve_placement(run)
+    (first,) = placement.groups
+    assert placement.learner is first and placement.verifier is first
+    # learner rank 0 in bundle 0, the rollout actor in 1, the math verifier in 2
+    assert placement.rollout_bundles == [1] and placement.verifier_bundles == [2]
     free = ray.available_resources()["CPU"]
     reserved: list = []
     waiter = threading.Thread(target=lambda: reserved.append(reserve_placement(run)), daemon=True)
     waiter.start()
     time.sleep(3.0)
-    # Pending, the second run's group holds none of the 3 CPUs left (two separate groups would
-    # have taken its rollout actor's 2.5 and then waited for the learner's forever).
+    # Pending, the second run's group holds none of the 2 CPUs left (reserved piece by piece,
+    # its verifier would take 1 and wait for the rest: with two such runs started together,
+    # each holding part, neither could ever finish).
     assert waiter.is_alive() and not reserved
     assert ray.available_resources()["CPU"] == pytest.approx(free)
     remove_placement_group(first)
     waiter.join(timeout=60)
     assert reserved, "the second run was not placed after the first released its group"
-    remove_placement_group(reserved[0][0])
+    remove_placement_group(reserved[0].groups[0])
 
 
 def test_strategies_one_group_cannot_satisfy_keep_two_groups():

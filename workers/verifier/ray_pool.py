@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.verifier import results as R
 from workers.verifier.code import CodeLimits, CodeVerifier
@@ -84,16 +86,32 @@ class VerifierPool:
     """
 
     def __init__(self, kind_to_num_actors: dict[str, int],
-                 limits: VerifierLimits | None = None) -> None:
+                 limits: VerifierLimits | None = None, *,
+                 placement_group: PlacementGroup | None = None,
+                 bundle_indices: list[int] | None = None) -> None:
+        """placement_group: actor j (counting kinds in order) goes to bundle bundle_indices[j]
+        of it (default j); each bundle must hold the actor's CPUs and resources."""
         self.limits = limits or VerifierLimits()
         unknown = set(kind_to_num_actors) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown verifier kinds {sorted(unknown)}; expected {KINDS}")
-        remote = ray.remote(VerifierActor).options(
-            num_cpus=self.limits.actor_num_cpus, resources=dict(self.limits.actor_resources),
-            max_restarts=self.limits.max_restarts, max_task_retries=0)
-        self.actors = {kind: [remote.remote(kind, self.limits) for _ in range(count)]
-                       for kind, count in kind_to_num_actors.items() if count > 0}
+        counts = {kind: count for kind, count in kind_to_num_actors.items() if count > 0}
+        total = sum(counts.values())
+        if placement_group is not None and bundle_indices is not None and len(bundle_indices) != total:
+            raise ValueError(f"VerifierPool: {len(bundle_indices)} bundle_indices for {total} actors")
+        actor_class = ray.remote(VerifierActor)
+        options = {"num_cpus": self.limits.actor_num_cpus,
+                   "resources": dict(self.limits.actor_resources),
+                   "max_restarts": self.limits.max_restarts, "max_task_retries": 0}
+        bundles = iter(bundle_indices if bundle_indices is not None else range(total))
+
+        def start(kind: str) -> Any:
+            if placement_group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group, next(bundles))
+            return actor_class.options(**options).remote(kind, self.limits)
+
+        self.actors = {kind: [start(kind) for _ in range(count)] for kind, count in counts.items()}
         self.layers = {kind: ray.get(actors[0].layers.remote())
                        for kind, actors in self.actors.items()}
         self._pids = {(kind, i): ray.get(actor.ping.remote())
