@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -194,7 +193,7 @@ def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
     directory keeps console.log and train.log."""
     import ray
 
-    from workers.factory import ACTOR_ENV, prepare_model, required_resources
+    from workers.factory import prepare_model, required_resources, start_local_ray
 
     todo = [run for run in runs if fresh or not run.finished()]
     console.print(f"[bold]compare[/]: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
@@ -207,11 +206,8 @@ def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        cpus = max(os.cpu_count() or 1,
-                   jobs * max(math.ceil(required_resources(run.config)["CPU"]) for run in todo))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024, runtime_env={"env_vars": ACTOR_ENV},
-                 _temp_dir=os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        start_local_ray(max(os.cpu_count() or 1,
+                            jobs * max(math.ceil(required_resources(run.config)["CPU"]) for run in todo)))
         address = ray.get_runtime_context().gcs_address
     try:
         return _run_all(todo, console, jobs, {**os.environ, "RAY_ADDRESS": address})

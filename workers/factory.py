@@ -111,6 +111,17 @@ def required_resources(run: RunConfig) -> dict[str, float]:
     return total
 
 
+def start_local_ray(num_cpus: int) -> None:
+    """A local Ray cluster of num_cpus logical CPUs, with the actors' environment."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    temp_dir = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 1024 * 1024, runtime_env={"env_vars": ACTOR_ENV},
+             _temp_dir=temp_dir)
+
+
 def connect_ray(run: RunConfig, console: Console) -> bool:
     """Joins cluster.address or RAY_ADDRESS when given, else starts a local cluster with enough
     logical CPUs for the run's actors. Returns True when this call connected (the caller
@@ -122,17 +133,13 @@ def connect_ray(run: RunConfig, console: Console) -> bool:
         check_resources(run, ray.cluster_resources())
         return False
     address = run.cluster.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": ACTOR_ENV}
     if address:
         console.print(f"ray: joining the cluster at {address}")
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address=address, runtime_env={"env_vars": ACTOR_ENV}, log_to_driver=False)
     else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        temp_dir = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
         num_cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, int(required_resources(run)["CPU"] + 0.999))
         console.print(f"ray: starting a local cluster ({num_cpus} logical CPUs)")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env, _temp_dir=temp_dir)
+        start_local_ray(num_cpus)
     try:
         check_resources(run, ray.cluster_resources())
     except ConfigError:
