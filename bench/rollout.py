@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from riskpo.messages import Prompt, SamplingParams
 from riskpo.modeling import build_tokenizer  # noqa: E402
-from workers.rollout import Prompt, SamplingParams, make_engine  # noqa: E402
+from workers.rollout import make_engine  # noqa: E402
 
 # Qwen2-0.5B-class shapes (hidden 896, 24 layers, 14 heads of 64, 2 KV heads, MLP 4864).
 QWEN2_05B = dict(

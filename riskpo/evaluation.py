@@ -12,10 +12,8 @@ import torch
 from riskpo.config import RunConfig
 from riskpo.data.rows import Row
 from riskpo.data.templates import build_prompt
+from riskpo.messages import Completion, Prompt, SamplingParams, is_masked, verification_request
 from riskpo.metrics import avg_at_k, pass_at_k
-from workers.rollout.engine import Completion, Prompt, SamplingParams
-from workers.verifier.code import extract_code
-from workers.verifier.results import is_masked
 
 
 class Generator(Protocol):
@@ -60,22 +58,6 @@ def default_pass_k(samples: int) -> list[int]:
         ks.append(k)
         k *= 2
     return [*ks, samples]
-
-
-def verification_request(row: Row, response: str) -> dict[str, Any]:
-    """What a verifier needs to grade one response to `row` (the verifier pool's row format)."""
-    if row.verifier == "code":
-        tests = dict(row.tests or {})
-        prefix = tests.pop("prefix", "")
-        request = {"kind": "code", "tests": tests, "data_source": row.data_source}
-        if prefix:  # e.g. a HumanEval prompt: the program is the prompt, then the completion
-            request["code"] = f"{prefix}\n{extract_code(response)}"
-        else:
-            request["response"] = response
-        return request
-    return {"kind": "math", "response": response, "ground_truth": row.ground_truth,
-            "data_source": row.data_source,
-            "answer_format": row.extra_info.get("answer_format", "boxed")}
 
 
 def grade(grader: Grader, rows: Sequence[Row], completions: Sequence[Sequence[Completion]]

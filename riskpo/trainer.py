@@ -29,9 +29,8 @@ from riskpo.data.sampler import PromptBatch, PromptSampler
 from riskpo.data.templates import build_prompt
 from riskpo.evaluation import eval_settings, evaluate, grade
 from riskpo.logging import RunLogger
+from riskpo.messages import Completion, SamplingParams, is_masked
 from riskpo.metrics import reward_statistics
-from workers.rollout.engine import Completion, SamplingParams
-from workers.verifier.results import is_masked
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint without it was cut short

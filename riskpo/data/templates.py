@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from riskpo.data.rows import Row
-from workers.rollout.engine import Prompt, render_prompt
+from riskpo.messages import Prompt, render_prompt
 
 TEMPLATES = ("plain", "chat")
 

@@ -166,7 +166,7 @@ def test_weight_sync_reaches_every_rollout_engine(
 ) -> None:
     import ray
 
-    from workers.rollout.engine import Prompt, SamplingParams
+    from riskpo.messages import Prompt, SamplingParams
 
     kind, rollout_group = rollout_group
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from rollout_test_support import ENGINE_KINDS, ENGINE_KWARGS
 
+from riskpo.messages import Prompt, SamplingParams, render_prompt
 from riskpo.modeling import load_model_and_tokenizer
-from workers.rollout import Prompt, RolloutEngine, SamplingParams, make_engine
-from workers.rollout.engine import render_prompt
+from workers.rollout import RolloutEngine, make_engine
 
 PROMPTS = [
     Prompt(text="12+34="),

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from rollout_test_support import ENGINE_KWARGS, VLLM_AVAILABLE
 
-from workers.rollout import Prompt, SamplingParams, make_engine
+from riskpo.messages import Prompt, SamplingParams
+from workers.rollout import make_engine
 from workers.rollout.hf_engine import HFEngine
 
 PROMPTS = [Prompt(text=f"{a}+{a * 7 % 10}=") for a in range(10)] + [

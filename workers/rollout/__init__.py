@@ -1,6 +1,7 @@
 """Rollout workers: one engine interface (hf on CPU, vllm on GPU), the Ray rollout actor and
 the rollout group that shards prompts over actors. `make_engine` is the one way to build an
-engine; Ray is imported only by the actor and group modules."""
+engine; Ray is imported only by the actor and group modules. The messages engines take and
+return (Prompt, SamplingParams, Completion) are the step's, in riskpo.messages."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workers.rollout.engine import Completion, Prompt, RolloutEngine, SamplingParams
+from workers.rollout.engine import RolloutEngine
 
-__all__ = ["ENGINE_KINDS", "Completion", "Prompt", "RolloutEngine", "SamplingParams", "make_engine"]
+__all__ = ["ENGINE_KINDS", "RolloutEngine", "make_engine"]
 
 # kind -> "module:class"; vllm's module imports vllm only when an engine is built.
 ENGINE_KINDS = {

@@ -12,8 +12,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from riskpo.messages import Completion, Prompt, SamplingParams
 from workers.rollout import make_engine
-from workers.rollout.engine import Completion, Prompt, SamplingParams
 
 
 class RolloutActor:

@@ -17,8 +17,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from riskpo.messages import Completion, Prompt, SamplingParams
 from workers.rollout.actor import RolloutActor
-from workers.rollout.engine import Completion, Prompt, SamplingParams
 
 ACTOR_LOST_ERRORS = (RayActorError, ActorUnavailableError)
 

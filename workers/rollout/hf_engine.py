@@ -11,14 +11,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
 from riskpo.modeling import load_model_and_tokenizer
-from workers.rollout.engine import (
-    Completion,
-    Prompt,
-    SamplingParams,
-    first_stop_string,
-    render_prompt,
-)
+from workers.rollout.engine import first_stop_string
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

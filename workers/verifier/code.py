@@ -94,7 +94,8 @@ class CodeVerifier:
         self.limits = limits or CodeLimits()
 
     def verify(self, row: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        """Score one row {"id", "code" | "response", "tests"} before the monotonic deadline."""
+        """Score one row {"id", "code" | "response", "tests"} before the monotonic deadline
+        (a response becomes a program through program_from_response)."""
         row_id = row.get("id") if isinstance(row, dict) else None
         request_deadline = time.monotonic() + self.limits.request_timeout_s
         deadline = min(deadline or request_deadline, request_deadline)
@@ -232,16 +233,23 @@ def _judge_reply(reply: dict, expected: Any) -> tuple[str, str] | None:
 def _parse_row(row: Any) -> tuple[str, dict]:
     if not isinstance(row, dict):
         raise BadInput("row is not an object")
-    code = row.get("code")
-    if code is None and isinstance(row.get("response"), str):
-        code = extract_code(row["response"])
-    if not isinstance(code, str):
-        raise BadInput("row needs a string 'code' (or 'response')")
     tests = row.get("tests")
     if not isinstance(tests, dict) or tests.get("style") not in STYLES:
         raise BadInput(f"'tests' must be an object with style in {STYLES}")
     _check_tests(tests)
+    code = row.get("code")
+    if code is None and isinstance(row.get("response"), str):
+        code = program_from_response(row["response"], tests.get("prefix") or "")
+    if not isinstance(code, str):
+        raise BadInput("row needs a string 'code' (or 'response')")
     return code, tests
+
+
+def program_from_response(response: str, prefix: str = "") -> str:
+    """The program a response stands for: its last fenced block (or all of it), after the
+    tests' `prefix` when there is one (a HumanEval prompt the response completes)."""
+    code = extract_code(response)
+    return f"{prefix}\n{code}" if prefix else code
 
 
 def _check_tests(tests: dict) -> None:

@@ -1,29 +1,33 @@
-"""Verifier result rows: the status vocabulary and one constructor every verifier uses."""
+"""Verifier result rows: one constructor every verifier uses. The status vocabulary is the
+step's (riskpo.messages); the verifiers read it from here as R.OK, R.WRONG_ANSWER, ..."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# Model failures: the trainer scores them (reward 0 unless the status says otherwise).
-OK = "ok"
-WRONG_ANSWER = "wrong_answer"
-RUNTIME_ERROR = "runtime_error"
-TIMEOUT = "timeout"
-MEMORY = "memory"
-OUTPUT_LIMIT = "output_limit"
-CRASH = "crash"
-COMPILE_ERROR = "compile_error"
-NO_ANSWER = "no_answer"
-INVALID_ANSWER = "invalid_answer"
-# Not the model's fault: the trainer should mask these rows instead of scoring them.
-BAD_INPUT = "bad_input"
-INFRA_ERROR = "infra_error"
-
-MODEL_STATUSES = frozenset(
-    {OK, WRONG_ANSWER, RUNTIME_ERROR, TIMEOUT, MEMORY, OUTPUT_LIMIT, CRASH, COMPILE_ERROR,
-     NO_ANSWER, INVALID_ANSWER}
+from riskpo.messages import (
+    BAD_INPUT,
+    COMPILE_ERROR,
+    CRASH,
+    INFRA_ERROR,
+    INVALID_ANSWER,
+    MASKED_STATUSES,
+    MEMORY,
+    MODEL_STATUSES,
+    NO_ANSWER,
+    OK,
+    OUTPUT_LIMIT,
+    RUNTIME_ERROR,
+    TIMEOUT,
+    WRONG_ANSWER,
+    is_masked,
 )
-MASKED_STATUSES = frozenset({BAD_INPUT, INFRA_ERROR})
+
+__all__ = [
+    "BAD_INPUT", "COMPILE_ERROR", "CRASH", "INFRA_ERROR", "INVALID_ANSWER", "MASKED_STATUSES",
+    "MEMORY", "MESSAGE_LIMIT", "MODEL_STATUSES", "NO_ANSWER", "OK", "OUTPUT_LIMIT",
+    "RUNTIME_ERROR", "TIMEOUT", "WRONG_ANSWER", "is_masked", "make_result",
+]
 
 MESSAGE_LIMIT = 500
 
@@ -53,8 +57,3 @@ def make_result(
     }
     row.update(extra)
     return row
-
-
-def is_masked(result: dict[str, Any]) -> bool:
-    """True when a result reflects an infrastructure or input failure, not the model's answer."""
-    return result.get("status") in MASKED_STATUSES

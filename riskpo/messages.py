@@ -1,0 +1,141 @@
+"""The messages a training step passes between the driver and the worker groups: prompts and
+sampling parameters going to the rollout engines, completions coming back, the requests sent to
+the verifiers and the status vocabulary of their results.
+
+Both sides import this module (the workers never import the driver, and the driver never
+imports a worker): it holds plain dataclasses and functions, no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from riskpo.data.rows import Row
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1  # samples per prompt
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=list)  # stop strings (kept out of the text)
+    stop_token_ids: list[int] = field(default_factory=list)  # in addition to EOS
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first field out of range."""
+        checks = [
+            ("n", self.n >= 1, "must be >= 1"),
+            ("temperature", self.temperature >= 0.0, "must be >= 0 (0 means greedy)"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("top_k", self.top_k >= 0, "must be >= 0 (0 disables)"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty strings"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} {rule}")
+
+
+@dataclass
+class Prompt:
+    """One prompt: exactly one of token_ids, text or messages (rendered with the chat template)."""
+
+    token_ids: list[int] | None = None
+    text: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+@dataclass
+class Completion:
+    """One sampled response of one prompt.
+
+    token_ids are exactly the sampled tokens, up to and including the one that ended the
+    response (EOS, a stop token id, or the token that completed a stop string), so the learner
+    trains on what was sampled. text is their decoding without special tokens and cut before
+    a matched stop string.
+
+    logprobs[i] is log p(token_ids[i]) under the distribution the token was drawn from: the
+    model's softmax after temperature scaling and top-k/top-p filtering (the "processed"
+    distribution). At temperature 1, top_p 1, top_k 0 this equals the raw model log-prob the
+    learner recomputes; for greedy decoding (temperature 0) it is the raw model log-prob.
+    """
+
+    token_ids: list[int]  # response tokens only
+    logprobs: list[float]  # log-prob of each response token under the sampling policy
+    finish_reason: Literal["stop", "length"]
+    text: str  # decoded response
+    prompt_token_ids: list[int] = field(default_factory=list)
+
+
+def render_prompt(prompt: Prompt, tokenizer: Any, index: int = 0) -> list[int]:
+    """Token ids of one prompt: given ids as they are, text through the tokenizer (with its
+    special tokens, as vLLM does), messages through the chat template with a generation
+    prompt. `index` only names the prompt in errors."""
+    given = [
+        name for name in ("token_ids", "text", "messages") if getattr(prompt, name) is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(
+            f"prompt {index}: set exactly one of token_ids, text, messages (got {given or 'none'})"
+        )
+    if prompt.token_ids is not None:
+        token_ids = list(prompt.token_ids)
+    elif prompt.text is not None:
+        token_ids = tokenizer(prompt.text)["input_ids"]
+    else:
+        rendered = tokenizer.apply_chat_template(
+            prompt.messages, add_generation_prompt=True, tokenize=False
+        )
+        token_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    if not token_ids:
+        raise ValueError(f"prompt {index}: renders to no tokens")
+    return token_ids
+
+
+
+# --------------------------------------------------------------------------- verification
+
+# Model failures: the trainer scores them (reward 0 unless the status says otherwise).
+OK = "ok"
+WRONG_ANSWER = "wrong_answer"
+RUNTIME_ERROR = "runtime_error"
+TIMEOUT = "timeout"
+MEMORY = "memory"
+OUTPUT_LIMIT = "output_limit"
+CRASH = "crash"
+COMPILE_ERROR = "compile_error"
+NO_ANSWER = "no_answer"
+INVALID_ANSWER = "invalid_answer"
+# Not the model's fault: the trainer should mask these rows instead of scoring them.
+BAD_INPUT = "bad_input"
+INFRA_ERROR = "infra_error"
+
+MODEL_STATUSES = frozenset(
+    {OK, WRONG_ANSWER, RUNTIME_ERROR, TIMEOUT, MEMORY, OUTPUT_LIMIT, CRASH, COMPILE_ERROR,
+     NO_ANSWER, INVALID_ANSWER}
+)
+MASKED_STATUSES = frozenset({BAD_INPUT, INFRA_ERROR})
+
+def is_masked(result: dict[str, Any]) -> bool:
+    """True when a result reflects an infrastructure or input failure, not the model's answer."""
+    return result.get("status") in MASKED_STATUSES
+
+
+def verification_request(row: Row, response: str) -> dict[str, Any]:
+    """What a verifier needs to grade one response to `row` (the verifier pool's row format).
+    A code row's tests travel whole (their `prefix` included): the code verifier takes the
+    program out of the response and puts the prefix before it."""
+    if row.verifier == "code":
+        return {"kind": "code", "tests": dict(row.tests or {}), "response": response,
+                "data_source": row.data_source}
+    return {"kind": "math", "response": response, "ground_truth": row.ground_truth,
+            "data_source": row.data_source,
+            "answer_format": row.extra_info.get("answer_format", "boxed")}
