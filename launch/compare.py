@@ -16,7 +16,6 @@ an identical run asked by two studies (same overrides and seed) runs once.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -25,165 +24,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from omegaconf import OmegaConf
 from rich.console import Console
 
-from launch.sweep_summary import differing_keys, flatten
-from riskpo.config import CONF_DIR, ConfigError, RunConfig, compose_config, validate
+from launch.compare_spec import DEFAULT_SPEC, PlannedRun, load_spec, plan, unique_runs
+from riskpo.options import ConfigError
 
-DEFAULT_SPEC = CONF_DIR / "compare" / "full.yaml"
-# Keys that differ between arms of a study by construction.
-BOOKKEEPING_KEYS = ("run_dir", "seed", "experiment_name")
-FAIR_PREFIX = "algorithm."
 CONSOLE_LOG = "console.log"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Arm:
-    name: str
-    overrides: list[str]
-
-
-@dataclass
-class Study:
-    name: str
-    title: str
-    overrides: list[str]
-    seeds: list[int]
-    target: float  # avg@1 the "steps to target" column counts to
-    arms: list[Arm]
-    baseline: str | None = None  # the arm the others are compared with in the findings
-
-
-@dataclass
-class Spec:
-    name: str
-    description: str
-    common: list[str]
-    studies: list[Study]
-    path: Path | None = None
-
-
-@dataclass
-class PlannedRun:
-    """One run: where it goes and the full override list that defines it."""
-
-    study: str
-    arm: str
-    seed: int
-    overrides: list[str]
-    run_dir: Path
-    config: RunConfig | None = None
-    resolved: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.study}/{self.arm}/seed{self.seed}"
-
-    def finished(self) -> bool:
-        return (self.run_dir / "summary.json").is_file()
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Read a comparison spec; an error names the file and the key that is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("--spec", f"{path} does not exist")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(raw, dict) or not isinstance(raw.get("studies"), dict) or not raw["studies"]:
-        raise ConfigError(f"{path}: studies", "a non-empty mapping of study name -> study")
-    studies = [_study(path, name, body) for name, body in raw["studies"].items()]
-    return Spec(str(raw.get("name", path.stem)), str(raw.get("description", "")),
-                _str_list(path, "common", raw.get("common", [])), studies, path)
-
-
-def _study(path: Path, name: str, body: Any) -> Study:
-    where = f"{path}: studies.{name}"
-    if not isinstance(body, dict):
-        raise ConfigError(where, "must be a mapping")
-    arms = body.get("arms")
-    if not isinstance(arms, dict) or not arms:
-        raise ConfigError(f"{where}.arms", "a non-empty mapping of arm name -> override list")
-    seeds = body.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{where}.seeds", "a non-empty list of integers")
-    baseline = body.get("baseline")
-    if baseline is not None and baseline not in arms:
-        raise ConfigError(f"{where}.baseline", f"{baseline!r} is not one of its arms {list(arms)}")
-    return Study(
-        name=name, title=str(body.get("title", name)),
-        overrides=_str_list(path, f"studies.{name}.overrides", body.get("overrides", [])),
-        seeds=seeds, target=float(body.get("target", 0.5)),
-        arms=[Arm(arm, _str_list(path, f"studies.{name}.arms.{arm}", o)) for arm, o in arms.items()],
-        baseline=baseline,
-    )
-
-
-def _str_list(path: Path, key: str, value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{path}: {key}", f"a list of override strings, got {value!r}")
-    return list(value)
-
-
-def plan(spec: Spec, runs_dir: Path) -> dict[str, list[PlannedRun]]:
-    """Every study's runs, composed and validated; identical runs across studies are shared."""
-    runs_dir = runs_dir.resolve()
-    by_key: dict[str, PlannedRun] = {}
-    studies: dict[str, list[PlannedRun]] = {}
-    for study in spec.studies:
-        studies[study.name] = []
-        for arm in study.arms:
-            for seed in study.seeds:
-                overrides = [*spec.common, *study.overrides, *arm.overrides, f"seed={seed}"]
-                key = hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:12]
-                if key not in by_key:
-                    run_dir = runs_dir / study.name / arm.name / f"seed{seed}"
-                    by_key[key] = _composed(PlannedRun(study.name, arm.name, seed, overrides, run_dir))
-                studies[study.name].append(_alias(by_key[key], study.name, arm.name))
-        check_fair(study, studies[study.name])
-    return studies
-
-
-def _composed(run: PlannedRun) -> PlannedRun:
-    try:
-        cfg = compose_config([*run.overrides, f"run_dir={run.run_dir}"])
-        run.config = validate(cfg)
-    except ConfigError as error:
-        raise ConfigError(f"{run.label}: {error.key}", error.problem, error.fix) from error
-    except Exception as error:  # Hydra's override and composition errors
-        raise ConfigError(run.label, f"{type(error).__name__}: {error}") from error
-    run.resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run
-
-
-def _alias(run: PlannedRun, study: str, arm: str) -> PlannedRun:
-    """The same run seen from another study (its own study/arm names, the shared directory)."""
-    if run.study == study and run.arm == arm:
-        return run
-    return PlannedRun(study, arm, run.seed, run.overrides, run.run_dir, run.config, run.resolved)
-
-
-def check_fair(study: Study, runs: Sequence[PlannedRun]) -> None:
-    """Refuse a study whose arms differ outside `algorithm.` (model, data, steps, samples...)."""
-    configs = [flatten(run.resolved) for run in runs]
-    unfair = [key for key in differing_keys(configs)
-              if not key.startswith(FAIR_PREFIX) and key not in BOOKKEEPING_KEYS]
-    if unfair:
-        raise ConfigError(f"studies.{study.name}", "its arms must differ only in algorithm.*, "
-                          f"but these differ too: {', '.join(unfair)}")
-
-
-def unique_runs(studies: dict[str, list[PlannedRun]]) -> list[PlannedRun]:
-    seen: dict[Path, PlannedRun] = {}
-    for runs in studies.values():
-        for run in runs:
-            seen.setdefault(run.run_dir, run)
-    return list(seen.values())
 
 
 def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
@@ -193,7 +44,8 @@ def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
     directory keeps console.log and train.log."""
     import ray
 
-    from workers.factory import prepare_model, required_resources, start_local_ray
+    from launch.factory import prepare_model, start_local_ray
+    from launch.placement import required_resources
 
     todo = [run for run in runs if fresh or not run.finished()]
     console.print(f"[bold]compare[/]: {len(runs)} runs, {len(runs) - len(todo)} already finished, "

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from launch.compare import BOOKKEEPING_KEYS, PlannedRun, Spec, Study  # noqa: E402
+from launch.compare_spec import BOOKKEEPING_KEYS, PlannedRun, Spec, Study  # noqa: E402
 from launch.sweep_summary import differing_keys, flatten  # noqa: E402
 from riskpo.logging import read_metrics  # noqa: E402
 

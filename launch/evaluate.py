@@ -47,37 +47,36 @@ def resolve_model_dir(path: str) -> Path:
 def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> dict[str, Any]:
     import ray
 
-    from riskpo.config import compose_config, validate
+    from launch.config import compose_config, validate
+    from launch.factory import connect_ray, verifier_limits
     from riskpo.data.loaders import load_train_and_eval
-    from riskpo.evaluation import eval_settings, evaluate
-    from workers.factory import connect_ray, verifier_limits
+    from riskpo.evaluation import evaluate
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
 
     run = validate(compose_config(overrides))
     _, eval_rows = load_train_and_eval(run.data)
     d, r = run.data, run.rollout
-    settings = eval_settings(run, seed=run.seed)
+    params = r.params(d.eval_samples, run.seed, evaluation=True)
     started = connect_ray(run, console)
     try:
         rollout = RolloutGroup(num_actors=r.num_actors, engine_kind=r.engine,
                                model_path=str(model_dir), engine_kwargs={"dtype": run.model.dtype},
                                num_cpus_per_actor=run.cluster.rollout_cpus_per_actor,
                                num_gpus_per_actor=run.cluster.rollout_gpus_per_actor)
-        verifiers = VerifierPool({"math": run.verifier.num_math_actors,
-                                  "code": run.verifier.num_code_actors}, verifier_limits(run))
+        verifiers = VerifierPool(run.verifier.actor_counts, verifier_limits(run))
         console.print(f"evaluating {model_dir} on {len(eval_rows)} {d.eval.source} rows, "
-                      f"{settings.samples} samples each (temperature {settings.temperature}, "
-                      f"top_p {settings.top_p}, max {settings.max_new_tokens} new tokens)")
-        metrics = evaluate(rollout, verifiers, eval_rows, settings)
+                      f"{params.n} samples each (temperature {params.temperature}, "
+                      f"top_p {params.top_p}, max {params.max_new_tokens} new tokens)")
+        metrics = evaluate(rollout, verifiers, eval_rows, d, r, seed=run.seed)
         rollout.shutdown()
         verifiers.shutdown()
     finally:
         if started:
             ray.shutdown()
     return {"model": str(model_dir), "rows": len(eval_rows), "source": d.eval.source,
-            "sampling": {"samples": settings.samples, "temperature": settings.temperature,
-                         "top_p": settings.top_p, "max_new_tokens": settings.max_new_tokens},
+            "sampling": {"samples": params.n, "temperature": params.temperature,
+                         "top_p": params.top_p, "max_new_tokens": params.max_new_tokens},
             "metrics": metrics}
 
 

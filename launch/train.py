@@ -18,28 +18,35 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from riskpo.config import CONF_DIR, ConfigError, RunConfig, resolve_run_dir, validate
+from launch.config import CONF_DIR, RunConfig, resolve_run_dir, validate
+from riskpo.data.rows import RowError
+from riskpo.options import ConfigError
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Console entry point. A config error is one clear line naming the key, exit status 2."""
+    """Console entry point. A config or data error is one clear line naming the key (or the
+    file, row and field), exit status 2; both are found before the warm start and any actor."""
     try:
         run = validate(cfg)
         train(run, OmegaConf.to_container(cfg, resolve=True), resolve_run_dir(run))
     except ConfigError as error:
-        Console(stderr=True).print(f"[bold red]config error[/]: {error}")
+        Console(stderr=True).print(f"[bold red]config error[/]: {error}", highlight=False)
+        sys.exit(2)
+    except RowError as error:
+        Console(stderr=True).print(f"[bold red]data error[/]: {error}", highlight=False)
         sys.exit(2)
 
 
 def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
           console: Console | None = None) -> dict[str, Any]:
     """One run, end to end; returns the summary also written to run_dir/summary.json."""
-    from riskpo.data.loaders import load_train_and_eval
+    from launch.factory import build_workers, connect_ray, prepare_model
+    from riskpo.data.loaders import load_checked_data
     from riskpo.logging import RunLogger
+    from riskpo.modeling import prompt_tokenizer
     from riskpo.plots import plot_run
     from riskpo.trainer import Trainer, checkpoint_meta
-    from workers.factory import build_workers, connect_ray, prepare_model, run_name
 
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
@@ -47,14 +54,14 @@ def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
     console.print(f"[bold]RiskPO-RL[/]: {run.algorithm.name} on {run.data.train.source}, "
                   f"{run.trainer.total_steps} steps -> {run_dir}")
     checkpoint = find_resume_checkpoint(run, run_dir)
-    model_path = prepare_model(run, console)
-    train_rows, eval_rows = load_train_and_eval(run.data)
+    train_rows, eval_rows = load_checked_data(run.data, prompt_tokenizer(run.model))
     console.print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows")
+    model_path = prepare_model(run, console)
     meta = checkpoint_meta(checkpoint) if checkpoint else {}
     started_ray = connect_ray(run, console)
     workers = None
     logger = RunLogger(run_dir, run.logger, resolved, run.trainer.total_steps,
-                       run_name(run), wandb_run_id=meta.get("wandb_run_id"),
+                       run.name, wandb_run_id=meta.get("wandb_run_id"),
                        resume_step=meta.get("step"), console=console)
     try:
         start = time.perf_counter()

@@ -1,10 +1,14 @@
 """Advantage estimators by name: RiskPO and the baselines GRPO, Dr.GRPO, RLOO and REINFORCE with
-a batch baseline (SPEC 3-5, 8). Adding an estimator is one decorated function in this file.
+a batch baseline (docs/algorithm.md sections 3-5, 8), and their options (`algorithm.*`).
+Adding an estimator is one decorated function in this file.
 
 Every estimator has the signature
-    estimator(rewards[N], question_ids[N], bundle_ids[N], config, state, valid=None)
+    estimator(rewards[N], question_ids[N], bundle_ids[N] | None, config, state, valid=None)
         -> AdvantageResult(advantages[N], metrics)
-Rows with valid False (infrastructure failures) get advantage 0 and enter no statistic.
+Grouping belongs to the estimator: the group baselines group responses by question; RiskPO
+cuts consecutive questions (in order of first appearance) into bundles of config.bundle_size,
+unless bundle_ids are given. Rows with valid False (infrastructure failures) get advantage 0
+and enter no statistic; a non-finite reward in a valid row is an error naming the row.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from riskpo.bundles import (
     assign_credit,
     bundle_quantiles,
     bundle_score_std,
+    consecutive_bundles,
     form_papers,
 )
 from riskpo.metrics import advantage_statistics, risk_measure_statistics, risk_region_statistics
+from riskpo.options import ConfigError, one_of, require
 from riskpo.risk import (
+    TRACKER_LEVELS,
     QuantileTracker,
     dense_ids,
     gather,
@@ -36,65 +43,84 @@ from riskpo.risk import (
 
 QUANTILE_SOURCES = ("tracked", "bundle", "mix")
 TRACKER_UPDATES = ("before_advantage", "after_advantage")
+GROUP_EPSILON = 1e-6  # GRPO divides by (group std + this)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AdvantageConfig:
-    """Options of the estimators; each estimator reads the fields it needs.
+    """The estimators' options (`algorithm.*`); each estimator reads the fields it needs and
+    checks them (check(key, name)).
 
     RiskPO: alpha, beta, w_mix, natural_baseline, mix_cvar, risk_seeking(_u), std_normalize,
-    credit, pairing ("permute" seeded by seed + step, or "index" = the release's order),
-    quantile_source, tracker_lr, tracker_update (when the tracker takes step t's scores:
-    "before_advantage" = step t's advantage uses the tracker after its step-t update, the paper;
-    "after_advantage" = it uses the state after step t-1), allow_surplus.
+    credit, pairing ("permute": a seeded random order per question, or "index" = the release's
+    order), bundle_size (with drop_last_bundle / ragged_last_bundle when the prompts of a step
+    do not split into bundles), allow_surplus_responses, quantile_source, tracker_lr,
+    tracker_update (when the tracker takes step t's scores: "before_advantage" = step t's
+    advantage uses the tracker after its step-t update, the paper; "after_advantage" = it uses
+    the state after step t-1).
     GRPO / REINFORCE: std_normalize (GRPO divides by group std + epsilon). Dr.GRPO, RLOO: none.
     """
 
-    alpha: float = 0.2
-    beta: float = 0.8
-    w_mix: float = 1.5
+    # --- riskpo: risk measure (docs/algorithm.md sections 2-3)
+    alpha: float = 0.2  # lower quantile level a
+    beta: float = 0.8  # upper quantile level b
+    w_mix: float = 1.5  # weight of CVaR_a in MVaR
     natural_baseline: bool = True
-    mix_cvar: bool = True
-    risk_seeking: bool = False
+    mix_cvar: bool = True  # false: pure RVaR
+    risk_seeking: bool = False  # ablation: rewards the upper tail
     risk_seeking_u: float = 1.5
-    std_normalize: bool = True
-    credit: str = "uniform"
-    pairing: str = "permute"
-    seed: int = 0
-    quantile_source: str = "tracked"
+    std_normalize: bool = True  # riskpo: by the std of the scores; grpo: group std
+    # --- riskpo: bundles and credit (docs/algorithm.md section 4)
+    credit: str = "uniform"  # see bundles.CREDITS
+    pairing: str = "permute"  # see bundles.PAIRINGS
+    bundle_size: int = 5
+    drop_last_bundle: bool = False  # prompts % bundle_size != 0: drop the short last bundle ...
+    ragged_last_bundle: bool = False  # ... or keep it smaller
+    allow_surplus_responses: bool = False  # unequal n per question within a bundle
+    # --- riskpo: quantiles (docs/algorithm.md section 5)
+    quantile_source: str = "tracked"  # see QUANTILE_SOURCES
     tracker_lr: float = 0.1
-    tracker_update: str = "before_advantage"
-    allow_surplus: bool = False
-    epsilon: float = 1e-6
+    tracker_update: str = "before_advantage"  # see TRACKER_UPDATES
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha < self.beta <= 1.0:
-            raise ValueError(f"advantage config: need 0 <= alpha < beta <= 1, got alpha={self.alpha}, beta={self.beta}")
-        if self.alpha == 0.0 and self.mix_cvar and not self.risk_seeking:
-            raise ValueError("advantage config: mix_cvar divides by alpha, which is 0")
-        choices = {"credit": CREDITS, "pairing": PAIRINGS, "quantile_source": QUANTILE_SOURCES,
-                   "tracker_update": TRACKER_UPDATES}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"advantage config: {key}={getattr(self, key)!r} not in {allowed}")
-        if self.w_mix < 0 or self.risk_seeking_u < 0:
-            raise ValueError("advantage config: w_mix and risk_seeking_u must be >= 0")
-        if self.risk_seeking and self.beta >= 1.0:
-            raise ValueError("advantage config: risk_seeking needs beta < 1")
-        if self.tracker_lr <= 0 or self.epsilon < 0:
-            raise ValueError("advantage config: tracker_lr must be > 0 and epsilon >= 0")
+    def check(self, key: str, name: str = "riskpo") -> None:
+        """The options estimator `name` reads, under `key` ("algorithm")."""
+        if name != "riskpo":
+            return  # the group baselines read std_normalize only, a bool
+        require(0.0 <= self.alpha < self.beta <= 1.0, f"{key}.alpha",
+                f"alpha={self.alpha}, beta={self.beta}: need 0 <= alpha < beta <= 1",
+                f"e.g. {key}.alpha=0.2 {key}.beta=0.8")
+        if self.mix_cvar and not self.risk_seeking:
+            require(self.alpha > 0.0, f"{key}.alpha", "CVaR_alpha divides by alpha, which is 0",
+                    f"use alpha > 0 or {key}.mix_cvar=false")
+        require(self.w_mix >= 0.0, f"{key}.w_mix", f"{self.w_mix} is negative", "use w_mix >= 0")
+        if self.risk_seeking:
+            require(self.beta < 1.0, f"{key}.beta", "risk_seeking divides by 1 - beta, which is 0",
+                    "use beta < 1")
+            require(self.risk_seeking_u >= 0.0, f"{key}.risk_seeking_u", "must be >= 0")
+        one_of(self.credit, CREDITS, f"{key}.credit")
+        one_of(self.pairing, PAIRINGS, f"{key}.pairing")
+        one_of(self.quantile_source, QUANTILE_SOURCES, f"{key}.quantile_source")
+        one_of(self.tracker_update, TRACKER_UPDATES, f"{key}.tracker_update")
+        require(0.0 < self.tracker_lr <= 1.0, f"{key}.tracker_lr", f"{self.tracker_lr} outside (0, 1]")
         if self.quantile_source != "bundle":
-            for level in (self.alpha, self.beta):
-                if not 0.05 - 1e-9 <= level <= 0.95 + 1e-9:
-                    raise ValueError(f"advantage config: level {level} outside the tracker grid [0.05, 0.95]")
+            low, high = TRACKER_LEVELS[0], TRACKER_LEVELS[-1]
+            for level_key, level in (("alpha", self.alpha), ("beta", self.beta)):
+                require(low - 1e-9 <= level <= high + 1e-9, f"{key}.{level_key}",
+                        f"{level} lies outside the quantile tracker's grid [{low}, {high}]",
+                        f"use a level in [{low}, {high}] or {key}.quantile_source=bundle")
+        require(self.bundle_size >= 1, f"{key}.bundle_size", "must be >= 1")
+        require(not (self.drop_last_bundle and self.ragged_last_bundle), f"{key}.drop_last_bundle",
+                "drop_last_bundle and ragged_last_bundle are both true", "choose one")
 
 
 @dataclass
 class AdvantageState:
-    """What an estimator carries from step to step (part of every checkpoint)."""
+    """What an estimator carries from step to step (part of every checkpoint): the step count,
+    the seed of the pairing permutations and the quantile tracker."""
 
     quantile_tracker: QuantileTracker | None = None
     step: int = 0
+    seed: int = 0
 
     def tracker(self, lr: float) -> QuantileTracker:
         """The quantile tracker, created on first use; the config's lr always wins."""
@@ -123,36 +149,56 @@ class AdvantageResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-Estimator = Callable[..., AdvantageResult]
+EstimatorFn = Callable[..., AdvantageResult]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator. groups: how it groups responses -- "question" (group
+    baselines: needs n >= 2 samples per prompt), "bundle" (RiskPO: consecutive questions in
+    bundles of config.bundle_size) or "batch" (one baseline for the whole step)."""
+
+    name: str
+    fn: EstimatorFn
+    groups: str
+
+    def prompts_per_group(self, config: AdvantageConfig) -> int:
+        """How many consecutive prompts form one of its groups (the sampler keeps them whole)."""
+        return config.bundle_size if self.groups == "bundle" else 1
+
+    def __call__(self, rewards: torch.Tensor, question_ids: torch.Tensor,
+                 bundle_ids: torch.Tensor | None = None, config: AdvantageConfig | None = None,
+                 state: AdvantageState | None = None,
+                 valid: torch.Tensor | None = None) -> AdvantageResult:
+        config = config or AdvantageConfig()
+        state = state if state is not None else AdvantageState()
+        valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.bool()
+        _check_rewards(rewards, question_ids, valid)
+        if bundle_ids is None:
+            bundle_ids = (consecutive_bundles(question_ids, config.bundle_size)
+                          if self.groups == "bundle" else question_ids)
+        result = self.fn(rewards, question_ids, bundle_ids, config, state, valid)
+        advantages = torch.where(valid, result.advantages, 0.0).to(_float_dtype(rewards))
+        metrics = {**result.metrics,
+                   **advantage_statistics(advantages, rewards, question_ids, valid)}
+        state.step += 1
+        return AdvantageResult(advantages, metrics)
+
+
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+GROUPINGS = ("question", "bundle", "batch")
 
 
-def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
+def register_advantage(name: str, groups: str = "question") -> Callable[[EstimatorFn], Estimator]:
     """Register `fn(rewards, question_ids, bundle_ids, config, state, valid)` under `name`."""
+    if groups not in GROUPINGS:
+        raise ValueError(f"estimator {name!r}: groups must be one of {GROUPINGS}, got {groups!r}")
 
-    def decorate(fn: Estimator) -> Estimator:
+    def decorate(fn: EstimatorFn) -> Estimator:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} registered twice")
-
-        def estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
-                      config: AdvantageConfig | None = None, state: AdvantageState | None = None,
-                      valid: torch.Tensor | None = None) -> AdvantageResult:
-            config = config or AdvantageConfig()
-            state = state if state is not None else AdvantageState()
-            valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.bool()
-            if valid.shape != rewards.shape:
-                raise ValueError(f"valid has shape {tuple(valid.shape)}, rewards {tuple(rewards.shape)}")
-            result = fn(rewards, question_ids, bundle_ids, config, state, valid)
-            advantages = torch.where(valid, result.advantages, 0.0).to(_float_dtype(rewards))
-            metrics = {**result.metrics,
-                       **advantage_statistics(advantages, rewards, question_ids, valid)}
-            state.step += 1
-            return AdvantageResult(advantages, metrics)
-
-        estimator.__name__ = estimator.__qualname__ = f"{name}_estimator"
-        estimator.__doc__ = fn.__doc__
-        ADVANTAGE_ESTIMATORS[name] = estimator
-        return estimator
+        ADVANTAGE_ESTIMATORS[name] = Estimator(name, fn, groups)
+        return ADVANTAGE_ESTIMATORS[name]
 
     return decorate
 
@@ -160,8 +206,24 @@ def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
 def get_advantage_estimator(name: str) -> Estimator:
     """The estimator registered under `name`."""
     if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+        raise ConfigError("algorithm.name", f"{name!r} is not a known advantage estimator",
+                          f"use one of {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
     return ADVANTAGE_ESTIMATORS[name]
+
+
+def _check_rewards(rewards: torch.Tensor, question_ids: torch.Tensor, valid: torch.Tensor) -> None:
+    """Shapes agree and every valid reward is finite (one rule for every estimator)."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
+    for name, tensor in (("question_ids", question_ids), ("valid", valid)):
+        if tensor.shape != rewards.shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, rewards {tuple(rewards.shape)}")
+    bad = valid & ~torch.isfinite(rewards)
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"reward of row {row} (question id {question_ids[row].item()}) is "
+                         f"{rewards[row].item()}: a valid row needs a finite reward (mark "
+                         "infrastructure failures invalid instead)")
 
 
 def _float_dtype(rewards: torch.Tensor) -> torch.dtype:
@@ -192,7 +254,7 @@ def riskpo_step(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: t
     it was computed against) whatever the quantiles.
     """
     papers = form_papers(rewards, question_ids, bundle_ids, valid, pairing=config.pairing,
-                         generator=generator, allow_surplus=config.allow_surplus)
+                         generator=generator, allow_surplus=config.allow_surplus_responses)
     if quantiles is not None and float(quantiles[0]) > float(quantiles[1]):
         raise ValueError(f"quantiles must satisfy qa <= qb, got {quantiles}")
     source = "bundle" if quantiles is None else "tracked"
@@ -262,16 +324,16 @@ def _tracked_quantiles(tracker: QuantileTracker, config: AdvantageConfig) -> tup
     return q_alpha, max(q_alpha, q_beta), crossed
 
 
-@register_advantage("riskpo")
+@register_advantage("riskpo", groups="bundle")
 def _riskpo_estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
                       config: AdvantageConfig, state: AdvantageState,
                       valid: torch.Tensor) -> AdvantageResult:
     """RiskPO: bundles, papers, MVaR weights against tracked / per-bundle / mixed quantiles."""
     generator = None
     if config.pairing == "permute":
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + state.step)
+        generator = torch.Generator().manual_seed(state.seed * 1_000_003 + state.step)
     papers = form_papers(rewards, question_ids, bundle_ids, valid, pairing=config.pairing,
-                         generator=generator, allow_surplus=config.allow_surplus)
+                         generator=generator, allow_surplus=config.allow_surplus_responses)
     tracker = state.tracker(config.tracker_lr)
     updated = False
     if config.tracker_update == "before_advantage" or not tracker.initialized:
@@ -348,7 +410,7 @@ def _grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.T
     centered, has_baseline = _centered(rewards, groups)
     if config.std_normalize:
         std = torch.where(has_baseline, gather(groups.std, groups.question), 1.0)
-        centered = centered / (std + config.epsilon)
+        centered = centered / (std + GROUP_EPSILON)
     return AdvantageResult(centered)
 
 
@@ -369,7 +431,7 @@ def _rloo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.T
     return AdvantageResult(centered * count / (count - 1).clamp(min=1))
 
 
-@register_advantage("reinforce_baseline")
+@register_advantage("reinforce_baseline", groups="batch")
 def _reinforce_baseline(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
                         config: AdvantageConfig, state: AdvantageState,
                         valid: torch.Tensor) -> AdvantageResult:

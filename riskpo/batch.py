@@ -1,17 +1,23 @@
-"""Typed batches that travel between the phases of a training step."""
+"""Typed batches that travel between the phases of a training step: the verifiers' verdicts
+as columns, and the batch the learner trains on."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from riskpo.messages import is_masked
 
 
 @dataclass
 class TrainBatch:
     """One row per sampled response: what the learner group trains on.
 
-    Token lists are unpadded; the learner pads and packs them into micro-batches.
+    Token lists are unpadded; the learner pads and packs them into micro-batches. The
+    learner's own log-probs (old policy, reference) are computed and kept on its ranks.
     """
 
     prompt_ids: list[list[int]]
@@ -19,10 +25,6 @@ class TrainBatch:
     rollout_logprobs: list[list[float]]  # sampling policy's log-prob of each response token
     advantages: torch.Tensor  # [N] float, one advantage per response (broadcast to its tokens)
     loss_mask: torch.Tensor  # [N] bool; False rows (infrastructure failures) carry no loss
-    # Filled by LearnerGroup.compute_logprobs: the learner's log-probs of each response token
-    # before the update (old policy) and under the frozen reference model (when KL is on).
-    old_logprobs: list[list[float]] | None = None
-    ref_logprobs: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -35,9 +37,50 @@ class TrainBatch:
         for i, (r, lp) in enumerate(zip(self.response_ids, self.rollout_logprobs, strict=True)):
             if len(r) != len(lp):
                 raise ValueError(f"row {i}: {len(r)} response tokens but {len(lp)} rollout log-probs")
-        for name in ("old_logprobs", "ref_logprobs"):
-            values = getattr(self, name)
-            if values is None:
-                continue
-            if len(values) != n or any(len(v) != len(r) for v, r in zip(values, self.response_ids, strict=True)):
-                raise ValueError(f"TrainBatch.{name} must hold one log-prob per response token of each row")
+
+
+@dataclass
+class Verdicts:
+    """The verifier results of one step's completions as columns, made once where they arrive:
+    [prompts, samples] tensors, every prompt with the same number of samples."""
+
+    rewards: torch.Tensor  # [P, n] float32, 0 where masked
+    valid: torch.Tensor  # [P, n] bool; False: no verdict (infrastructure failure or bad input)
+    statuses: list[list[str]]  # [P][n] the verifier's status of each sample
+
+    @classmethod
+    def from_results(cls, results: Sequence[Sequence[dict[str, Any]]]) -> Verdicts:
+        """From result rows shaped [prompt][sample] (each {"reward", "status", ...})."""
+        valid = [[not is_masked(r) for r in per_prompt] for per_prompt in results]
+        rewards = [[float(r["reward"]) if ok else 0.0 for r, ok in zip(per_prompt, oks, strict=True)]
+                   for per_prompt, oks in zip(results, valid, strict=True)]
+        statuses = [[str(r["status"]) for r in per_prompt] for per_prompt in results]
+        width = len(results[0]) if results else 0
+        if any(len(per_prompt) != width for per_prompt in results):
+            raise ValueError("Verdicts need the same number of samples for every prompt")
+        return cls(torch.tensor(rewards, dtype=torch.float32).reshape(len(results), width),
+                   torch.tensor(valid, dtype=torch.bool).reshape(len(results), width), statuses)
+
+    def __len__(self) -> int:
+        return self.rewards.shape[0]
+
+    def select(self, prompts: Sequence[int]) -> Verdicts:
+        """The verdicts of the given prompts, in that order."""
+        index = torch.as_tensor(list(prompts), dtype=torch.long)
+        return Verdicts(self.rewards[index], self.valid[index], [self.statuses[i] for i in prompts])
+
+    @classmethod
+    def empty(cls, samples: int) -> Verdicts:
+        return cls(torch.zeros(0, samples), torch.zeros(0, samples, dtype=torch.bool), [])
+
+    @staticmethod
+    def concat(parts: Sequence[Verdicts]) -> Verdicts:
+        """The verdicts of several groups of prompts, one after another."""
+        return Verdicts(torch.cat([p.rewards for p in parts]), torch.cat([p.valid for p in parts]),
+                        [s for p in parts for s in p.statuses])
+
+    def has_signal(self) -> torch.Tensor:
+        """[P] bool: the prompt's valid rewards are not all equal (DAPO's dynamic sampling)."""
+        low = torch.where(self.valid, self.rewards, torch.inf).amin(dim=1)
+        high = torch.where(self.valid, self.rewards, -torch.inf).amax(dim=1)
+        return high > low

@@ -1,4 +1,4 @@
-"""Bundles, papers and credit assignment (SPEC 4): how per-response rewards become paper scores
+"""Bundles, papers and credit assignment (docs/algorithm.md section 4): how per-response rewards become paper scores
 and how a paper's advantage is given back to its responses.
 
 A bundle is a group of questions; paper j of a bundle takes the j-th response (in pairing
@@ -7,7 +7,6 @@ order) of every question and scores the sum of their rewards. All of it is scatt
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,26 +47,13 @@ class Papers:
         return self.response_paper >= 0
 
 
-def make_bundle_ids(num_questions: int, bundle_size: int, drop_last: bool = False) -> torch.Tensor:
-    """Bundle id of each of `num_questions` consecutive questions, bundles of `bundle_size`.
-
-    A smaller last bundle is kept with a warning, or dropped (its questions get id -1) when
-    drop_last is true.
-    """
-    if bundle_size < 1 or num_questions < 0:
-        raise ValueError(f"need bundle_size >= 1 and num_questions >= 0, got {bundle_size}, {num_questions}")
-    bundle_ids = torch.arange(num_questions) // bundle_size
-    remainder = num_questions % bundle_size
-    if remainder:
-        if drop_last:
-            bundle_ids[num_questions - remainder :] = -1
-        else:
-            warnings.warn(
-                f"{num_questions} questions are not a multiple of bundle_size={bundle_size}: "
-                f"the last bundle has {remainder} questions",
-                stacklevel=2,
-            )
-    return bundle_ids
+def consecutive_bundles(question_ids: torch.Tensor, bundle_size: int) -> torch.Tensor:
+    """Bundle id [N] of each response: questions, in sorted question-id order, cut into
+    consecutive bundles of bundle_size (the last one smaller when they do not divide)."""
+    if bundle_size < 1:
+        raise ValueError(f"bundle_size must be >= 1, got {bundle_size}")
+    question_index, _ = dense_ids(question_ids)
+    return question_index // bundle_size
 
 
 def _check_inputs(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
@@ -257,5 +243,5 @@ def _sum_mean_shares(papers: Papers, rewards: torch.Tensor, valid: torch.Tensor 
 
 __all__ = [
     "CREDITS", "PAIRINGS", "Papers", "assign_credit", "bundle_quantiles", "bundle_score_std",
-    "form_papers", "make_bundle_ids", "question_reward_std",
+    "consecutive_bundles", "form_papers", "question_reward_std",
 ]

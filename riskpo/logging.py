@@ -16,13 +16,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from riskpo.config import LoggerConfig
+from riskpo.options import one_of, require
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -34,6 +35,30 @@ REQUIRED_STEP_KEYS = (
     "time/advantage", "time/train", "time/sync",
 )
 PHASES = ("generate", "verify", "advantage", "train", "sync")
+
+
+BACKENDS = ("wandb", "none")
+PROGRESS_STYLES = ("rich", "tqdm", "plain", "none")
+
+
+@dataclass
+class LoggerConfig:
+    """Where a run's metrics go besides metrics.jsonl, and what the user sees meanwhile."""
+
+    backend: str = "wandb"  # wandb (offline unless WANDB_API_KEY is set) | none
+    project: str = "riskpo-rl"
+    entity: str | None = None
+    run_name: str | None = None  # null: <experiment>-<algorithm>-seed<seed>
+    online: bool | None = None  # null: online only when WANDB_API_KEY is set
+    progress: str = "rich"  # see PROGRESS_STYLES
+    plots: bool = True
+
+    def check(self, key: str) -> None:
+        one_of(self.backend, BACKENDS, f"{key}.backend")
+        one_of(self.progress, PROGRESS_STYLES, f"{key}.progress")
+        if self.backend == "wandb" and self.online:
+            require(bool(os.environ.get("WANDB_API_KEY")), f"{key}.online",
+                    "online wandb needs WANDB_API_KEY", f"export WANDB_API_KEY=... or {key}.online=null")
 
 
 def json_value(value: Any) -> Any:

@@ -1,16 +1,53 @@
-"""Policy losses on token log-probs (SPEC 7): PPO clipped surrogate with separate low/high clip,
-dual clip, truncated importance sampling, loss aggregation modes, KL estimators and entropy.
+"""Policy losses on token log-probs (docs/algorithm.md section 7): PPO clipped surrogate with
+separate low/high clip, dual clip, truncated importance sampling, loss aggregation modes, KL
+estimators and entropy; the loss options (`algorithm.loss.*`) and the objective of one
+micro-batch that the learner minimises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from riskpo.options import one_of, require
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
 KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
 LOG_RATIO_CLAMP = 20.0  # exp() arguments are clamped to [-20, 20], as verl does
+
+
+@dataclass
+class LossConfig:
+    """The policy-gradient loss (`algorithm.loss`): one PPO term, optional KL and entropy."""
+
+    clip_low: float = 0.2  # PPO ratio clip below 1 (eps_low)
+    clip_high: float = 0.2  # above 1 (eps_high; DAPO's clip-higher raises it)
+    dual_clip: float | None = 3.0  # c of dual-clip PPO; null disables
+    aggregation: str = "token_mean"  # see AGGREGATIONS
+    kl_coef: float = 0.0  # 0: no reference model is loaded
+    kl_kind: str = "low_var_kl"  # see KL_KINDS
+    entropy_coef: float = 0.0
+    tis_cap: float | None = None  # truncated importance weight cap (rollout vs learner); null: off
+    ppo_epochs: int = 1
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.clip_low < 1.0, f"{key}.clip_low", f"{self.clip_low} outside [0, 1)")
+        require(self.clip_high >= 0.0, f"{key}.clip_high", "must be >= 0")
+        require(self.dual_clip is None or self.dual_clip > 1.0, f"{key}.dual_clip",
+                f"{self.dual_clip}: the dual-clip constant must be > 1", "e.g. 3.0, or null to disable")
+        one_of(self.aggregation, AGGREGATIONS, f"{key}.aggregation")
+        one_of(self.kl_kind, KL_KINDS, f"{key}.kl_kind")
+        require(self.kl_coef >= 0.0, f"{key}.kl_coef", "must be >= 0 (0: no reference model)")
+        require(self.entropy_coef >= 0.0, f"{key}.entropy_coef", "must be >= 0")
+        require(self.tis_cap is None or self.tis_cap >= 1.0, f"{key}.tis_cap",
+                f"{self.tis_cap}: a cap on importance weights below 1 discards on-policy samples",
+                "use >= 1 (e.g. 2.0) or null")
+        require(self.ppo_epochs >= 1, f"{key}.ppo_epochs", "must be >= 1")
+
+    @property
+    def uses_reference_model(self) -> bool:
+        return self.kl_coef > 0
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
@@ -75,8 +112,6 @@ def policy_loss(
         advantages = advantages[:, None]
     if advantages.shape[0] != logprobs.shape[0]:
         raise ValueError(f"advantages {tuple(advantages.shape)} do not match batch {logprobs.shape[0]}")
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
     if (rollout_logprobs is None) != (tis_cap is None):
         raise ValueError("truncated importance sampling needs both rollout_logprobs and tis_cap")
     advantages = advantages.to(logprobs.dtype)
@@ -137,26 +172,72 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(shifted, dim=-1) - (probabilities * shifted).sum(dim=-1)
 
 
-PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | prefix) for every t from logits [B, L, V]: [B, L-1], in float32,
+    at the sampling temperature (logits are divided by it, as the rollout engine sampled)."""
+    scaled = logits[:, :-1].float() / temperature
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    return torch.log_softmax(scaled, dim=-1).gather(-1, targets).squeeze(-1)
 
 
-def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    """Register a policy loss with policy_loss's signature under `name`."""
-
-    def decorate(fn: PolicyLoss) -> PolicyLoss:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} registered twice")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return decorate
+# Per-micro-batch sums the objective reports; the learner adds them over micro-batches and
+# ranks and divides the token-weighted ones by "tokens".
+TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl")
 
 
-def get_policy_loss(name: str) -> PolicyLoss:
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
+def micro_batch_objective(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    config: LossConfig,
+    *,
+    loss_units: float,
+    temperature: float,
+    rollout_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the objective of its whole mini-batch, and its metric sums.
+
+    logits [B, L, V] of the policy on input_ids [B, L]; response_mask, old/rollout/ref
+    log-probs [B, L-1] aligned with the targets input_ids[:, 1:]; advantages [B]. loss_units is
+    the mini-batch's global normaliser (loss tokens for token_mean, rows for seq_mean_*, over
+    all micro-batches and ranks), so the shares of all micro-batches add up to
+        PPO term - entropy_coef * entropy + kl_coef * KL
+    of the whole mini-batch, each term aggregated as config.aggregation says.
+    """
+    mask = response_mask
+    logprobs = token_logprobs(logits, input_ids, temperature)
+    pg_loss, pg_metrics = policy_loss(
+        logprobs, old_logprobs, advantages, mask,
+        clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
+        aggregation=config.aggregation,
+        rollout_logprobs=rollout_logprobs if config.tis_cap is not None else None,
+        tis_cap=config.tis_cap,
+    )
+    micro_units = mask.sum().item() if config.aggregation == "token_mean" else mask.shape[0]
+    loss = pg_loss * (micro_units / loss_units)
+    entropy = entropy_from_logits(logits[:, :-1].float() / temperature)
+    if config.entropy_coef > 0:
+        loss = loss - config.entropy_coef * aggregate(entropy, mask, config.aggregation, loss_units)
+    kl = torch.zeros_like(logprobs)
+    if config.uses_reference_model:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 but no reference log-probs were given")
+        kl = kl_penalty(logprobs, ref_logprobs, config.kl_kind)
+        loss = loss + config.kl_coef * aggregate(kl, mask, config.aggregation, loss_units)
+    tokens = float(mask.sum().item())
+    sums = {
+        "loss": loss.item(),
+        "tokens": tokens,
+        "clip_fraction": pg_metrics["clip_fraction"] * tokens,
+        "approx_kl": pg_metrics["approx_kl"] * tokens,
+        "entropy": _masked_sum(entropy.detach(), mask),
+        "kl": _masked_sum(kl.detach(), mask),
+    }
+    return loss, sums
 
 
-register_policy_loss("ppo_clip")(policy_loss)
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((values * mask).sum().item())

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from riskpo.options import require
+
 if TYPE_CHECKING:
     from riskpo.data.rows import Row
 
@@ -42,6 +44,35 @@ class SamplingParams:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} {rule}")
+
+
+@dataclass
+class SamplingConfig:
+    """How the driver asks the engines to sample (the sampling half of `rollout.*`)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    max_new_tokens: int = 8
+    stop: list[str] = field(default_factory=list)
+    eval_temperature: float | None = None  # null: same as temperature
+
+    def check(self, key: str) -> None:
+        require(self.temperature >= 0.0, f"{key}.temperature", "must be >= 0")
+        require(self.eval_temperature is None or self.eval_temperature >= 0.0,
+                f"{key}.eval_temperature", "must be >= 0 or null")
+        require(0.0 < self.top_p <= 1.0, f"{key}.top_p", f"{self.top_p} outside (0, 1]")
+        require(self.top_k >= 0, f"{key}.top_k", "must be >= 0 (0 disables)")
+        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
+        require(all(self.stop), f"{key}.stop", "contains an empty stop string")
+
+    def params(self, n: int, seed: int | None, *, evaluation: bool = False) -> SamplingParams:
+        """The engines' SamplingParams for n samples per prompt (evaluation: eval_temperature)."""
+        temperature = self.temperature
+        if evaluation and self.eval_temperature is not None:
+            temperature = self.eval_temperature
+        return SamplingParams(n=n, temperature=temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, stop=list(self.stop), seed=seed)
 
 
 @dataclass

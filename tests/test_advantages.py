@@ -20,6 +20,7 @@ from riskpo.advantages import (
     riskpo_advantages,
     riskpo_step,
 )
+from riskpo.options import ConfigError
 
 WORKED_REWARDS = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [0, 0, 0, 0, 0],
                                [0, 1, 0, 0, 0], [1, 1, 0, 1, 1]], dtype=torch.float32)
@@ -90,13 +91,15 @@ def riskpo_problems(draw):
         natural_baseline=draw(st.booleans()), mix_cvar=draw(st.booleans()),
         risk_seeking=draw(st.booleans()), std_normalize=draw(st.booleans()),
         credit=draw(st.sampled_from(["uniform", "std", "sum_mean"])),
-        pairing=draw(st.sampled_from(["index", "permute"])), seed=draw(st.integers(0, 5)),
+        pairing=draw(st.sampled_from(["index", "permute"])),
         quantile_source=draw(st.sampled_from(["bundle", "tracked", "mix"])),
-        allow_surplus=surplus,
+        allow_surplus_responses=surplus,
     )
+    config.check("algorithm")
     rewards = torch.tensor(rewards, dtype=torch.float32)[rows]
     question_ids = question_ids[rows]
-    return rewards, question_ids, (question_ids - 7) // 3 // bundle_size, valid, config
+    state = AdvantageState(seed=draw(st.integers(0, 5)))
+    return rewards, question_ids, (question_ids - 7) // 3 // bundle_size, valid, config, state
 
 
 def _reference_options(config: AdvantageConfig) -> dict:
@@ -109,8 +112,7 @@ def _reference_options(config: AdvantageConfig) -> dict:
           suppress_health_check=[HealthCheck.too_slow])
 @given(riskpo_problems())
 def test_estimator_matches_loop_reference(problem):
-    rewards, question_ids, bundle_ids, valid, config = problem
-    state = AdvantageState()
+    rewards, question_ids, bundle_ids, valid, config, state = problem
     result = get_advantage_estimator("riskpo")(rewards, question_ids, bundle_ids, config, state, valid)
     tracker = state.quantile_tracker
     quantiles = None
@@ -118,7 +120,7 @@ def test_estimator_matches_loop_reference(problem):
         quantiles = (tracker.quantile(config.alpha), tracker.quantile(config.beta))
     expected = reference_riskpo(
         rewards, question_ids, bundle_ids, valid=valid, quantiles=quantiles,
-        generator=torch.Generator().manual_seed(config.seed * 1_000_003), **_reference_options(config),
+        generator=torch.Generator().manual_seed(state.seed * 1_000_003), **_reference_options(config),
     )
     assert torch.isfinite(result.advantages).all()
     torch.testing.assert_close(result.advantages.double(), expected, atol=1e-4, rtol=1e-4)
@@ -128,8 +130,8 @@ def test_estimator_matches_loop_reference(problem):
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(riskpo_problems(), st.floats(-2, 2), st.floats(0.0, 1.0))
 def test_public_function_matches_reference_with_explicit_quantiles(problem, q_alpha, width):
-    rewards, question_ids, bundle_ids, _, config = problem
-    if config.allow_surplus:
+    rewards, question_ids, bundle_ids, _, config, _ = problem
+    if config.allow_surplus_responses:
         return
     options = dict(alpha=config.alpha, beta=config.beta, w_mix=config.w_mix,
                    natural_baseline=config.natural_baseline, mix_cvar=config.mix_cvar,
@@ -218,7 +220,7 @@ def test_masked_rows_do_not_change_the_others():
     config = AdvantageConfig(pairing="index", quantile_source="bundle", credit="std")
     masked = riskpo_step(rewards, question_ids, bundle_ids, config, valid=valid).advantages
     subset_config = AdvantageConfig(pairing="index", quantile_source="bundle", credit="std",
-                                    allow_surplus=True)
+                                    allow_surplus_responses=True)
     subset = riskpo_step(rewards[valid], question_ids[valid], bundle_ids[valid], subset_config).advantages
     torch.testing.assert_close(masked[valid], subset)
     assert (masked[~valid] == 0).all()
@@ -320,16 +322,16 @@ def test_reinforce_baseline_uses_the_batch_mean_and_std():
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+    with pytest.raises(ConfigError, match="'ppo' is not a known advantage estimator"):
         get_advantage_estimator("ppo")
     with pytest.raises(ValueError, match="registered twice"):
         register_advantage("grpo")(lambda *args: None)
-    with pytest.raises(ValueError, match="credit"):
-        AdvantageConfig(credit="median")
-    with pytest.raises(ValueError, match="divides by alpha"):
-        AdvantageConfig(alpha=0.0)
-    AdvantageConfig(alpha=0.0, mix_cvar=False, quantile_source="bundle")  # pure RVaR_{0:b} is fine
-    with pytest.raises(ValueError, match="tracker grid"):
-        AdvantageConfig(alpha=0.01)
+    with pytest.raises(ConfigError, match="algorithm.credit"):
+        AdvantageConfig(credit="median").check("algorithm")
+    with pytest.raises(ConfigError, match="divides by alpha"):
+        AdvantageConfig(alpha=0.0).check("algorithm")
+    AdvantageConfig(alpha=0.0, mix_cvar=False, quantile_source="bundle").check("algorithm")  # RVaR_{0:b}
+    with pytest.raises(ConfigError, match="tracker's grid"):
+        AdvantageConfig(alpha=0.01).check("algorithm")
     with pytest.raises(ValueError, match="single response"):
         get_advantage_estimator("grpo")(torch.ones(3), torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.long))

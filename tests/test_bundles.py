@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -11,8 +9,8 @@ from riskpo.bundles import (
     assign_credit,
     bundle_quantiles,
     bundle_score_std,
+    consecutive_bundles,
     form_papers,
-    make_bundle_ids,
 )
 
 
@@ -117,10 +115,10 @@ def test_credit_gives_zero_to_unpaired_rows_and_rejects_unknown_modes():
         assign_credit(torch.zeros(1), papers, rewards, valid, "max")
 
 
-def test_make_bundle_ids_warns_on_a_ragged_last_bundle_or_drops_it():
-    with pytest.warns(UserWarning, match="last bundle has 2 questions"):
-        assert make_bundle_ids(7, 5).tolist() == [0, 0, 0, 0, 0, 1, 1]
-    assert make_bundle_ids(7, 5, drop_last=True).tolist() == [0, 0, 0, 0, 0, -1, -1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert make_bundle_ids(10, 5).tolist() == [0] * 5 + [1] * 5
+def test_consecutive_bundles_cut_questions_in_id_order():
+    question_ids = torch.tensor([3, 3, 0, 0, 1, 1, 4, 4, 2, 2])  # rows in any order
+    assert consecutive_bundles(question_ids, 2).tolist() == [1, 1, 0, 0, 0, 0, 2, 2, 1, 1]
+    assert consecutive_bundles(torch.arange(7).repeat_interleave(2), 5).tolist() == [0] * 10 + [1] * 4
+    with pytest.raises(ValueError, match="bundle_size"):
+        consecutive_bundles(question_ids, 0)
+

@@ -9,8 +9,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from riskpo import config as config_module
-from riskpo.config import ConfigError, RunConfig, compose_config, to_dataclass, validate
+from launch.config import RunConfig, compose_config, resolve_run_dir, to_dataclass, validate
+from riskpo.options import ConfigError
+from workers.rollout import ENGINE_CAPABILITIES
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
 MATH_ROWS = FIXTURES / "math_rows.jsonl"
@@ -117,7 +118,7 @@ def test_allowed_variants_of_rejected_settings_pass():
 
 def test_zero3_needs_an_engine_that_loads_streamed_weights(monkeypatch):
     validate(compose_config(["learner.zero_stage=3"]))
-    monkeypatch.setitem(config_module.ROLLOUT_ENGINES, "hf",
+    monkeypatch.setitem(ENGINE_CAPABILITIES, "hf",
                         {"streamed_weight_load": False, "tensor_parallel": False})
     with pytest.raises(ConfigError) as error:
         validate(compose_config(["learner.zero_stage=3"]))
@@ -137,19 +138,10 @@ def test_hydra_run_dir_follows_run_dir_when_given():
     assert (node.a, node.b) == ("runs/default", "/tmp/x")
 
 
-def test_pass_k_values_run_up_to_the_eval_samples():
-    run = to_dataclass(compose_config([]))
-    assert config_module.pass_k_values(run.data) == [1, 2, 4, 8]
-    run.data.eval_samples = 6
-    assert config_module.pass_k_values(run.data) == [1, 2, 4, 6]
-    run.data.eval_pass_k = [4, 1]
-    assert config_module.pass_k_values(run.data) == [1, 4]
-
-
 def test_run_dir_and_run_name_outside_hydra_main(tmp_path):
     run = to_dataclass(compose_config([f"run_dir={tmp_path}"]))
-    assert config_module.resolve_run_dir(run) == tmp_path
-    assert config_module.default_run_name(run) == "embedded-riskpo-seed0"
+    assert resolve_run_dir(run) == tmp_path
+    assert run.name == "embedded-riskpo-seed0"
     run.run_dir = None
     with pytest.raises(ConfigError, match="run_dir"):
-        config_module.resolve_run_dir(run)
+        resolve_run_dir(run)

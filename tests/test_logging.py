@@ -8,9 +8,9 @@ import json
 import pytest
 from rich.console import Console
 
-from riskpo.config import LoggerConfig
 from riskpo.logging import (
     REQUIRED_STEP_KEYS,
+    LoggerConfig,
     RunLogger,
     format_step,
     json_value,

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from riskpo.losses import (
-    POLICY_LOSSES,
+    LossConfig,
     aggregate,
     entropy_from_logits,
-    get_policy_loss,
     kl_penalty,
+    micro_batch_objective,
     policy_loss,
 )
+from riskpo.options import ConfigError
 
 RATIOS = torch.tensor([[1.5, 0.9], [5.0, 0.7]], dtype=torch.float64)
 ADVANTAGES = torch.tensor([1.0, -1.0], dtype=torch.float64)
@@ -99,8 +100,6 @@ def test_truncated_importance_sampling_weights_and_detaches():
 def test_policy_loss_input_errors():
     new, old = _inputs()
     mask = torch.ones(2, 2, dtype=torch.bool)
-    with pytest.raises(ValueError, match="dual_clip"):
-        policy_loss(new, old, ADVANTAGES, mask, dual_clip=1.0)
     with pytest.raises(ValueError, match="advantages"):
         policy_loss(new, old, torch.ones(3), mask)
     with pytest.raises(ValueError, match="must agree"):
@@ -136,8 +135,40 @@ def test_entropy_matches_naive_softmax_and_survives_huge_logits():
     torch.testing.assert_close(entropy, torch.tensor([[0.0, math.log(2)]]), atol=1e-5, rtol=0)
 
 
-def test_policy_loss_registry():
-    assert POLICY_LOSSES["ppo_clip"] is policy_loss
-    assert get_policy_loss("ppo_clip") is policy_loss
-    with pytest.raises(ValueError, match="unknown policy loss"):
-        get_policy_loss("grpo")
+def test_loss_options_are_checked_once_naming_the_key():
+    LossConfig().check("algorithm.loss")
+    for bad, key in ((LossConfig(dual_clip=1.0), "dual_clip"), (LossConfig(aggregation="sum"), "aggregation"),
+                     (LossConfig(kl_kind="k4"), "kl_kind"), (LossConfig(tis_cap=0.5), "tis_cap")):
+        with pytest.raises(ConfigError) as error:
+            bad.check("algorithm.loss")
+        assert error.value.key == f"algorithm.loss.{key}"
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"])
+def test_micro_batch_shares_add_up_to_the_mini_batch_objective(aggregation):
+    """Split into micro-batches, each scaled by its share of the global normaliser, the
+    objective (PPO term - entropy bonus + KL) equals that of the whole mini-batch at once."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, 9, generator=generator, dtype=torch.float64)
+    input_ids = torch.randint(0, 9, (4, 6), generator=generator)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[:, :2] = False  # the prompt
+    mask[3, 4] = False  # a shorter response
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.0], dtype=torch.float64)
+    old = -torch.rand(4, 5, generator=generator, dtype=torch.float64)
+    ref = -torch.rand(4, 5, generator=generator, dtype=torch.float64)
+    config = LossConfig(aggregation=aggregation, entropy_coef=0.01, kl_coef=0.1)
+    units = float(mask.sum()) if aggregation == "token_mean" else 4.0
+    whole, sums = micro_batch_objective(logits, input_ids, mask, advantages, old, config,
+                                        loss_units=units, temperature=1.0, ref_logprobs=ref)
+    parts = [micro_batch_objective(logits[rows], input_ids[rows], mask[rows], advantages[rows],
+                                   old[rows], config, loss_units=units, temperature=1.0,
+                                   ref_logprobs=ref[rows])
+             for rows in (slice(0, 1), slice(1, 4))]
+    assert sum(part[0].item() for part in parts) == pytest.approx(whole.item(), rel=1e-6)
+    assert sum(part[1]["tokens"] for part in parts) == sums["tokens"] == float(mask.sum())
+    logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    pg, _ = policy_loss(logprobs, old, advantages, mask, aggregation=aggregation)
+    entropy = aggregate(entropy_from_logits(logits[:, :-1]), mask, aggregation)
+    kl = aggregate(kl_penalty(logprobs, ref, "k3"), mask, aggregation)
+    assert whole.item() == pytest.approx((pg - 0.01 * entropy + 0.1 * kl).item(), rel=1e-5)

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from safetensors.torch import load_file
 
+from launch.config import compose_config, validate
 from launch.train import train
-from riskpo.config import compose_config, validate
 from riskpo.logging import REQUIRED_STEP_KEYS, RunLogger, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -111,9 +111,9 @@ def test_riskpo_eval_on_a_run_directory(ray_cluster, tmp_path, capsys):
 
 
 def test_killed_workers_do_not_stop_the_run(ray_cluster, tmp_path):
+    from launch.factory import build_workers, prepare_model
     from riskpo.data.loaders import load_train_and_eval
     from riskpo.trainer import Trainer
-    from workers.factory import build_workers, prepare_model
 
     run_dir = tmp_path / "faults"
     cfg = compose_config([*FAST, "trainer.total_steps=3", f"run_dir={run_dir}"])

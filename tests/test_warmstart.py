@@ -10,14 +10,9 @@ import pytest
 from rich.console import Console
 
 from riskpo import warmstart
-from riskpo.config import (
-    ArithmeticConfig,
-    DataConfig,
-    DatasetConfig,
-    ModelConfig,
-    TinyModelConfig,
-    WarmstartConfig,
-)
+from riskpo.data.loaders import DataConfig, DatasetConfig
+from riskpo.data.synthetic import ArithmeticConfig
+from riskpo.modeling import ModelConfig, TinyModelConfig, WarmstartConfig
 
 
 def _settings(tmp_path, **warm):

@@ -1,5 +1,6 @@
 """Turns a dataset config into checked rows: local jsonl/parquet files in the verl format,
-the synthetic tasks, or the built-in package datasets (HumanEval, champ)."""
+the synthetic tasks, or the built-in package datasets (HumanEval, champ); and the data
+options (`data.*`)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,91 @@ import glob
 import json
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from riskpo.config import DataConfig, DatasetConfig
 from riskpo.data.rows import Row, RowError, parse_row
+from riskpo.data.synthetic import SYNTHETIC_SOURCES, ArithmeticConfig, CodeTaskConfig
+from riskpo.data.templates import TEMPLATES, check_prompt_lengths
+from riskpo.options import ConfigError, one_of, require
 
 FILE_SUFFIXES = {"jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+BUILTIN_SOURCES = ("humaneval", "champ")  # datasets shipped inside installed packages
+DATA_SOURCES = (*SYNTHETIC_SOURCES, *FILE_SUFFIXES, *BUILTIN_SOURCES)
+CODE_SOURCES = ("synthetic_code", "humaneval")  # graded by the code verifier
+MATH_SOURCES = ("synthetic_arithmetic", "champ")  # graded by the math verifier
+
+
+@dataclass
+class DatasetConfig:
+    """One split: where its rows come from (`source`, one of DATA_SOURCES) and how many."""
+
+    source: str = "synthetic_arithmetic"
+    files: list[str] = field(default_factory=list)  # jsonl/parquet: files, dirs or globs
+    size: int | None = 10000  # rows to generate (synthetic) or keep (others); null: all
+    seed: int = 0
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    code: CodeTaskConfig = field(default_factory=CodeTaskConfig)
+
+    def check(self, key: str) -> None:
+        one_of(self.source, DATA_SOURCES, f"{key}.source")
+        if self.source in SYNTHETIC_SOURCES:
+            require(self.size is not None and self.size >= 1, f"{key}.size",
+                    "a synthetic dataset needs a number of rows to generate", "e.g. 1000")
+            if self.source == "synthetic_arithmetic":
+                self.arithmetic.check(f"{key}.arithmetic")
+            else:
+                self.code.check(f"{key}.code")
+        elif self.size is not None:
+            require(self.size >= 1, f"{key}.size", "must be >= 1, or null for all rows")
+        if self.source in FILE_SUFFIXES:
+            try:
+                resolve_files(self.files, self.source)
+            except (ValueError, FileNotFoundError) as error:
+                raise ConfigError(f"{key}.files", str(error), "name existing files, dirs or globs") from None
+
+
+@dataclass
+class DataConfig:
+    """Training and held-out data, how a row becomes a prompt, and the evaluation's sampling."""
+
+    train: DatasetConfig = field(default_factory=DatasetConfig)
+    eval: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(size=200, seed=1)
+    )  # held out: synthetic eval rows never repeat a training prompt
+    template: str = "plain"  # see templates.TEMPLATES
+    system_prompt: str | None = None  # chat template only
+    instruction: str | None = None  # appended to each question (chat template only)
+    max_prompt_length: int = 64  # tokens; a longer prompt is an error at load time
+    shuffle: bool = True  # shuffle training prompts each epoch (seeded)
+    eval_samples: int = 8  # k samples per eval prompt (avg@k, pass@k)
+    eval_pass_k: list[int] | None = None  # null: 1, 2, 4, ... up to eval_samples
+    eval_greedy: bool = True  # also report greedy accuracy
+
+    def check(self, key: str) -> None:
+        one_of(self.template, TEMPLATES, f"{key}.template")
+        if self.template == "plain":
+            require(not self.system_prompt and not self.instruction, f"{key}.instruction",
+                    "system_prompt/instruction only apply to chat prompts",
+                    f"use {key}.template=chat or unset them")
+        require(self.max_prompt_length >= 1, f"{key}.max_prompt_length", "must be >= 1")
+        require(self.eval_samples >= 1, f"{key}.eval_samples", "must be >= 1")
+        for k in self.eval_pass_k or []:
+            require(1 <= k <= self.eval_samples, f"{key}.eval_pass_k",
+                    f"pass@{k} needs at least {k} samples but {key}.eval_samples={self.eval_samples}",
+                    f"use k values in 1..{self.eval_samples}, or raise {key}.eval_samples")
+        self.train.check(f"{key}.train")
+        self.eval.check(f"{key}.eval")
+
+    @property
+    def sources(self) -> set[str]:
+        return {self.train.source, self.eval.source}
 
 
 def load_dataset(config: DatasetConfig, exclude_prompts: Iterable[str] = ()) -> list[Row]:
     """All rows of one dataset config, checked; synthetic rows avoid `exclude_prompts`."""
-    if config.source in ("synthetic_arithmetic", "synthetic_code"):
+    if config.source in SYNTHETIC_SOURCES:
         from riskpo.data.synthetic import generate_rows, problem_maker
 
         if config.size is None or config.size < 1:
@@ -44,6 +118,17 @@ def load_train_and_eval(config: DataConfig) -> tuple[list[Row], list[Row]]:
     """Training and held-out rows; synthetic training rows never repeat an eval prompt."""
     eval_rows = load_dataset(config.eval)
     train_rows = load_dataset(config.train, exclude_prompts=[row.prompt_key for row in eval_rows])
+    return train_rows, eval_rows
+
+
+def load_checked_data(config: DataConfig, tokenizer: Any) -> tuple[list[Row], list[Row]]:
+    """Training and held-out rows, every prompt checked against data.max_prompt_length with
+    the engines' tokenizer: a longer prompt is a RowError naming the row and its length."""
+    train_rows, eval_rows = load_train_and_eval(config)
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        check_prompt_lengths(rows, tokenizer, config.template, config.max_prompt_length,
+                             f"data.{split} ({getattr(config, split).source})",
+                             config.system_prompt, config.instruction)
     return train_rows, eval_rows
 
 

@@ -46,6 +46,9 @@ class Row:
     reward_model: dict[str, Any] | None = None  # math: {"style", "ground_truth"}
     tests: dict[str, Any] | None = None  # code: {"style", "fn_name", "cases", "prefix"}
     extra_info: dict[str, Any] = field(default_factory=dict)
+    # where the row came from (file, 1-based row), for error messages; not part of the row
+    origin: str = field(default="", compare=False, repr=False)
+    row_number: int = field(default=0, compare=False, repr=False)
 
     @property
     def verifier(self) -> Literal["math", "code"]:
@@ -100,7 +103,8 @@ def parse_row(raw: Any, origin: str, row_number: int) -> Row:
     answer_format = extra_info.get("answer_format")
     if answer_format is not None and answer_format not in ANSWER_FORMATS:
         raise fail("extra_info.answer_format", f"{answer_format!r} is not one of {ANSWER_FORMATS}")
-    return Row(prompt, data_source, reward_model, tests, dict(extra_info))
+    return Row(prompt, data_source, reward_model, tests, dict(extra_info),
+               origin=origin, row_number=row_number)
 
 
 def _plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """The prompt sampler: a seeded reshuffle of the training rows every epoch, P prompts per
-step cut into bundles of B consecutive questions, and a state that resumes exactly.
+step (consecutive prompts form the estimator's groups, e.g. RiskPO's bundles), and a state that
+resumes exactly.
 
 An epoch's order depends only on (seed, epoch), so the state is (epoch, position) plus a
 fingerprint of the rows that catches resuming on different data.
@@ -18,11 +19,10 @@ from riskpo.data.rows import Row
 
 @dataclass
 class PromptBatch:
-    """The prompts of one step, in bundle order."""
+    """The prompts of one step, in the order the estimator groups them."""
 
     rows: list[Row]
     row_indices: list[int]  # position of each prompt in the dataset
-    bundle_ids: list[int]  # bundle of each prompt within the step: 0, 0, ..., 1, 1, ...
     epoch: int  # epoch of the first prompt
 
     def __len__(self) -> int:
@@ -34,21 +34,15 @@ class PromptSampler:
         self,
         rows: Sequence[Row],
         prompts_per_step: int,
-        bundle_size: int = 1,
-        drop_last_bundle: bool = False,
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
         if not rows:
             raise ValueError("PromptSampler: the dataset has no rows")
-        if prompts_per_step < 1 or bundle_size < 1:
-            raise ValueError(f"prompts_per_step ({prompts_per_step}) and bundle_size ({bundle_size}) must be >= 1")
-        if drop_last_bundle and prompts_per_step < bundle_size:
-            raise ValueError(f"prompts_per_step={prompts_per_step} < bundle_size={bundle_size} with drop_last_bundle leaves no prompt")
+        if prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step ({prompts_per_step}) must be >= 1")
         self.rows = list(rows)
-        self.bundle_size = bundle_size
-        full_bundles = prompts_per_step // bundle_size
-        self.prompts_per_step = full_bundles * bundle_size if drop_last_bundle else prompts_per_step
+        self.prompts_per_step = prompts_per_step
         self.shuffle, self.seed = shuffle, seed
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)
@@ -72,13 +66,12 @@ class PromptSampler:
         return indices
 
     def next_batch(self) -> PromptBatch:
-        """The next step's prompts (prompts_per_step of them, fewer with drop_last_bundle)."""
+        """The next step's prompts_per_step prompts."""
         epoch = self.epoch if self.position < len(self._order) else self.epoch + 1
         indices = self.take(self.prompts_per_step)
         return PromptBatch(
             rows=[self.rows[i] for i in indices],
             row_indices=indices,
-            bundle_ids=[i // self.bundle_size for i in range(len(indices))],
             epoch=epoch,
         )
 

@@ -10,16 +10,54 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from riskpo.config import ArithmeticConfig, CodeTaskConfig
 from riskpo.data.rows import Row
+from riskpo.options import require
 
 ARITHMETIC_SOURCE = "synthetic/arithmetic"
 CODE_SOURCE = "synthetic/code"
 OPERATORS = ("+", "-", "*")
 CODE_FORMS = ("linear", "quadratic")
 CODE_FUNCTION = "f"
+SYNTHETIC_SOURCES = ("synthetic_arithmetic", "synthetic_code")  # data.<split>.source values
+
+
+@dataclass
+class ArithmeticConfig:
+    """Knobs of the synthetic arithmetic task."""
+
+    min_digits: int = 3
+    max_digits: int = 3
+    min_terms: int = 2
+    max_terms: int = 2
+    operators: list[str] = field(default_factory=lambda: ["+"])  # from OPERATORS
+
+    def check(self, key: str) -> None:
+        require(1 <= self.min_digits <= self.max_digits, f"{key}.min_digits",
+                f"need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
+        require(1 <= self.min_terms <= self.max_terms and self.max_terms >= 2, f"{key}.min_terms",
+                f"need 1 <= min_terms <= max_terms and max_terms >= 2, got "
+                f"{self.min_terms}, {self.max_terms}")
+        require(bool(self.operators) and set(self.operators) <= set(OPERATORS), f"{key}.operators",
+                f"{list(self.operators)}: must be a non-empty subset of {list(OPERATORS)}")
+
+
+@dataclass
+class CodeTaskConfig:
+    """Knobs of the synthetic code task: write f(x) from examples of its values."""
+
+    forms: list[str] = field(default_factory=lambda: ["linear"])  # from CODE_FORMS
+    coef_range: int = 5  # coefficients drawn from [-coef_range, coef_range]
+    num_examples: int = 3  # values shown in the prompt
+    num_hidden_cases: int = 4  # further test cases not shown
+
+    def check(self, key: str) -> None:
+        require(bool(self.forms) and set(self.forms) <= set(CODE_FORMS), f"{key}.forms",
+                f"{list(self.forms)}: must be a non-empty subset of {list(CODE_FORMS)}")
+        require(self.coef_range >= 1, f"{key}.coef_range", "must be >= 1")
+        require(self.num_examples >= 1, f"{key}.num_examples", "must be >= 1")
+        require(self.num_hidden_cases >= 0, f"{key}.num_hidden_cases", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -111,14 +149,13 @@ def code_problem(rng: random.Random, config: CodeTaskConfig) -> SyntheticProblem
 def problem_maker(source: str, arithmetic: ArithmeticConfig, code: CodeTaskConfig) -> Callable[
     [random.Random], SyntheticProblem
 ]:
-    """The generator for a synthetic source name (synthetic_arithmetic or synthetic_code)."""
+    """The generator for a synthetic source name (one of SYNTHETIC_SOURCES); the knobs are
+    checked by the config (ArithmeticConfig.check, CodeTaskConfig.check)."""
     if source == "synthetic_arithmetic":
-        _check_arithmetic(arithmetic)
         return lambda rng: arithmetic_problem(rng, arithmetic)
     if source == "synthetic_code":
-        _check_code(code)
         return lambda rng: code_problem(rng, code)
-    raise ValueError(f"not a synthetic source: {source!r} (synthetic_arithmetic, synthetic_code)")
+    raise ValueError(f"not a synthetic source: {source!r} (one of {SYNTHETIC_SOURCES})")
 
 
 def generate_rows(
@@ -145,21 +182,3 @@ def generate_rows(
         f"could only generate {len(rows)} distinct problems of the {size} asked for: "
         "the task's space is too small (raise digits/terms/coef_range or lower size)"
     )
-
-
-def _check_arithmetic(config: ArithmeticConfig) -> None:
-    if not 1 <= config.min_digits <= config.max_digits:
-        raise ValueError(f"arithmetic digits: need 1 <= min_digits <= max_digits, got {config}")
-    if not 1 <= config.min_terms <= config.max_terms or config.max_terms < 2:
-        raise ValueError(f"arithmetic terms: need 1 <= min_terms <= max_terms, max >= 2, got {config}")
-    unknown = set(config.operators) - set(OPERATORS)
-    if not config.operators or unknown:
-        raise ValueError(f"arithmetic operators must be a non-empty subset of {OPERATORS}")
-
-
-def _check_code(config: CodeTaskConfig) -> None:
-    unknown = set(config.forms) - set(CODE_FORMS)
-    if not config.forms or unknown:
-        raise ValueError(f"code forms must be a non-empty subset of {CODE_FORMS}, got {config.forms}")
-    if config.coef_range < 1 or config.num_examples < 1 or config.num_hidden_cases < 0:
-        raise ValueError(f"code task: coef_range, num_examples >= 1, num_hidden_cases >= 0: {config}")

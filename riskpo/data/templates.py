@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from riskpo.data.rows import Row
+from riskpo.data.rows import Row, RowError
 from riskpo.messages import Prompt, render_prompt
 
-TEMPLATES = ("plain", "chat")
+TEMPLATES = ("plain", "chat")  # data.template
 
 
 def build_prompt(
@@ -62,12 +62,13 @@ def check_prompt_lengths(
     system_prompt: str | None = None,
     instruction: str | None = None,
 ) -> None:
-    """Raises ValueError naming the first row whose rendered prompt exceeds the limit."""
+    """Raises RowError naming the first row whose rendered prompt is longer than
+    max_prompt_length tokens (its file and row when it came from a file, else `origin` and its
+    position), and that length."""
     for number, row in enumerate(rows, start=1):
         prompt = build_prompt(row, template, system_prompt, instruction)
         length = len(render_prompt(prompt, tokenizer, number))
         if length > max_prompt_length:
-            raise ValueError(
-                f"{origin}, row {number}: prompt is {length} tokens, more than "
-                f"data.max_prompt_length={max_prompt_length} -> raise it or drop the row"
-            )
+            raise RowError(row.origin or origin, row.row_number or number, "prompt",
+                           f"renders to {length} tokens, more than data.max_prompt_length="
+                           f"{max_prompt_length} -> raise data.max_prompt_length or drop the row")

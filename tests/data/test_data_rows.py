@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from riskpo.config import DatasetConfig
 from riskpo.data import RowError, load_dataset, parse_row, read_rows
 from riskpo.data.builtin import champ_rows, humaneval_rows
+from riskpo.data.loaders import DatasetConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

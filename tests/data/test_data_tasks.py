@@ -6,10 +6,17 @@ import random
 
 import pytest
 
-from riskpo.config import ArithmeticConfig, CodeTaskConfig, DataConfig, DatasetConfig
-from riskpo.data import Row, load_train_and_eval
+from riskpo.data import Row, RowError, load_train_and_eval
+from riskpo.data.loaders import DataConfig, DatasetConfig
 from riskpo.data.sampler import PromptSampler
-from riskpo.data.synthetic import arithmetic_problem, code_problem, generate_rows, problem_maker
+from riskpo.data.synthetic import (
+    ArithmeticConfig,
+    CodeTaskConfig,
+    arithmetic_problem,
+    code_problem,
+    generate_rows,
+    problem_maker,
+)
 from riskpo.data.templates import build_prompt, check_prompt_lengths
 
 
@@ -85,28 +92,21 @@ def _rows(count: int) -> list[Row]:
 
 
 def test_sampler_covers_each_epoch_and_reshuffles():
-    sampler = PromptSampler(_rows(20), prompts_per_step=10, bundle_size=5, seed=3)
+    sampler = PromptSampler(_rows(20), prompts_per_step=10, seed=3)
     epoch0 = sampler.next_batch().row_indices + sampler.next_batch().row_indices
     epoch1 = sampler.next_batch().row_indices + sampler.next_batch().row_indices
     assert sorted(epoch0) == sorted(epoch1) == list(range(20))
     assert epoch0 != epoch1 and sampler.epoch == 1
 
 
-def test_sampler_bundles_and_drop_last_bundle():
-    batch = PromptSampler(_rows(30), prompts_per_step=12, bundle_size=5).next_batch()
-    assert batch.bundle_ids == [0] * 5 + [1] * 5 + [2] * 2
-    dropped = PromptSampler(_rows(30), prompts_per_step=12, bundle_size=5, drop_last_bundle=True)
-    assert len(dropped.next_batch()) == 10
-
-
 def test_sampler_resumes_exactly_across_epochs():
     rows = _rows(23)  # steps straddle epoch boundaries
-    straight = PromptSampler(rows, prompts_per_step=10, bundle_size=5, seed=11)
+    straight = PromptSampler(rows, prompts_per_step=10, seed=11)
     expected = [straight.next_batch().row_indices for _ in range(7)]
-    first = PromptSampler(rows, prompts_per_step=10, bundle_size=5, seed=11)
+    first = PromptSampler(rows, prompts_per_step=10, seed=11)
     got = [first.next_batch().row_indices for _ in range(3)]
     state = first.state_dict()
-    resumed = PromptSampler(rows, prompts_per_step=10, bundle_size=5, seed=11)
+    resumed = PromptSampler(rows, prompts_per_step=10, seed=11)
     resumed.load_state_dict(state)
     got += [resumed.next_batch().row_indices for _ in range(4)]
     assert got == expected
@@ -140,5 +140,9 @@ def test_prompt_length_check_names_the_row():
     rows = [Row(prompt="1+2=", data_source="t", reward_model={"ground_truth": "3"}),
             Row(prompt="123456+654321=", data_source="t", reward_model={"ground_truth": "0"})]
     check_prompt_lengths(rows[:1], build_tokenizer(), "plain", 8, "train")
-    with pytest.raises(ValueError, match="train, row 2: prompt is 14 tokens"):
+    with pytest.raises(RowError, match="train, row 2, field 'prompt': renders to 14 tokens"):
         check_prompt_lengths(rows, build_tokenizer(), "plain", 8, "train")
+    from_file = Row(prompt="123456+654321=", data_source="t", reward_model={"ground_truth": "0"},
+                    origin="data/train.jsonl", row_number=7)
+    with pytest.raises(RowError, match="data/train.jsonl, row 7, field 'prompt': renders to 14"):
+        check_prompt_lengths([from_file], build_tokenizer(), "plain", 8, "train")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from launch.compare import load_spec, plan, unique_runs
 from launch.compare_report import (
     findings,
     load_result,
@@ -18,7 +17,8 @@ from launch.compare_report import (
     study_table,
     write_report,
 )
-from riskpo.config import ConfigError
+from launch.compare_spec import load_spec, plan, unique_runs
+from riskpo.options import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -1,6 +1,6 @@
 """Placement across nodes on one machine: a `ray.cluster_utils.Cluster` of simulated nodes with
 their own CPUs, fake GPUs and marker resources. The workers are built as the driver builds them
-(workers/factory.py from a composed `cluster=multinode` config); rollout actors must land on the
+(launch/factory.py from a composed `cluster=multinode` config); rollout actors must land on the
 inference node, learner ranks on the training node, verifier actors on verifier nodes only, and
 losing a verifier node between steps must not stop a short training run.
 """
@@ -19,8 +19,10 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from riskpo.config import ConfigError, RunConfig, compose_config, validate
-from workers.factory import RunWorkers, check_resources, required_resources
+from launch.config import RunConfig, compose_config, validate
+from launch.factory import RunWorkers
+from launch.placement import check_resources, required_resources
+from riskpo.options import ConfigError
 
 # The multinode recipe, shrunk: 2 rollout actors on 2 inference GPUs, 2 learner ranks on 2
 # training GPUs, 2 math verifiers on 2 verifier nodes; the GPUs are fake, so compute on CPU.
@@ -139,7 +141,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def placed(cluster, run_dir) -> Iterator[tuple[RunConfig, RunWorkers]]:
     """The run's workers, built as launch/train.py builds them (connect_ray checks resources)."""
-    from workers.factory import build_workers, connect_ray, prepare_model
+    from launch.factory import build_workers, connect_ray, prepare_model
 
     console = Console(stderr=True, quiet=True)
     run = validate(compose(run_dir, ["trainer.total_steps=3"]))
@@ -214,7 +216,7 @@ def test_actors_land_where_the_cluster_config_says(cluster, placed):
 def test_colocated_rollout_and_learner_share_bundles_and_gpus(cluster, placed):
     """Colocated on the 2-GPU node: rollout actor i and learner rank i share bundle i (half a GPU
     each), so 2 actors + 2 ranks fit on 2 GPUs; disaggregated they would need 4."""
-    from workers.factory import build_workers, prepare_model
+    from launch.factory import build_workers, prepare_model
 
     console = Console(stderr=True, quiet=True)
     run = validate(compose(extra=[
@@ -275,7 +277,7 @@ def test_losing_a_verifier_node_does_not_stop_the_run(cluster, placed, run_dir):
 
 @pytest.mark.slow
 def test_config_error_when_no_node_has_the_verifier_resource(cluster):
-    from workers.factory import connect_ray
+    from launch.factory import connect_ray
 
     run = validate(compose(extra=["cluster.verifier_resource=cpu_verifier"]))
     with pytest.raises(ConfigError) as error:

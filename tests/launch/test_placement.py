@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from riskpo.config import compose_config, validate
-from workers.factory import one_gang, reserve_placement
+from launch.config import compose_config, validate
+from launch.placement import one_gang, reserve_placement
 
 pytestmark = pytest.mark.slow
 # 2.5 + 2.5 + 1 (verifier) CPUs per run on the session cluster's 8: one run fits, two do not.

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from riskpo.batch import TrainBatch
 from riskpo.modeling import build_tiny_model
-from workers.learner.config import LearnerConfig
+from workers.learner.config import LearnerConfig, LearnerSpec
 from workers.learner.group import LearnerGroup
 
 pytestmark = pytest.mark.slow
@@ -46,32 +46,44 @@ def learner_group(request: pytest.FixtureRequest, ray_cluster, tiny_model_path: 
         num_mini_batches=2,
         micro_batch_token_budget=40,  # several micro-batches per rank, unequal counts
     )
-    group = LearnerGroup(str(tiny_model_path), config)
+    group = LearnerGroup(str(tiny_model_path), LearnerSpec(config))
     yield group
     group.shutdown()
 
 
-def test_logprobs_cover_every_response_token(learner_group: LearnerGroup) -> None:
-    batch = learner_group.compute_logprobs(make_batch())
-    assert batch.ref_logprobs is None
-    for response, logprobs in zip(batch.response_ids, batch.old_logprobs, strict=True):
-        assert len(logprobs) == len(response) and all(lp < 0 for lp in logprobs)
+def test_logprobs_cover_every_response_token(learner_group: LearnerGroup, tiny_model_path: Path) -> None:
+    """The ranks keep the old log-probs; the gap they report against rollout log-probs of 0
+    is the mean negative log-likelihood of every loss row's response tokens, as plain
+    transformers computes it."""
+    batch = make_batch()
+    batch.rollout_logprobs = [[0.0] * len(r) for r in batch.response_ids]
+    gap = learner_group.compute_logprobs(batch)["rollout_learner_logprob_gap"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    total, tokens = 0.0, 0
+    for prompt, response, keep in zip(batch.prompt_ids, batch.response_ids, batch.loss_mask, strict=True):
+        if keep:
+            logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(response)[:, None])
+            total += float(-logprobs.sum())
+            tokens += len(response)
+    assert gap == pytest.approx(total / tokens, rel=1e-4)
 
 
 def test_loss_goes_down_on_a_fixed_batch(learner_group: LearnerGroup) -> None:
-    batch = learner_group.compute_logprobs(make_batch(seed=1))
+    batch = make_batch(seed=1)
+    gap = learner_group.compute_logprobs(batch)["rollout_learner_logprob_gap"]
     metrics = [learner_group.train_step(batch) for _ in range(3)]
     losses = [m["loss"] for m in metrics]
     assert losses[0] > losses[1] > losses[2], losses
     first = metrics[0]
     assert first["mini_batches"] == 2 and first["lr"] == pytest.approx(3e-3)
     assert first["grad_norm"] > 0 and first["entropy"] > 0
-    assert first["rollout_learner_logprob_gap"] > 0
+    assert gap > 0
     assert metrics[-1]["clip_fraction"] > 0  # the policy moved away from the old log-probs
 
 
 def test_checkpoint_round_trip_continues_identically(learner_group: LearnerGroup, tmp_path: Path) -> None:
-    batch = learner_group.compute_logprobs(make_batch(seed=2))
+    batch = make_batch(seed=2)
     learner_group.train_step(batch)  # optimizer state is non-trivial before saving
     extra = {"step": 7, "sampler": {"position": 42}, "rng": torch.get_rng_state()}
     learner_group.save(str(tmp_path / "checkpoint"), extra)
@@ -170,7 +182,7 @@ def test_weight_sync_reaches_every_rollout_engine(
 
     kind, rollout_group = rollout_group
 
-    learner_group.train_step(learner_group.compute_logprobs(make_batch(seed=3)))
+    learner_group.train_step(make_batch(seed=3))
     version_before = learner_group.weight_version
     metrics = learner_group.sync_weights(rollout_group)
     after = rollout_group.weight_versions()

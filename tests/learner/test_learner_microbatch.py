@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from riskpo.batch import TrainBatch
+from riskpo.losses import token_logprobs
+from riskpo.options import ConfigError
 from workers.learner.config import LearnerConfig
 from workers.learner.microbatch import (
     collate,
@@ -15,7 +17,6 @@ from workers.learner.microbatch import (
     response_values,
     row_lengths,
     split_rows,
-    token_logprobs,
 )
 
 
@@ -42,7 +43,7 @@ def test_packing_respects_the_token_budget() -> None:
 
 def test_every_rank_gets_the_same_number_of_micro_batches() -> None:
     lengths = [30, 30, 30, 30, 5]
-    plans = plan_micro_batches(lengths, range(5), num_ranks=2, budget=30)
+    plans = plan_micro_batches(split_rows(range(5), 2), lengths, budget=30)
     assert len(plans[0]) == len(plans[1]) == 3
     assert plans[1][-1] == []  # padded with an empty micro-batch
     assert sorted(i for plan in plans for micro in plan for i in micro) == list(range(5))
@@ -50,16 +51,20 @@ def test_every_rank_gets_the_same_number_of_micro_batches() -> None:
 
 def test_collate_aligns_response_tokens_with_their_targets() -> None:
     batch = small_batch()
-    micro = collate(batch, [0, 1, 2], pad_token_id=0)
+    old = {0: torch.tensor([-1.0, -2.0]), 1: torch.tensor([-3.0, -4.0, -5.0]), 2: torch.tensor([-6.0])}
+    micro = collate(batch, [0, 1, 2], pad_token_id=0, old_logprobs=old)
     assert micro.input_ids[1].tolist() == [1, 7, 13, 14, 15]
     targets = micro.input_ids[:, 1:]
     assert targets[0][micro.response_mask[0]].tolist() == [11, 12]
     assert targets[1][micro.response_mask[1]].tolist() == [13, 14, 15]
     assert not micro.response_mask[2].any()  # loss_mask False: no loss tokens
     assert micro.rollout_logprobs[1][micro.response_mask[1]].tolist() == pytest.approx([-0.3, -0.4, -0.5])
+    assert micro.ref_logprobs is None
     read_back = response_values(batch, [0, 1, 2], micro.rollout_logprobs)
-    for got, want in zip(read_back, batch.rollout_logprobs, strict=True):
-        assert got == pytest.approx(want)
+    for row, want in enumerate(batch.rollout_logprobs):
+        assert read_back[row].tolist() == pytest.approx(want)
+    for row, values in response_values(batch, [0, 1, 2], micro.old_logprobs).items():
+        assert torch.equal(values, old[row])
     assert collate(batch, [], pad_token_id=0).is_empty
 
 
@@ -73,7 +78,9 @@ def test_token_logprobs_pick_the_next_token() -> None:
 
 
 def test_config_names_the_bad_key() -> None:
-    with pytest.raises(ValueError, match="learner.zero_stage"):
-        LearnerConfig(zero_stage=4).validate()
-    with pytest.raises(ValueError, match="learner.offload_params"):
-        LearnerConfig(zero_stage=2, offload_params=True).validate()
+    with pytest.raises(ConfigError, match="learner.zero_stage"):
+        LearnerConfig(zero_stage=4).check("learner")
+    with pytest.raises(ConfigError, match="learner.offload_params"):
+        LearnerConfig(zero_stage=2, offload_params=True).check("learner")
+    with pytest.raises(ConfigError, match="learner.dtype"):
+        LearnerConfig(dtype="float16").check("learner")

@@ -13,7 +13,7 @@ import torch
 
 from riskpo.batch import TrainBatch
 from workers.learner.base import LearnerBackend
-from workers.learner.config import LearnerConfig
+from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import RankPlan
 from workers.weight_sync import BroadcastSender, TensorSpec, WeightManifest, make_sender
 
@@ -31,8 +31,8 @@ class LearnerWorker:
     """One data-parallel rank. Every method that touches parameters must be called on all
     ranks at once (the group does that)."""
 
-    def __init__(self, rank: int, world_size: int, config: LearnerConfig) -> None:
-        self.rank, self.world_size, self.config = rank, world_size, config
+    def __init__(self, rank: int, world_size: int, spec: LearnerSpec) -> None:
+        self.rank, self.world_size, self.spec = rank, world_size, spec
         self.backend: LearnerBackend | None = None
         self.sender: BroadcastSender | None = None
 
@@ -44,7 +44,7 @@ class LearnerWorker:
 
     def setup(self, model_path: str, master_addr: str, master_port: int, local_rank: int) -> None:
         """Joins the learners' default process group and builds the backend."""
-        if self.config.device == "gpu":
+        if self.spec.device == "gpu":
             # Ray shows each rank exactly its own GPU (CUDA_VISIBLE_DEVICES), which is then
             # device 0 in this process; DeepSpeed picks its device from LOCAL_RANK.
             local_rank = 0
@@ -55,24 +55,24 @@ class LearnerWorker:
             MASTER_ADDR=master_addr,
             MASTER_PORT=str(master_port),
         )
-        if self.config.device == "gpu":
+        if self.spec.device == "gpu":
             torch.cuda.set_device(0)
         import deepspeed
 
         from workers.learner.deepspeed_backend import disable_shared_memory_comm_build
 
-        if self.config.device == "cpu":
+        if self.spec.device == "cpu":
             disable_shared_memory_comm_build()
-        deepspeed.init_distributed(dist_backend="nccl" if self.config.device == "gpu" else "gloo")
-        module_name, class_name = BACKENDS[self.config.strategy].split(":")
+        deepspeed.init_distributed(dist_backend="nccl" if self.spec.device == "gpu" else "gloo")
+        module_name, class_name = BACKENDS[self.spec.config.strategy].split(":")
         self.backend = getattr(importlib.import_module(module_name), class_name)()
-        self.backend.initialize(model_path, self.config, self.rank, self.world_size)
+        self.backend.initialize(model_path, self.spec, self.rank, self.world_size)
 
-    def logprobs(self, batch: TrainBatch, plan: RankPlan, reference: bool) -> list[list[float]]:
-        return self._backend().logprobs(batch, plan, reference=reference)
+    def prepare(self, batch: TrainBatch, plan: RankPlan) -> dict[str, float]:
+        return self._backend().prepare(batch, plan)
 
-    def train_step(self, batch: TrainBatch, plans: list[RankPlan], loss_units: list[float]) -> list[dict[str, float]]:
-        return self._backend().train_step(batch, plans, loss_units)
+    def train_step(self, plans: list[RankPlan], loss_units: list[float]) -> list[dict[str, float]]:
+        return self._backend().train_step(plans, loss_units)
 
     def save(self, path: str, extra: dict[str, Any]) -> None:
         self._backend().save(path, extra)

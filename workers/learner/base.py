@@ -2,48 +2,52 @@
 
 A backend (DeepSpeed today, FSDP2 later) implements the primitives below -- initialize,
 forward, backward, optimizer step, full-parameter iteration, save/load, export -- and inherits
-`logprobs` and `train_step`, so adding a backend is one module.
+`prepare` and `train_step`, so adding a backend is one module. The objective itself is
+riskpo.losses.micro_batch_objective.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from riskpo.batch import TrainBatch
-from riskpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
-from workers.learner.config import LearnerConfig
-from workers.learner.microbatch import (
-    MicroBatch,
-    RankPlan,
-    collate,
-    response_values,
-    token_logprobs,
-)
+from riskpo.losses import TOKEN_WEIGHTED_METRICS, micro_batch_objective, token_logprobs
+from workers.learner.config import LearnerSpec
+from workers.learner.microbatch import MicroBatch, RankPlan, RowLogprobs, collate, response_values
 from workers.weight_sync import TensorSpec
 
-# Per-mini-batch sums a rank returns; the group adds them over ranks and divides by "tokens".
-TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl")
+
+@dataclass
+class PreparedBatch:
+    """A step's batch as one rank holds it: the rows it trains on, with the policy's log-probs
+    before the update (and the reference model's, when KL is on), kept here for the step."""
+
+    batch: TrainBatch
+    old_logprobs: RowLogprobs
+    ref_logprobs: RowLogprobs | None
 
 
 class LearnerBackend(ABC):
     """One rank of a data-parallel learner. Every method that touches parameters runs on all
     ranks together (collectives under ZeRO), in the same order, with the same plan shape."""
 
-    config: LearnerConfig
+    spec: LearnerSpec
     world_size: int
     pad_token_id: int
     device: torch.device
+    prepared: PreparedBatch | None = None  # the current step's batch (prepare -> train_step)
 
     # ---------------------------------------------------------------- primitives
 
     @abstractmethod
-    def initialize(self, model_path: str, config: LearnerConfig, rank: int, world_size: int) -> None:
-        """Loads the policy (and the reference model when config.kl_coef > 0), builds the
+    def initialize(self, model_path: str, spec: LearnerSpec, rank: int, world_size: int) -> None:
+        """Loads the policy (and the reference model when spec.loss.kl_coef > 0), builds the
         optimizer; the distributed default group is already up."""
 
     @abstractmethod
@@ -81,32 +85,44 @@ class LearnerBackend(ABC):
     # ---------------------------------------------------------------- shared PPO logic
 
     @torch.no_grad()
-    def logprobs(self, batch: TrainBatch, plan: RankPlan, *, reference: bool = False) -> list[list[float]]:
-        """Per-token log-probs of the response tokens of the planned rows, in plan order."""
-        values: list[list[float]] = []
+    def logprobs(self, batch: TrainBatch, plan: RankPlan, *, reference: bool = False) -> dict[int, torch.Tensor]:
+        """Per-token log-probs of the response tokens of the planned rows (row -> [len])."""
+        values: dict[int, torch.Tensor] = {}
         for rows in plan:
             micro = collate(batch, rows, self.pad_token_id).to(self.device)
             logits = self.forward(micro, reference=reference)
             if rows:
-                per_token = token_logprobs(logits, micro.input_ids, self.config.temperature)
-                values.extend(response_values(batch, rows, per_token))
+                per_token = token_logprobs(logits, micro.input_ids, self.spec.temperature).cpu()
+                values.update(response_values(batch, rows, per_token))
         return values
 
-    def train_step(
-        self, batch: TrainBatch, mini_batch_plans: list[RankPlan], loss_units: list[float]
-    ) -> list[dict[str, float]]:
-        """One optimizer step per mini-batch; loss_units[m] is mini-batch m's global count of
-        tokens (token_mean) or rows (seq_mean_*) so micro-batch losses add up to the loss of
-        the whole mini-batch over all ranks. Returns per-mini-batch metric sums."""
-        if batch.old_logprobs is None:
-            raise ValueError("train_step: batch.old_logprobs is missing; call compute_logprobs first")
-        if self.config.uses_reference_model and batch.ref_logprobs is None:
-            raise ValueError("train_step: kl_coef > 0 but batch.ref_logprobs is missing")
+    def prepare(self, batch: TrainBatch, plan: RankPlan) -> dict[str, float]:
+        """Computes and keeps the old (and reference) log-probs of this rank's rows of the
+        step's batch; returns the sums behind the rollout-vs-learner log-prob gap."""
+        old = self.logprobs(batch, plan)
+        ref = self.logprobs(batch, plan, reference=True) if self.spec.loss.uses_reference_model else None
+        self.prepared = PreparedBatch(batch, old, ref)
+        gap, tokens = 0.0, 0
+        for row in sorted(old):
+            rollout = batch.rollout_logprobs[row]
+            if batch.loss_mask[row] and rollout:
+                gap += float((torch.tensor(rollout) - old[row]).abs().sum())
+                tokens += len(rollout)
+        return {"gap_sum": gap, "gap_tokens": float(tokens)}
+
+    def train_step(self, mini_batch_plans: list[RankPlan], loss_units: list[float]) -> list[dict[str, float]]:
+        """One optimizer step per mini-batch of the prepared batch; loss_units[m] is mini-batch
+        m's global count of tokens (token_mean) or rows (seq_mean_*) so micro-batch losses add
+        up to the loss of the whole mini-batch over all ranks. Returns per-mini-batch sums."""
+        prepared = self.prepared
+        if prepared is None:
+            raise ValueError("train_step before prepare: the step's log-probs are not computed")
         results = []
         for plan, units in zip(mini_batch_plans, loss_units, strict=True):
             sums: dict[str, float] = dict.fromkeys(("loss", "tokens", *TOKEN_WEIGHTED_METRICS), 0.0)
             for index, rows in enumerate(plan):
-                micro = collate(batch, rows, self.pad_token_id).to(self.device)
+                micro = collate(prepared.batch, rows, self.pad_token_id, prepared.old_logprobs,
+                                prepared.ref_logprobs).to(self.device)
                 loss = self._micro_batch_loss(micro, units, sums)
                 self.backward(loss, last_micro_batch=index == len(plan) - 1)
             sums.update(self.optimizer_step())
@@ -119,42 +135,13 @@ class LearnerBackend(ABC):
         logits = self.forward(micro)
         if micro.is_empty:
             return logits.float().sum() * 0.0  # keeps the collectives of this micro-step in step
-        config = self.config
-        mask = micro.response_mask
-        logprobs = token_logprobs(logits, micro.input_ids, config.temperature)
-        pg_loss, pg_metrics = policy_loss(
-            logprobs,
-            micro.old_logprobs,
-            micro.advantages,
-            mask,
-            clip_low=config.clip_low,
-            clip_high=config.clip_high,
-            dual_clip=config.dual_clip,
-            aggregation=config.aggregation,
-            rollout_logprobs=micro.rollout_logprobs if config.tis_cap is not None else None,
-            tis_cap=config.tis_cap,
-        )
-        micro_units = mask.sum().item() if config.aggregation == "token_mean" else mask.shape[0]
-        loss = pg_loss * (micro_units / loss_units)
-        entropy = entropy_from_logits(logits[:, :-1].float() / config.temperature)
-        if config.entropy_coef > 0:
-            loss = loss - config.entropy_coef * aggregate(entropy, mask, config.aggregation, loss_units)
-        kl = torch.zeros_like(logprobs)
-        if config.uses_reference_model:
-            kl = kl_penalty(logprobs, micro.ref_logprobs, config.kl_kind)
-            loss = loss + config.kl_coef * aggregate(kl, mask, config.aggregation, loss_units)
-        tokens = float(mask.sum().item())
-        sums["loss"] += loss.item()
-        sums["tokens"] += tokens
-        sums["clip_fraction"] += pg_metrics["clip_fraction"] * tokens
-        sums["approx_kl"] += pg_metrics["approx_kl"] * tokens
-        sums["entropy"] += _masked_sum(entropy.detach(), mask)
-        sums["kl"] += _masked_sum(kl.detach(), mask)
+        loss, micro_sums = micro_batch_objective(
+            logits, micro.input_ids, micro.response_mask, micro.advantages, micro.old_logprobs,
+            self.spec.loss, loss_units=loss_units, temperature=self.spec.temperature,
+            rollout_logprobs=micro.rollout_logprobs, ref_logprobs=micro.ref_logprobs)
+        for key, value in micro_sums.items():
+            sums[key] += value
         return loss * self.world_size
-
-
-def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((values * mask).sum().item())
 
 
 def ensure_directory(path: str) -> Path:

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from workers.learner.base import LearnerBackend, ensure_directory
-from workers.learner.config import LearnerConfig
+from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import MicroBatch
 from workers.weight_sync import TensorSpec
 
@@ -28,14 +28,15 @@ def disable_shared_memory_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def deepspeed_config(config: LearnerConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(spec: LearnerSpec, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config for one learner rank (gradient accumulation is driven by the
     caller through the boundary flag, so the batch sizes here are nominal)."""
+    config, on_gpu = spec.config, spec.device == "gpu"
     zero: dict[str, Any] = {"stage": config.zero_stage}
-    if config.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": config.device == "gpu"}
+    if config.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if config.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": config.device == "gpu"}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     ds_config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -47,7 +48,7 @@ def deepspeed_config(config: LearnerConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    if config.offload_optimizer:  # ZeRO offload needs DeepSpeed's own CPU Adam (JIT-built)
+    if config.offload:  # ZeRO offload needs DeepSpeed's own CPU Adam (JIT-built)
         ds_config["optimizer"] = {
             "type": "AdamW",
             "params": {"lr": config.lr, "betas": list(config.betas), "weight_decay": config.weight_decay},
@@ -58,11 +59,12 @@ def deepspeed_config(config: LearnerConfig, world_size: int) -> dict[str, Any]:
 class DeepSpeedBackend(LearnerBackend):
     """One DeepSpeed rank: the policy engine plus an optional frozen reference model."""
 
-    def initialize(self, model_path: str, config: LearnerConfig, rank: int, world_size: int) -> None:
-        config.validate()
-        self.config, self.rank, self.world_size = config, rank, world_size
-        self.device = torch.device("cuda", torch.cuda.current_device()) if config.device == "gpu" else torch.device("cpu")
-        torch.manual_seed(config.seed)
+    def initialize(self, model_path: str, spec: LearnerSpec, rank: int, world_size: int) -> None:
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        config = spec.config
+        on_gpu = spec.device == "gpu"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        torch.manual_seed(spec.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = _pad_token_id(self.tokenizer)
         model = self._load_model(model_path, torch.float32)
@@ -70,23 +72,23 @@ class DeepSpeedBackend(LearnerBackend):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         optimizer = None
-        if not config.offload_optimizer:
+        if not config.offload:
             optimizer = torch.optim.AdamW(
                 model.parameters(),
                 lr=config.lr,
                 betas=tuple(config.betas),
                 weight_decay=config.weight_decay,
-                fused=config.device == "gpu",
+                fused=on_gpu,
             )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=model.parameters() if optimizer is None else None,
             optimizer=optimizer,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, self._warmup_factor),
-            config=deepspeed_config(config, world_size),
+            config=deepspeed_config(spec, world_size),
         )
         self.reference = None
-        if config.uses_reference_model:
+        if spec.loss.uses_reference_model:
             self.reference = self._load_model(model_path, TORCH_DTYPES[config.dtype]).to(self.device)
             self.reference.requires_grad_(False)
 
@@ -158,11 +160,11 @@ class DeepSpeedBackend(LearnerBackend):
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
 
     def _warmup_factor(self, optimizer_step: int) -> float:
-        warmup = self.config.warmup_steps
+        warmup = self.spec.config.warmup_steps
         return 1.0 if warmup == 0 else min(1.0, (optimizer_step + 1) / warmup)
 
     def _gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
-        if self.config.zero_stage == 3:
+        if self.spec.config.zero_stage == 3:
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return contextlib.nullcontext()
 

@@ -1,11 +1,12 @@
 """The learner group the driver calls: R DeepSpeed ranks as Ray actors in one placement group,
-with old/reference log-probs, PPO training steps, checkpoints, HF export and weight sync."""
+with old/reference log-probs (computed and kept on the ranks), PPO training steps,
+checkpoints, HF export and weight sync."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -14,13 +15,24 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from riskpo.batch import TrainBatch
+from riskpo.losses import TOKEN_WEIGHTED_METRICS
 from workers.learner.actor import LearnerWorker
-from workers.learner.base import TOKEN_WEIGHTED_METRICS
-from workers.learner.config import LearnerConfig
+from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import RankPlan, plan_micro_batches, row_lengths, split_rows
 from workers.weight_sync import WeightManifest, build_manifest
 
 GROUP_STATE_KEY = "learner_group"  # the group's own entry beside the driver's in a checkpoint
+
+
+@dataclass
+class StepPlan:
+    """How one step's rows are spread: rank r computes log-probs for its shard in the
+    micro-batches logprob_plans[r] and trains mini-batch m on mini_batch_plans[r][m]."""
+
+    step: int
+    logprob_plans: list[RankPlan]
+    mini_batch_plans: list[list[RankPlan]]
+    loss_units: list[float]
 
 
 class LearnerGroup:
@@ -29,7 +41,7 @@ class LearnerGroup:
     def __init__(
         self,
         model_path: str,
-        config: LearnerConfig,
+        spec: LearnerSpec,
         *,
         cpus_per_rank: float = 1.0,
         gpus_per_rank: float | None = None,
@@ -41,10 +53,11 @@ class LearnerGroup:
         """Rank r runs in bundle r of a placement group: its own (one bundle per rank of
         {CPU, GPU, **bundle_resources}), or `placement_group` when given (colocation: bundles
         shared with rollout actors; the caller removes it)."""
-        config.validate()
-        self.config = config
+        self.spec = spec
+        config = spec.config
         self.steps = 0  # train_step calls so far: seeds the mini-batch shuffle
-        gpus = (1.0 if config.device == "gpu" else 0.0) if gpus_per_rank is None else gpus_per_rank
+        self._prepared: tuple[TrainBatch, StepPlan] | None = None  # the batch the ranks hold
+        gpus = (1.0 if spec.device == "gpu" else 0.0) if gpus_per_rank is None else gpus_per_rank
         self._owns_placement_group = placement_group is None
         if placement_group is None:
             bundle = {"CPU": cpus_per_rank, **({"GPU": gpus} if gpus else {}), **(bundle_resources or {})}
@@ -57,7 +70,7 @@ class LearnerGroup:
                 num_cpus=cpus_per_rank,
                 num_gpus=gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
-            ).remote(rank, config.num_ranks, config)
+            ).remote(rank, config.num_ranks, spec)
             for rank in range(config.num_ranks)
         ]
         node_ips = ray.get([worker.node_ip.remote() for worker in self.workers])
@@ -75,62 +88,61 @@ class LearnerGroup:
 
     # ---------------------------------------------------------------- training
 
-    def compute_logprobs(self, batch: TrainBatch) -> TrainBatch:
-        """The batch with old_logprobs (current policy) and, when KL is on, ref_logprobs filled."""
-        plans = plan_micro_batches(
-            row_lengths(batch), range(len(batch)), self.config.num_ranks, self.config.micro_batch_token_budget
-        )
+    def compute_logprobs(self, batch: TrainBatch) -> dict[str, float]:
+        """Sends the step's batch to the ranks once; each computes the old (and, with KL, the
+        reference) log-probs of the rows it trains on and keeps them for train_step. Returns
+        rollout_learner_logprob_gap: mean |rollout log-prob - learner log-prob| over the loss
+        rows' response tokens (engine/learner numerics, or off-policy drift)."""
+        plan = self._plan_step(batch)
         batch_ref = ray.put(batch)
-        old = self._gather_logprobs(batch_ref, plans, len(batch), reference=False)
-        ref = self._gather_logprobs(batch_ref, plans, len(batch), reference=True) if self.config.uses_reference_model else None
-        return dataclasses.replace(batch, old_logprobs=old, ref_logprobs=ref)
+        sums = ray.get([
+            worker.prepare.remote(batch_ref, shard)
+            for worker, shard in zip(self.workers, plan.logprob_plans, strict=True)
+        ])
+        self._prepared = (batch, plan)
+        tokens = sum(s["gap_tokens"] for s in sums)
+        gap = sum(s["gap_sum"] for s in sums) / tokens if tokens else float("nan")
+        return {"rollout_learner_logprob_gap": gap}
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """PPO epochs x mini-batches of optimizer steps on the batch (log-probs are computed
-        first when the batch has none). Returns metrics averaged over mini-batches."""
-        if batch.old_logprobs is None or (self.config.uses_reference_model and batch.ref_logprobs is None):
-            batch = self.compute_logprobs(batch)
-        rank_plans, loss_units = self._plan_step(batch)
-        batch_ref = ray.put(batch)
+        """PPO epochs x mini-batches of optimizer steps on the batch (its log-probs are
+        computed first unless compute_logprobs already ran on this batch). Returns metrics
+        averaged over mini-batches."""
+        if self._prepared is None or self._prepared[0] is not batch:
+            self.compute_logprobs(batch)
+        plan = self._prepared[1] if self._prepared else self._plan_step(batch)
+        if self.steps != plan.step:  # the same batch trained again: a new shuffle
+            plan = self._plan_step(batch)
         per_rank = ray.get([
-            worker.train_step.remote(batch_ref, plans, loss_units)
-            for worker, plans in zip(self.workers, rank_plans, strict=True)
+            worker.train_step.remote(plans, plan.loss_units)
+            for worker, plans in zip(self.workers, plan.mini_batch_plans, strict=True)
         ])
         self.steps += 1
-        metrics = _combine_mini_batch_metrics(per_rank)
-        metrics["rollout_learner_logprob_gap"] = rollout_learner_logprob_gap(batch)
-        return metrics
+        return _combine_mini_batch_metrics(per_rank)
 
-    def _plan_step(self, batch: TrainBatch) -> tuple[list[list[RankPlan]], list[float]]:
-        config = self.config
+    def _plan_step(self, batch: TrainBatch) -> StepPlan:
+        """Rows split over ranks once per step (rank r keeps the log-probs of its shard), then
+        each PPO epoch shuffles every shard and cuts it into num_mini_batches mini-batches;
+        mini-batch m is the m-th slice of every shard."""
+        config, loss = self.spec.config, self.spec.loss
         lengths = row_lengths(batch)
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.steps)
-        rank_plans: list[list[RankPlan]] = [[] for _ in self.workers]
-        loss_units: list[float] = []
-        for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(batch), generator=generator).tolist()
-            for rows in split_rows(order, config.num_mini_batches):
-                units = _loss_units(batch, rows, config.aggregation)
+        budget = config.micro_batch_token_budget
+        shards = split_rows(range(len(batch)), config.num_ranks)
+        generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + self.steps)
+        plan = StepPlan(step=self.steps, logprob_plans=plan_micro_batches(shards, lengths, budget),
+                        mini_batch_plans=[[] for _ in self.workers], loss_units=[])
+        for _ in range(loss.ppo_epochs):
+            orders = [[shard[i] for i in torch.randperm(len(shard), generator=generator).tolist()]
+                      for shard in shards]
+            slices = [split_rows(order, config.num_mini_batches) for order in orders]
+            for mini_batch in zip(*slices, strict=True):
+                units = _loss_units(batch, [row for rows in mini_batch for row in rows], loss.aggregation)
                 if units == 0:
                     continue  # nothing to learn from (all rows masked): no optimizer step
-                plans = plan_micro_batches(lengths, rows, config.num_ranks, config.micro_batch_token_budget)
-                for rank, plan in enumerate(plans):
-                    rank_plans[rank].append(plan)
-                loss_units.append(units)
-        return rank_plans, loss_units
-
-    def _gather_logprobs(
-        self, batch_ref: ray.ObjectRef, plans: list[RankPlan], num_rows: int, *, reference: bool
-    ) -> list[list[float]]:
-        per_rank = ray.get([
-            worker.logprobs.remote(batch_ref, plan, reference)
-            for worker, plan in zip(self.workers, plans, strict=True)
-        ])
-        values: list[list[float] | None] = [None] * num_rows
-        for plan, rank_values in zip(plans, per_rank, strict=True):
-            for row, row_values in zip((r for micro in plan for r in micro), rank_values, strict=True):
-                values[row] = row_values
-        return values  # type: ignore[return-value]
+                for rank, rank_plan in enumerate(plan_micro_batches(mini_batch, lengths, budget)):
+                    plan.mini_batch_plans[rank].append(rank_plan)
+                plan.loss_units.append(units)
+        return plan
 
     # ---------------------------------------------------------------- checkpoints, export
 
@@ -188,9 +200,9 @@ class LearnerGroup:
             "master_addr": self.master_addr,
             "master_port": ray.get(self.workers[0].reserve_port.remote()),
             "world_size": 1 + len(actors),
-            "backend": "nccl" if self.config.device == "gpu" else "gloo",
+            "backend": "nccl" if self.spec.device == "gpu" else "gloo",
             "group_name": f"weight_sync_{id(self)}_{self._sync_generation}",
-            "timeout_s": self.config.weight_sync_timeout_s,
+            "timeout_s": self.spec.config.weight_sync_timeout_s,
         }
         ray.get([
             self.workers[0].open_weight_sync.remote(**transport),
@@ -202,7 +214,7 @@ class LearnerGroup:
     def _weight_manifest(self) -> WeightManifest:
         if self._manifest is None:
             specs = ray.get(self.workers[0].parameter_specs.remote())
-            self._manifest = build_manifest(specs, int(self.config.weight_sync_bucket_mb * (1 << 20)))
+            self._manifest = build_manifest(specs, int(self.spec.config.weight_sync_bucket_mb * (1 << 20)))
         return self._manifest
 
     def shutdown(self) -> None:
@@ -238,16 +250,6 @@ def rollout_actors(rollout: Any) -> list[Any]:
     if not actors:
         raise ValueError("sync_weights: no rollout actors to send weights to")
     return actors
-
-
-def rollout_learner_logprob_gap(batch: TrainBatch) -> float:
-    """Mean |rollout log-prob - learner (old) log-prob| over the loss rows' response tokens."""
-    total, count = 0.0, 0
-    for keep, rollout, learner in zip(batch.loss_mask.tolist(), batch.rollout_logprobs, batch.old_logprobs, strict=True):
-        if keep and rollout:
-            total += float((torch.tensor(rollout) - torch.tensor(learner)).abs().sum())
-            count += len(rollout)
-    return total / count if count else float("nan")
 
 
 def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: str) -> float:

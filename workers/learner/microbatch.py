@@ -7,7 +7,7 @@ empty ones that contribute nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from riskpo.batch import TrainBatch
 
 RankPlan = list[list[int]]  # [micro-batch][row index into the TrainBatch]
+RowLogprobs = Mapping[int, torch.Tensor]  # row index -> log-prob of each response token [len]
 
 
 @dataclass
@@ -68,18 +69,19 @@ def pack_by_token_budget(indices: Sequence[int], lengths: Sequence[int], budget:
     return groups
 
 
-def plan_micro_batches(
-    lengths: Sequence[int], indices: Sequence[int], num_ranks: int, budget: int
-) -> list[RankPlan]:
-    """[rank][micro-batch][row]: rows split over ranks, packed by token budget, every rank
-    padded with empty micro-batches to the same count."""
-    plans = [pack_by_token_budget(part, lengths, budget) for part in split_rows(indices, num_ranks)]
+def plan_micro_batches(shards: Sequence[Sequence[int]], lengths: Sequence[int], budget: int) -> list[RankPlan]:
+    """[rank][micro-batch][row]: each rank's rows packed by token budget, every rank padded
+    with empty micro-batches to the same count (ZeRO runs collectives in every forward)."""
+    plans = [pack_by_token_budget(shard, lengths, budget) for shard in shards]
     count = max(1, max(len(plan) for plan in plans))
     return [plan + [[] for _ in range(count - len(plan))] for plan in plans]
 
 
-def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int) -> MicroBatch:
-    """Pads the given rows into a MicroBatch (an empty `rows` gives a one-row dummy)."""
+def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int,
+            old_logprobs: RowLogprobs | None = None,
+            ref_logprobs: RowLogprobs | None = None) -> MicroBatch:
+    """Pads the given rows into a MicroBatch (an empty `rows` gives a one-row dummy); old and
+    reference log-probs come from the rank's own store (row index -> tensor)."""
     if not rows:
         return _empty_micro_batch(pad_token_id)
     sequences = [batch.prompt_ids[i] + batch.response_ids[i] for i in rows]
@@ -92,39 +94,33 @@ def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int) -> MicroB
         attention_mask[slot, : len(sequence)] = 1
         start = len(batch.prompt_ids[index]) - 1
         response_mask[slot, start : start + len(batch.response_ids[index])] = bool(batch.loss_mask[index])
+    rollout = {i: torch.tensor(batch.rollout_logprobs[i], dtype=torch.float32) for i in rows}
     return MicroBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=response_mask,
         advantages=batch.advantages[list(rows)].float(),
-        rollout_logprobs=_scatter(batch, rows, batch.rollout_logprobs, length),
-        old_logprobs=None if batch.old_logprobs is None else _scatter(batch, rows, batch.old_logprobs, length),
-        ref_logprobs=None if batch.ref_logprobs is None else _scatter(batch, rows, batch.ref_logprobs, length),
+        rollout_logprobs=_scatter(batch, rows, rollout, length),
+        old_logprobs=None if old_logprobs is None else _scatter(batch, rows, old_logprobs, length),
+        ref_logprobs=None if ref_logprobs is None else _scatter(batch, rows, ref_logprobs, length),
     )
 
 
-def response_values(batch: TrainBatch, rows: Sequence[int], values: torch.Tensor) -> list[list[float]]:
+def response_values(batch: TrainBatch, rows: Sequence[int], values: torch.Tensor) -> dict[int, torch.Tensor]:
     """Reads per-token values [B, L-1] back out at each row's response positions."""
-    out = []
+    out = {}
     for slot, index in enumerate(rows):
         start = len(batch.prompt_ids[index]) - 1
-        out.append(values[slot, start : start + len(batch.response_ids[index])].tolist())
+        out[index] = values[slot, start : start + len(batch.response_ids[index])].clone()
     return out
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log p(input_ids[:, t+1] | prefix) for every t: [B, L-1], computed in float32."""
-    scaled = logits[:, :-1].float() / temperature
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    return torch.log_softmax(scaled, dim=-1).gather(-1, targets).squeeze(-1)
-
-
-def _scatter(batch: TrainBatch, rows: Sequence[int], values: list[list[float]], length: int) -> torch.Tensor:
+def _scatter(batch: TrainBatch, rows: Sequence[int], values: RowLogprobs, length: int) -> torch.Tensor:
     out = torch.zeros((len(rows), length - 1), dtype=torch.float32)
     for slot, index in enumerate(rows):
         start = len(batch.prompt_ids[index]) - 1
         row_values = values[index]
-        out[slot, start : start + len(row_values)] = torch.tensor(row_values, dtype=torch.float32)
+        out[slot, start : start + row_values.numel()] = row_values
     return out
 
 

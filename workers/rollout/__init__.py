@@ -7,18 +7,46 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from riskpo.options import one_of, require
 from workers.rollout.engine import RolloutEngine
 
-__all__ = ["ENGINE_KINDS", "RolloutEngine", "make_engine"]
+__all__ = ["ENGINE_CAPABILITIES", "ENGINE_KINDS", "EngineConfig", "RolloutEngine", "make_engine"]
 
 # kind -> "module:class"; vllm's module imports vllm only when an engine is built.
 ENGINE_KINDS = {
     "hf": "workers.rollout.hf_engine:HFEngine",
     "vllm": "workers.rollout.vllm_engine:VLLMEngine",
 }
+# What each engine can do. `streamed_weight_load`: it accepts weights as a stream of
+# (name, tensor) buckets, which ZeRO-3 needs because the learner gathers one layer at a time.
+ENGINE_CAPABILITIES: dict[str, dict[str, bool]] = {
+    "hf": {"streamed_weight_load": True, "tensor_parallel": False},
+    "vllm": {"streamed_weight_load": True, "tensor_parallel": True},
+}
+
+
+@dataclass
+class EngineConfig:
+    """The rollout engines (the engine half of `rollout.*`): which engine, how many actors."""
+
+    engine: str = "hf"  # see ENGINE_KINDS
+    num_actors: int = 1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5  # vllm only
+
+    def check(self, key: str) -> None:
+        one_of(self.engine, ENGINE_KINDS, f"{key}.engine")
+        require(self.num_actors >= 1, f"{key}.num_actors", "must be >= 1")
+        require(self.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", "must be >= 1")
+        if self.tensor_parallel_size > 1:
+            require(ENGINE_CAPABILITIES[self.engine]["tensor_parallel"], f"{key}.tensor_parallel_size",
+                    f"the {self.engine} engine has no tensor parallelism", f"use 1, or {key}=vllm")
+        require(0.0 < self.gpu_memory_utilization <= 1.0, f"{key}.gpu_memory_utilization",
+                "outside (0, 1]")
 
 
 def make_engine(

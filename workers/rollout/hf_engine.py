@@ -12,10 +12,8 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
-from riskpo.modeling import load_model_and_tokenizer
+from riskpo.modeling import MODEL_DTYPES, load_model_and_tokenizer
 from workers.rollout.engine import first_stop_string
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @contextmanager
@@ -61,8 +59,8 @@ class HFEngine:
         gguf_file: str | None = None,
         num_threads: int | None = None,
     ):
-        if dtype not in DTYPES:
-            raise ValueError(f"HFEngine: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"HFEngine: dtype must be one of {sorted(MODEL_DTYPES)}, got {dtype!r}")
         if max_batch_sequences < 1:
             raise ValueError(
                 f"HFEngine: max_batch_sequences must be >= 1, got {max_batch_sequences}"
@@ -71,7 +69,7 @@ class HFEngine:
         self.num_threads = num_threads  # torch CPU threads while generating; None: unchanged
         self.max_batch_sequences = max_batch_sequences
         model, tokenizer = load_model_and_tokenizer(
-            model_path, dtype=DTYPES[dtype], gguf_file=gguf_file
+            model_path, dtype=MODEL_DTYPES[dtype], gguf_file=gguf_file
         )
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

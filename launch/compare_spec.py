@@ -1,0 +1,166 @@
+"""A comparison spec (conf/compare/*.yaml): studies x arms x seeds, each run composed and
+validated before any starts, and the fairness rule (arms may differ only under `algorithm.`).
+Read by the runner (launch/compare.py) and the report (launch/compare_report.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from launch.config import CONF_DIR, RunConfig, compose_config, validate
+from launch.sweep_summary import differing_keys, flatten
+from riskpo.options import ConfigError
+
+DEFAULT_SPEC = CONF_DIR / "compare" / "full.yaml"
+# Keys that differ between arms of a study by construction.
+BOOKKEEPING_KEYS = ("run_dir", "seed", "experiment_name")
+FAIR_PREFIX = "algorithm."
+
+
+@dataclass
+class Arm:
+    name: str
+    overrides: list[str]
+
+
+@dataclass
+class Study:
+    name: str
+    title: str
+    overrides: list[str]
+    seeds: list[int]
+    target: float  # avg@1 the "steps to target" column counts to
+    arms: list[Arm]
+    baseline: str | None = None  # the arm the others are compared with in the findings
+
+
+@dataclass
+class Spec:
+    name: str
+    description: str
+    common: list[str]
+    studies: list[Study]
+    path: Path | None = None
+
+
+@dataclass
+class PlannedRun:
+    """One run: where it goes and the full override list that defines it."""
+
+    study: str
+    arm: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    config: RunConfig | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.study}/{self.arm}/seed{self.seed}"
+
+    def finished(self) -> bool:
+        return (self.run_dir / "summary.json").is_file()
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read a comparison spec; an error names the file and the key that is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--spec", f"{path} does not exist")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict) or not isinstance(raw.get("studies"), dict) or not raw["studies"]:
+        raise ConfigError(f"{path}: studies", "a non-empty mapping of study name -> study")
+    studies = [_study(path, name, body) for name, body in raw["studies"].items()]
+    return Spec(str(raw.get("name", path.stem)), str(raw.get("description", "")),
+                _str_list(path, "common", raw.get("common", [])), studies, path)
+
+
+def _study(path: Path, name: str, body: Any) -> Study:
+    where = f"{path}: studies.{name}"
+    if not isinstance(body, dict):
+        raise ConfigError(where, "must be a mapping")
+    arms = body.get("arms")
+    if not isinstance(arms, dict) or not arms:
+        raise ConfigError(f"{where}.arms", "a non-empty mapping of arm name -> override list")
+    seeds = body.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where}.seeds", "a non-empty list of integers")
+    baseline = body.get("baseline")
+    if baseline is not None and baseline not in arms:
+        raise ConfigError(f"{where}.baseline", f"{baseline!r} is not one of its arms {list(arms)}")
+    return Study(
+        name=name, title=str(body.get("title", name)),
+        overrides=_str_list(path, f"studies.{name}.overrides", body.get("overrides", [])),
+        seeds=seeds, target=float(body.get("target", 0.5)),
+        arms=[Arm(arm, _str_list(path, f"studies.{name}.arms.{arm}", o)) for arm, o in arms.items()],
+        baseline=baseline,
+    )
+
+
+def _str_list(path: Path, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: {key}", f"a list of override strings, got {value!r}")
+    return list(value)
+
+
+def plan(spec: Spec, runs_dir: Path) -> dict[str, list[PlannedRun]]:
+    """Every study's runs, composed and validated; identical runs across studies are shared."""
+    runs_dir = runs_dir.resolve()
+    by_key: dict[str, PlannedRun] = {}
+    studies: dict[str, list[PlannedRun]] = {}
+    for study in spec.studies:
+        studies[study.name] = []
+        for arm in study.arms:
+            for seed in study.seeds:
+                overrides = [*spec.common, *study.overrides, *arm.overrides, f"seed={seed}"]
+                key = hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:12]
+                if key not in by_key:
+                    run_dir = runs_dir / study.name / arm.name / f"seed{seed}"
+                    by_key[key] = _composed(PlannedRun(study.name, arm.name, seed, overrides, run_dir))
+                studies[study.name].append(_alias(by_key[key], study.name, arm.name))
+        check_fair(study, studies[study.name])
+    return studies
+
+
+def _composed(run: PlannedRun) -> PlannedRun:
+    try:
+        cfg = compose_config([*run.overrides, f"run_dir={run.run_dir}"])
+        run.config = validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{run.label}: {error.key}", error.problem, error.fix) from error
+    except Exception as error:  # Hydra's override and composition errors
+        raise ConfigError(run.label, f"{type(error).__name__}: {error}") from error
+    run.resolved = OmegaConf.to_container(cfg, resolve=True)
+    return run
+
+
+def _alias(run: PlannedRun, study: str, arm: str) -> PlannedRun:
+    """The same run seen from another study (its own study/arm names, the shared directory)."""
+    if run.study == study and run.arm == arm:
+        return run
+    return PlannedRun(study, arm, run.seed, run.overrides, run.run_dir, run.config, run.resolved)
+
+
+def check_fair(study: Study, runs: Sequence[PlannedRun]) -> None:
+    """Refuse a study whose arms differ outside `algorithm.` (model, data, steps, samples...)."""
+    configs = [flatten(run.resolved) for run in runs]
+    unfair = [key for key in differing_keys(configs)
+              if not key.startswith(FAIR_PREFIX) and key not in BOOKKEEPING_KEYS]
+    if unfair:
+        raise ConfigError(f"studies.{study.name}", "its arms must differ only in algorithm.*, "
+                          f"but these differ too: {', '.join(unfair)}")
+
+
+def unique_runs(studies: dict[str, list[PlannedRun]]) -> list[PlannedRun]:
+    seen: dict[Path, PlannedRun] = {}
+    for runs in studies.values():
+        for run in runs:
+            seen.setdefault(run.run_dir, run)
+    return list(seen.values())

@@ -1,0 +1,207 @@
+"""The run configuration: the Hydra tree under conf/ composes into RunConfig, whose groups are
+the option dataclasses declared beside the code that uses them (riskpo/ for the algorithm and
+the driver, workers/ for the actors, launch/placement.py for the cluster). `validate` checks
+every group and the rules that span groups, once, before anything starts; a key that is not
+declared is an error at composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from launch.placement import ClusterConfig
+from riskpo.algorithm import AlgorithmConfig, check_step_shape, group_estimators
+from riskpo.data.loaders import CODE_SOURCES, MATH_SOURCES, DataConfig
+from riskpo.data.synthetic import SYNTHETIC_SOURCES
+from riskpo.logging import LoggerConfig
+from riskpo.messages import SamplingConfig
+from riskpo.modeling import TINY_MODEL, ModelConfig
+from riskpo.options import ConfigError, require
+from riskpo.trainer import TrainerConfig
+from workers.learner.config import LearnerConfig
+from workers.rollout import ENGINE_CAPABILITIES, EngineConfig
+from workers.verifier.config import VerifierConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class RolloutConfig(EngineConfig, SamplingConfig):
+    """`rollout.*`: the engines (EngineConfig) and how the driver samples (SamplingConfig)."""
+
+    def check(self, key: str) -> None:
+        EngineConfig.check(self, key)
+        SamplingConfig.check(self, key)
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    run_dir: str | None = None  # null: Hydra's output directory
+    resume: str = "never"  # never | auto (latest checkpoint in run_dir) | <checkpoint dir>
+    experiment_name: str = "embedded"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    @property
+    def name(self) -> str:
+        """The run's name: logger.run_name, or <experiment>-<algorithm>-seed<seed>."""
+        return self.logger.run_name or f"{self.experiment_name}-{self.algorithm.name}-seed{self.seed}"
+
+
+def register_configs() -> None:
+    """Registers the schema as `riskpo_schema`; conf/config.yaml lists it first in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="riskpo_schema", node=RunConfig)
+
+
+def _first_set(value: Any, fallback: Any) -> Any:
+    return fallback if value in (None, "") else value
+
+
+if not OmegaConf.has_resolver("riskpo_first_set"):
+    # conf/config.yaml: hydra.run.dir follows run_dir when it is given.
+    OmegaConf.register_new_resolver("riskpo_first_set", _first_set)
+register_configs()
+
+
+# --------------------------------------------------------------------------- composing
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The run config for `overrides` (what `riskpo-train` takes), composed without Hydra's
+    main: for tests and tools. Not validated: call validate() on it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
+
+
+def to_dataclass(cfg: DictConfig | RunConfig) -> RunConfig:
+    """The typed RunConfig of a composed config (interpolations resolved)."""
+    if isinstance(cfg, RunConfig):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def resolve_run_dir(cfg: RunConfig) -> Path:
+    """The run directory: run_dir when given (in a Hydra sweep, run_dir/<job number>), else
+    Hydra's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_config = HydraConfig.get() if HydraConfig.initialized() else None
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir).expanduser()
+        if hydra_config is not None and hydra_config.mode == RunMode.MULTIRUN:
+            run_dir = run_dir / str(hydra_config.job.num)
+        return run_dir
+    if hydra_config is None or not hydra_config.runtime.output_dir:
+        raise ConfigError("run_dir", "is not set and Hydra has no output directory", "pass run_dir=PATH")
+    return Path(hydra_config.runtime.output_dir)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+    """Checks the whole run config once, before any actor starts; returns it typed.
+
+    Raises ConfigError naming the first offending key and what would work."""
+    run = to_dataclass(cfg)
+    _check_run(run)
+    run.trainer.check("trainer")
+    run.algorithm.check("algorithm")
+    check_step_shape(run.algorithm, run.trainer.prompts_per_step, run.trainer.samples_per_prompt)
+    run.model.check("model")
+    if run.model.path == TINY_MODEL:
+        _check_tiny_model_inputs(run)
+    run.data.check("data")
+    _check_verifiers_for_data(run)
+    run.rollout.check("rollout")
+    if run.algorithm.name in group_estimators():
+        require(run.rollout.temperature > 0.0, "rollout.temperature",
+                f"0 (greedy) makes all {run.trainer.samples_per_prompt} samples of a prompt identical",
+                "sample with a temperature > 0 (1.0 is the paper's)")
+    run.learner.check("learner")
+    _check_learner_fits_step(run)
+    run.verifier.check("verifier")
+    run.cluster.check("cluster")
+    if run.cluster.colocate:
+        require(run.rollout.num_actors == run.learner.num_ranks, "cluster.colocate",
+                f"{run.rollout.num_actors} rollout actors cannot pair with {run.learner.num_ranks} "
+                "learner ranks on shared GPUs", "use rollout.num_actors == learner.num_ranks")
+    run.logger.check("logger")
+    return run
+
+
+def _check_run(run: RunConfig) -> None:
+    require(run.seed >= 0, "seed", f"{run.seed} is negative", "use a seed >= 0")
+    if run.resume not in ("never", "auto"):
+        require(Path(run.resume).expanduser().is_dir(), "resume",
+                f"{run.resume!r} is not a checkpoint directory",
+                "use resume=never, resume=auto (latest in run_dir) or an existing checkpoint dir")
+
+
+def _check_tiny_model_inputs(run: RunConfig) -> None:
+    """The tiny character model knows only the synthetic tasks' plain prompts, and its context
+    holds the longest prompt plus the response."""
+    d, tiny = run.data, run.model.tiny
+    for split in ("train", "eval"):
+        source = getattr(d, split).source
+        require(source in SYNTHETIC_SOURCES, f"data.{split}.source",
+                f"{source!r}: the tiny character model only knows the synthetic tasks",
+                f"use one of {', '.join(SYNTHETIC_SOURCES)}, or a real model (model.path=...)")
+    require(d.template == "plain", "data.template",
+            "the tiny model is trained on plain text prompts", "use data.template=plain")
+    longest = d.max_prompt_length + run.rollout.max_new_tokens
+    require(longest <= tiny.max_position_embeddings, "data.max_prompt_length",
+            f"prompt ({d.max_prompt_length}) + rollout.max_new_tokens ({run.rollout.max_new_tokens}) "
+            f"exceed model.tiny.max_position_embeddings ({tiny.max_position_embeddings})",
+            "shorten one or raise max_position_embeddings")
+
+
+def _check_verifiers_for_data(run: RunConfig) -> None:
+    sources = run.data.sources
+    if sources & set(CODE_SOURCES):
+        require(run.verifier.num_code_actors >= 1, "verifier.num_code_actors",
+                f"the data has code problems ({', '.join(sorted(sources))}) but no code verifier",
+                "set verifier.num_code_actors=1 or more")
+    if sources & set(MATH_SOURCES):
+        require(run.verifier.num_math_actors >= 1, "verifier.num_math_actors",
+                "the data has math problems but no math verifier", "set verifier.num_math_actors=1")
+
+
+def _check_learner_fits_step(run: RunConfig) -> None:
+    learner = run.learner
+    if learner.zero_stage == 3:
+        require(ENGINE_CAPABILITIES[run.rollout.engine]["streamed_weight_load"], "learner.zero_stage",
+                f"ZeRO-3 weights are gathered layer by layer, and the {run.rollout.engine} engine "
+                "cannot load them as a stream", "use learner.zero_stage=2 or an engine that can")
+    samples = run.trainer.prompts_per_step * run.trainer.samples_per_prompt
+    require(learner.num_mini_batches <= samples, "learner.num_mini_batches",
+            f"{learner.num_mini_batches} mini-batches for {samples} samples per step",
+            f"use 1..{samples}")
+    require(learner.num_mini_batches * learner.num_ranks <= samples, "learner.num_ranks",
+            f"{learner.num_ranks} ranks x {learner.num_mini_batches} mini-batches > {samples} samples",
+            "use fewer ranks or mini-batches")
+    longest = run.data.max_prompt_length + run.rollout.max_new_tokens
+    require(learner.micro_batch_token_budget >= longest, "learner.micro_batch_token_budget",
+            f"{learner.micro_batch_token_budget} tokens cannot hold one sequence of up to {longest}",
+            f"use at least {longest}")

@@ -1,0 +1,173 @@
+"""The composition root: turns a RunConfig into the worker groups a Trainer calls -- the Ray
+connection, the model the workers load, and the rollout, verifier and learner groups placed
+as the cluster config says (launch/placement.py)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from launch.config import RunConfig
+from launch.placement import (
+    check_resources,
+    computes_on_gpu,
+    node_marker,
+    required_resources,
+    reserve_placement,
+)
+from riskpo.modeling import TINY_MODEL
+from riskpo.options import ConfigError
+from workers.learner.config import LearnerSpec
+
+# Set in every actor: no usage reporting, no JIT builds of DeepSpeed's CPU ops, quiet tokenizers.
+ACTOR_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def prepare_model(run: RunConfig, console: Console) -> str:
+    """The model directory every worker loads: the warm-started tiny model (trained once, then
+    cached), or model.path as given (a local HF directory or a hub id)."""
+    if run.model.path != TINY_MODEL:
+        return run.model.path
+    from riskpo.modeling import build_tiny_model
+    from riskpo.warmstart import cache_root, ensure_warm_start
+
+    if run.model.warmstart.enabled:
+        return str(ensure_warm_start(run.model, run.data, console))
+    tiny = run.model.tiny
+    target = cache_root(run.model.warmstart.cache_dir) / "random" / f"{tiny.arch}-{tiny.init_seed}"
+    if not (target / "config.json").is_file():
+        build_tiny_model(target, **tiny.build_kwargs())
+    return str(target)
+
+
+def start_local_ray(num_cpus: int) -> None:
+    """A local Ray cluster of num_cpus logical CPUs, with the actors' environment."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    temp_dir = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 1024 * 1024, runtime_env={"env_vars": ACTOR_ENV},
+             _temp_dir=temp_dir)
+
+
+def connect_ray(run: RunConfig, console: Console) -> bool:
+    """Joins cluster.address or RAY_ADDRESS when given, else starts a local cluster with enough
+    logical CPUs for the run's actors. Returns True when this call connected (the caller
+    disconnects at the end). Raises when the cluster cannot hold the actors, rather than
+    letting them wait forever for resources."""
+    import ray
+
+    if ray.is_initialized():
+        check_resources(run, ray.cluster_resources())
+        return False
+    address = run.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        console.print(f"ray: joining the cluster at {address}")
+        ray.init(address=address, runtime_env={"env_vars": ACTOR_ENV}, log_to_driver=False)
+    else:
+        num_cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, int(required_resources(run)["CPU"] + 0.999))
+        console.print(f"ray: starting a local cluster ({num_cpus} logical CPUs)")
+        start_local_ray(num_cpus)
+    try:
+        check_resources(run, ray.cluster_resources())
+    except ConfigError:
+        ray.shutdown()
+        raise
+    return True
+
+
+@dataclass
+class RunWorkers:
+    """The three groups a Trainer calls, and their shutdown (placement groups last)."""
+
+    rollout: Any
+    verifiers: Any
+    learner: Any
+    placement_groups: list[Any] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        for group in (self.learner, self.rollout, self.verifiers):
+            group.shutdown()
+        if self.placement_groups:
+            from ray.util.placement_group import remove_placement_group
+
+            for placement_group in self.placement_groups:
+                remove_placement_group(placement_group)
+            self.placement_groups = []
+
+
+def learner_spec(run: RunConfig) -> LearnerSpec:
+    """The learner options, the loss, and where and at what temperature the ranks compute."""
+    device = "gpu" if computes_on_gpu(run, run.cluster.learner_gpus_per_rank) else "cpu"
+    return LearnerSpec(config=run.learner, loss=run.algorithm.loss, device=device,
+                       temperature=run.rollout.temperature or 1.0, seed=run.seed)
+
+
+def verifier_limits(run: RunConfig) -> Any:
+    """The verifier pool's limits, its actors asking for the cluster's verifier resources."""
+    return run.verifier.limits(run.cluster.verifier_cpus_per_actor, node_marker(run, "verifier"))
+
+
+def engine_kwargs(run: RunConfig) -> dict[str, Any]:
+    r = run.rollout
+    kwargs: dict[str, Any] = {"dtype": run.model.dtype}
+    if run.model.gguf_file:
+        kwargs["gguf_file"] = run.model.gguf_file
+    if r.engine == "vllm":
+        kwargs.update(tensor_parallel_size=r.tensor_parallel_size,
+                      gpu_memory_utilization=r.gpu_memory_utilization)
+    elif computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):
+        kwargs["device"] = "cuda"  # Ray's CUDA_VISIBLE_DEVICES makes the actor's GPU device 0
+    return kwargs
+
+
+def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
+    """Starts the rollout, verifier and learner groups (learner last: it loads the model),
+    placed as the cluster config says (see launch/placement.py). On failure, what was started
+    is stopped again before the error propagates."""
+    from ray.util.placement_group import remove_placement_group
+
+    from workers.learner.group import LearnerGroup
+    from workers.rollout.group import RolloutGroup
+    from workers.verifier.ray_pool import VerifierPool
+
+    c, r = run.cluster, run.rollout
+    console.print(f"workers: {r.num_actors} {r.engine} rollout actor(s), "
+                  f"{run.verifier.num_math_actors} math + {run.verifier.num_code_actors} code "
+                  f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})"
+                  f", {'colocated' if c.colocate else 'disaggregated'} ({c.placement_strategy})")
+    share = 0.5 if c.colocate else 1.0  # colocated: rollout actor and learner rank halve a GPU
+    placement = reserve_placement(run)
+    started: list[Any] = []
+    try:
+        started.append(RolloutGroup(
+            num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
+            engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
+            num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=placement.rollout,
+            bundle_indices=placement.rollout_bundles))
+        started.append(VerifierPool(
+            run.verifier.actor_counts, verifier_limits(run), placement_group=placement.verifier,
+            bundle_indices=placement.verifier_bundles))
+        started.append(LearnerGroup(
+            model_path, learner_spec(run), cpus_per_rank=c.learner_cpus_per_rank,
+            gpus_per_rank=c.learner_gpus_per_rank * share, placement_strategy=c.placement_strategy,
+            bundle_resources=node_marker(run, "learner"), placement_group=placement.learner))
+    except BaseException:
+        for group in reversed(started):
+            group.shutdown()
+        for group in placement.groups:
+            remove_placement_group(group)
+        raise
+    rollout, verifiers, learner = started
+    return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner,
+                      placement_groups=placement.groups)
