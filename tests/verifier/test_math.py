@@ -7,6 +7,7 @@ import time
 import pytest
 
 from workers.verifier import math_extract as X
+from workers.verifier import math_forms as F
 from workers.verifier import results as R
 
 
@@ -45,10 +46,10 @@ def test_sanitize_rejects_control_and_lookalike_digits():
 
 
 def test_plain_values_are_exact():
-    assert X.plain_value("1,000") == 1000
-    assert X.plain_value("-\\frac{3}{6}") == X.plain_value("-0.5")
-    assert X.plain_value("x+1") is None
-    assert X.plain_value("\\frac{1}{0}") is None
+    assert F.plain_value("1,000") == 1000
+    assert F.plain_value("-\\frac{3}{6}") == F.plain_value("-0.5")
+    assert F.plain_value("x+1") is None
+    assert F.plain_value("\\frac{1}{0}") is None
 
 
 EQUIVALENT = [
@@ -122,7 +123,7 @@ def test_bad_rows_are_reported_not_raised(math_verifier):
 
 def _rewrite(answer: str) -> str:
     """An equivalent spelling: a plain number as a fraction, anything else with extra spacing."""
-    value = X.plain_value(answer)
+    value = F.plain_value(answer)
     if value is not None and value.denominator == 1:
         return f"\\frac{{{2 * value.numerator}}}{{2}}"
     return " " + answer.replace("+", " + ").replace("=", " = ").replace("\\frac", "\\dfrac") + " "

@@ -12,18 +12,22 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from workers.verifier import math_extract as X
+from workers.verifier import math_forms as F
 from workers.verifier import results as R
 from workers.verifier.executor import REPO_ROOT
 from workers.verifier.wire import FrameBuffer, pack_message
 
 SPAWN_TIMEOUT_S = 60.0
+MAX_START_FAILURES = 3
 CACHE_ENTRIES = 8192
 
 
@@ -43,10 +47,12 @@ class MathWorker:
     """One worker subprocess and what it is working on."""
 
     def __init__(self, limits: MathLimits) -> None:
+        # read only to say why a worker did not start; closed by kill()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workers.verifier.math_worker", str(limits.memory_mb),
              str(max(1, int(limits.timeout_s)))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
             cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO_ROOT,
                                 "LANG": "C.UTF-8"},
         )
@@ -73,11 +79,25 @@ class MathWorker:
             return []
         return None if not chunk else self.buffer.feed(chunk)
 
+    def start_failure(self) -> str:
+        """Why a worker that closed its output before it was ready died: how it ended and the
+        last line it wrote to stderr (a traceback's last line names the exception)."""
+        try:
+            status = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            status = self.process.returncode
+        self.stderr.seek(0, os.SEEK_END)
+        self.stderr.seek(max(0, self.stderr.tell() - 4096))
+        lines = self.stderr.read().decode("utf-8", errors="replace").strip().splitlines()
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        return f"{how}: {lines[-1].strip() if lines else 'nothing on stderr'}"
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
             with contextlib.suppress(OSError):
                 stream.close()
 
@@ -89,6 +109,7 @@ class MathWorkerPool:
         self.limits = limits
         self.lock = threading.Lock()
         self.workers = [MathWorker(limits) for _ in range(limits.workers)]
+        self.start_failures = 0  # workers in a row that died before they were ready
 
     def compare_many(self, pairs: list[tuple[str, str]], deadline: float) -> list[dict]:
         """One verdict per pair: {"equal", "reason"} or {"status": timeout|crash|infra_error}."""
@@ -126,10 +147,13 @@ class MathWorkerPool:
                 verdicts[worker.task] = {"status": R.TIMEOUT, "reason": "comparison timed out"}
                 self._replace(worker)
             elif not worker.ready and now >= worker.started + SPAWN_TIMEOUT_S:
-                raise RuntimeError("math worker did not start")
+                raise RuntimeError(f"math worker did not start within {SPAWN_TIMEOUT_S:.0f} s")
 
     def _read(self, worker: MathWorker, verdicts: list) -> None:
         frames = worker.read_frames()
+        if frames is None and not worker.ready:
+            self._start_failed(worker)
+            return
         if frames is None:
             if worker.task is not None:
                 verdicts[worker.task] = {"status": R.CRASH, "reason": "comparison killed its worker"}
@@ -138,11 +162,24 @@ class MathWorkerPool:
         for frame in frames:
             if frame.get("ready"):
                 worker.ready = True
+                self.start_failures = 0
             elif worker.task is not None:
                 verdicts[worker.task] = frame
                 worker.task = None
         if worker.task is None and worker.jobs >= self.limits.recycle_after:
             self._replace(worker)
+
+    def _start_failed(self, worker: MathWorker) -> None:
+        """Replace a worker that died while starting; after MAX_START_FAILURES in a row (a
+        memory cap too small, an interpreter without math_verify), stop and say why instead of
+        respawning until the batch deadline."""
+        cause = worker.start_failure()
+        self.start_failures += 1
+        self._replace(worker)
+        if self.start_failures >= MAX_START_FAILURES:
+            hint = f" (memory_mb={self.limits.memory_mb} is too small?)" \
+                if "MemoryError" in cause else ""
+            raise RuntimeError(f"math worker did not start: {cause}{hint}")
 
     def _replace(self, worker: MathWorker) -> None:
         worker.kill()
@@ -158,12 +195,25 @@ class MathWorkerPool:
         waiting.clear()
 
 
-def _gold_text(ground_truth: Any) -> str:
-    if isinstance(ground_truth, bool) or not isinstance(ground_truth, str | int | float):
+def gold_text(ground_truth: Any) -> str:
+    """The reference as canonical text: a number by its exact decimal text (never 1e-05), a
+    boxed or GSM8K-style (`... #### 72`) solution by its final answer. A blank reference is no
+    reference: ValueError (the row is bad_input, never rewarded)."""
+    if isinstance(ground_truth, str):
+        text = ground_truth
+    elif isinstance(ground_truth, int | float | Decimal) and not isinstance(ground_truth, bool):
+        text = F.number_text(ground_truth)
+    else:
         raise ValueError("ground_truth must be a string or a number")
-    text = str(ground_truth)
-    boxed = X.last_boxed(text) if "\\boxed" in text or "\\fbox" in text else None
-    return boxed if boxed is not None else text
+    if "\\boxed" in text or "\\fbox" in text:
+        boxed = X.last_boxed(text)
+        text = boxed if boxed is not None else text
+    elif X.GSM8K_MARK in text:
+        text = X.gsm8k_answer(text) or ""
+    text = F.canonical(text)
+    if not F.normalize(text):
+        raise ValueError("ground_truth is blank: no usable reference")
+    return text
 
 
 class MathVerifier:
@@ -230,7 +280,7 @@ class MathVerifier:
             response = row["response"]
             if not isinstance(response, str):
                 raise ValueError("response must be a string")
-            gold = _gold_text(row["ground_truth"])
+            gold = gold_text(row["ground_truth"])
             data_source = str(row.get("data_source") or "")
             answer_format = str(row.get("answer_format") or "boxed")
             if answer_format not in X.ANSWER_FORMATS:
@@ -239,25 +289,30 @@ class MathVerifier:
             return R.make_result(row_id, R.BAD_INPUT, message=f"bad math row: {exc}"), None
         try:
             extracted = X.extract_answer(response, data_source, answer_format)
-            if extracted is None:
-                return R.make_result(row_id, R.NO_ANSWER, message="no final answer found"), None
-            answer = X.sanitize(extracted)
+            answer = F.canonical(X.sanitize(extracted)) if extracted is not None else ""
         except X.AnswerRejected as exc:
             return R.make_result(row_id, R.INVALID_ANSWER, message=str(exc)), None
+        if not F.normalize(answer):
+            return R.make_result(row_id, R.NO_ANSWER, message="no final answer found"), None
         return self._fast_path(row_id, gold, answer)
 
     @staticmethod
     def _fast_path(row_id: Any, gold: str, answer: str) -> tuple[dict | None, tuple | None]:
+        """Hedges, then exact decisions (same text, plain numbers, lists item by item)."""
         if X.is_hedged(answer, gold):
             return R.make_result(row_id, R.WRONG_ANSWER, message="hedged answer"), None
-        if X.normalize(answer) == X.normalize(gold):
-            return R.make_result(row_id, R.OK, passed=1, message="exact match"), None
-        gold_value, answer_value = X.plain_value(gold), X.plain_value(answer)
-        if gold_value is not None and answer_value is not None:
-            status = R.OK if gold_value == answer_value else R.WRONG_ANSWER
-            return R.make_result(row_id, status, passed=int(status == R.OK),
-                                 message="exact numeric comparison"), None
-        return None, (gold, answer)
+        if F.has_digit_gap(answer) and not F.has_digit_gap(gold):
+            return R.make_result(row_id, R.WRONG_ANSWER,
+                                 message="digits separated by a space (neither a mixed number "
+                                 "nor a thousands group)"), None
+        verdict = F.structured_verdict(gold, answer, F.fast_leaf)
+        if verdict is F.NOT_A_LIST:
+            verdict = F.fast_leaf(gold, answer)
+        if verdict is None:
+            return None, (gold, answer)
+        status = R.OK if verdict else R.WRONG_ANSWER
+        return R.make_result(row_id, status, passed=int(verdict),
+                             message="exact comparison"), None
 
     @staticmethod
     def _verdict_result(row_id: Any, verdict: dict) -> dict:

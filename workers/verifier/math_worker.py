@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any
 
+from workers.verifier import math_forms as F
 from workers.verifier.wire import read_message, write_message
 
 UNEVALUATED = ("Sum", "Product", "Integral", "Limit", "Derivative", "factorial", "binomial")
@@ -68,31 +69,31 @@ def _numbers_agree(gold: Any, answer: Any) -> bool:
     return bool(sympy.simplify(difference) == 0)
 
 
-def _sides_agree(gold: Any, answer: Any) -> bool:
-    """Two equations agree only side by side (either orientation), never by a shared reduction."""
+def _equations_agree(gold: Any, answer: Any) -> bool:
+    """The same equation rearranged: lhs - rhs of one is a nonzero constant times the other's,
+    so both have the same solutions (2x+4y-3=0 and y=-x/2+3/4). An equation without unknowns
+    (a tautology or a contradiction) agrees with nothing."""
     import sympy
 
-    def same(left: Any, right: Any) -> bool:
-        difference = sympy.expand(left - right)
-        return difference == 0 or sympy.simplify(difference) == 0
-
-    if same(gold.lhs, gold.rhs) or same(answer.lhs, answer.rhs):
+    gold_zero = sympy.expand(gold.lhs - gold.rhs)
+    answer_zero = sympy.expand(answer.lhs - answer.rhs)
+    if not gold_zero.free_symbols or gold_zero.free_symbols != answer_zero.free_symbols:
         return False
-    return (same(gold.lhs, answer.lhs) and same(gold.rhs, answer.rhs)) or (
-        same(gold.lhs, answer.rhs) and same(gold.rhs, answer.lhs))
+    ratio = sympy.cancel(gold_zero / answer_zero)
+    if ratio.free_symbols:
+        ratio = sympy.simplify(ratio)
+    return not ratio.free_symbols and bool(ratio.is_finite) and bool(ratio.is_nonzero)
 
 
 def veto(gold: Any, answer: Any) -> str | None:
-    """Reason to overrule a Math-Verify 'equal', guarding its known false positives."""
+    """Reason to overrule a Math-Verify 'equal', guarding its known false positives (two
+    equations never reach here: compare_whole decides them itself)."""
     import sympy
 
     if gold is None or answer is None:
         return "an answer did not parse to an expression"
     if _has_unevaluated(answer) and not _has_unevaluated(gold):
         return "answer left unevaluated"
-    gold_eq, answer_eq = isinstance(gold, sympy.Eq), isinstance(answer, sympy.Eq)
-    if gold_eq and answer_eq:
-        return None if _sides_agree(gold, answer) else "equations differ side by side"
     if isinstance(gold, sympy.Expr) and isinstance(answer, sympy.Expr) \
             and gold.is_number and answer.is_number:
         return None if _numbers_agree(gold, answer) else "numbers differ"
@@ -162,14 +163,20 @@ def _parse_gold(gold: str, timeout_s: int) -> list:
     return parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout_s)
 
 
-def compare(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
-    """Quick sound checks first, else Math-Verify's verdict, overruled by the guards."""
+def compare_whole(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
+    """Quick sound checks first (equations decided by _equations_agree), else Math-Verify's
+    verdict, overruled by the guards."""
     from math_verify import parse, verify
 
     gold_parsed = _parse_gold(gold, timeout_s)
     answer_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout_s)
     gold_expression = _first_expression(gold_parsed)
     answer_expression = _first_expression(answer_parsed)
+    if _is_equation(gold_expression) and _is_equation(answer_expression):
+        agree, failure = _guarded(_equations_agree, gold_expression, answer_expression,
+                                  timeout_s=timeout_s)
+        return {"equal": bool(agree), "reason": failure or ("same equation" if agree
+                                                             else "different equations")}
     quick, _ = _guarded(quick_verdict, gold_expression, answer_expression, timeout_s=timeout_s)
     if quick is False:
         return {"equal": False, "reason": "differs (sampled)"}
@@ -178,6 +185,25 @@ def compare(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
     vetoed, failure = _guarded(veto, gold_expression, answer_expression, timeout_s=timeout_s)
     reason = failure or vetoed
     return {"equal": reason is None, "reason": reason or "equivalent"}
+
+
+def _is_equation(expression: Any) -> bool:
+    import sympy
+
+    return isinstance(expression, sympy.Eq)
+
+
+def compare(gold: str, answer: str, timeout_s: int) -> dict[str, Any]:
+    """Lists and sequences item by item (math_forms.structured_verdict), anything else whole."""
+    def leaf(gold_item: str, answer_item: str) -> bool:
+        quick = F.fast_leaf(gold_item, answer_item)
+        return quick if quick is not None else compare_whole(gold_item, answer_item,
+                                                             timeout_s)["equal"]
+
+    verdict = F.structured_verdict(gold, answer, leaf)
+    if verdict is F.NOT_A_LIST:
+        return compare_whole(gold, answer, timeout_s)
+    return {"equal": bool(verdict), "reason": "items agree" if verdict else "items differ"}
 
 
 def main() -> None:
