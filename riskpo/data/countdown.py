@@ -390,11 +390,13 @@ def _draw(rng: random.Random, config: CountdownConfig) -> tuple[list[int], int] 
 
 
 def problem_stream(config: CountdownConfig, seed: int, exclude_prompts: Iterable[str] = (),
-                   kinds: Iterable[str] = KINDS) -> Iterator[CountdownProblem]:
-    """Distinct problems of the given kinds from a seeded stream, no prompt excluded; ends
-    with ValueError after MAX_MISSES draws in a row that give nothing new."""
+                   kinds: Iterable[str] = KINDS, purpose: str = "rows") -> Iterator[CountdownProblem]:
+    """Distinct problems of the given kinds from a stream seeded by (purpose, seed), no prompt
+    excluded; ends with ValueError after MAX_MISSES draws in a row that give nothing new. (Each
+    purpose has its own stream, so excluding one stream's rows does not starve another.)"""
     config.validate()
-    rng, seen, misses, kinds = random.Random(seed), set(exclude_prompts), 0, set(kinds)
+    rng, seen, misses = random.Random(f"countdown/{purpose}/{seed}"), set(exclude_prompts), 0
+    kinds = set(kinds)
     while misses < MAX_MISSES:
         drawn = _draw(rng, config)
         prompt = drawn and format_prompt(*drawn)
@@ -460,7 +462,7 @@ def warmstart_pool(config: CountdownConfig, seed: int, exclude_prompts: Iterable
     runs out), for warm start: on them the template is a prior, not decided by the problem."""
     pool: list[CountdownProblem] = []
     with contextlib.suppress(ValueError):  # the space ran out: keep what was found
-        for problem in problem_stream(config, seed, exclude_prompts, kinds=("both",)):
+        for problem in problem_stream(config, seed, exclude_prompts, ("both",), "warmstart"):
             pool.append(problem)
             if len(pool) == max_problems:
                 break

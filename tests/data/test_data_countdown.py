@@ -326,6 +326,15 @@ def test_warmstart_pairs_mix_templates_and_are_correct():
         assert fills(config.rare_template, numbers, target)
 
 
+def test_warmstart_pool_excludes_the_split_rows_without_starving():
+    splits = C.make_splits(SMALL, 300, 40, 40)
+    excluded = {row.prompt for rows in all_rows(splits) for row in rows}
+    pool = C.warmstart_pool(SMALL, SMALL.seed, exclude_prompts=excluded)
+    both_left = 502 - sum(row.extra_info["kind"] == "both" for rows in all_rows(splits)
+                          for row in rows)  # 502 problems of this space are solved by both
+    assert len(pool) >= 0.9 * both_left and not {problem.prompt for problem in pool} & excluded
+
+
 def test_streamed_warmstart_examples_keep_the_rare_fraction():
     config = C.CountdownConfig(rare_fraction=0.1)
     pool = C.warmstart_pool(config, seed=0, max_problems=500)
