@@ -343,6 +343,11 @@ def test_streamed_warmstart_examples_keep_the_rare_fraction():
     draws = [C.warmstart_example(rng, pool, config.rare_fraction) for _ in range(20_000)]
     share = sum(bool(rare.fullmatch(solution)) for _, solution in draws) / len(draws)
     assert abs(share - 0.1) < 0.015  # binomial sd is 0.002
+    for problem, solution in draws[:200]:
+        row = problem.row(config, count_all=False)
+        truth = row.reward_model["ground_truth"]
+        assert "distinct_solutions" not in row.extra_info and row.prompt == problem.prompt
+        assert C.solves(solution, truth["numbers"], truth["target"])
 
 
 def test_tiny_tokenizer_covers_prompts_and_answers():
