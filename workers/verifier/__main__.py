@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 from workers.verifier import results as R
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds per test (code, default 5) or per answer (math, default 10)")
     parser.add_argument("--memory-mb", type=int, default=None,
                         help="memory cap per sandboxed run (default 1024) or math worker (2048)")
+    parser.add_argument("--output-limit-mb", type=float, default=None,
+                        help="cap on a code run's stdout and on its stderr, in MiB "
+                        f"(default {ExecLimits.output_bytes >> 20})")
     parser.add_argument("--workers", type=int, default=2, help="sandbox slots / math workers")
     parser.add_argument("--ray", action="store_true", help="use a Ray cluster (address=auto "
                         "if one runs, else a local one)")
@@ -36,26 +40,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_rows(path: str) -> list[Any]:
-    """Parsed rows; a line that is not a JSON object becomes a string describing the fault."""
+    """Parsed rows; a line that is not a JSON object becomes a string describing the fault.
+    A row's numeric ground_truth keeps its exact decimal text (0.00001 stays 0.00001, never
+    the float 1e-05); every other number is an ordinary int or float."""
     rows: list[Any] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_float=Decimal)
             except json.JSONDecodeError as exc:
                 row = f"line {number}: not JSON ({exc.msg})"
+            if isinstance(row, dict):
+                row = {key: value if key == "ground_truth" else _floats(value)
+                       for key, value in row.items()}
             rows.append(row if isinstance(row, dict | str) else f"line {number}: not an object")
     return rows
 
 
+def _floats(value: Any) -> Any:
+    """Decimals (how the reader keeps a JSON number's text) back to floats."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _floats(item) for key, item in value.items()}
+    return value
+
+
 def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     code_timeout = args.timeout or 5.0
+    output_bytes = ExecLimits.output_bytes if args.output_limit_mb is None \
+        else max(1, int(args.output_limit_mb * (1 << 20)))
     return {
         "code": CodeLimits(test_timeout_s=code_timeout),
         "sandbox": ExecLimits(max_timeout_s=max(code_timeout, 1.0),
-                              memory_mb=args.memory_mb or 1024),
+                              memory_mb=args.memory_mb or 1024, output_bytes=output_bytes),
         "math": MathLimits(hard_timeout_s=args.timeout or 10.0, memory_mb=args.memory_mb or 2048,
                            workers=args.workers),
     }

@@ -17,7 +17,9 @@ from typing import Any
 
 from workers.verifier.wire import (
     UnsupportedValue,
+    decode_contents,
     decode_value,
+    encode_contents,
     encode_value,
     read_from_parent,
     write_message,
@@ -115,18 +117,41 @@ def _resolve(namespace: dict, name: str) -> Any:
     raise NameError(f"the solution defines no function {name!r}")
 
 
-def _answer_call(function: Any, request: dict) -> dict:
+def _raised(exc: BaseException) -> dict:
+    """How a call ended in an exception: its type, the names of its classes (builtin or not)
+    so the judge can raise the same type, and its arguments when they can be carried."""
     try:
-        args = decode_value(request["args"])
+        arguments = encode_value(list(exc.args))
+    except UnsupportedValue:
+        arguments = None
+    mro = [[cls.__name__, cls.__module__ == "builtins"] for cls in type(exc).__mro__][:16]
+    return {"raised": type(exc).__name__, "message": str(exc)[:300], "mro": mro,
+            "args": arguments}
+
+
+def _answer_call(function: Any, request: dict) -> dict:
+    """Call the solution. An assert-style request ("sync" present) keeps identities: its
+    arguments may hold references, the value may refer to them, and with sync true the new
+    contents of every list, dict and set it was given go back (in-place changes show)."""
+    table: list | None = [] if "sync" in request else None
+    reply: dict[str, Any] = {}
+    value = None
+    try:
+        args = decode_value(request["args"], table)
         value = function(*args)
     except MemoryError:
-        return {"raised": "MemoryError", "message": ""}
+        reply = {"raised": "MemoryError", "message": "", "mro": [["MemoryError", True]]}
     except Exception as exc:  # noqa: BLE001 - the candidate's exception is the answer
-        return {"raised": type(exc).__name__, "message": str(exc)[:300]}
+        reply = _raised(exc)
+    memo = None if table is None else {id(item): (index, item) for index, item in enumerate(table)}
     try:
-        return {"value": encode_value(value)}
+        if request.get("sync"):
+            reply["state"] = [encode_contents(item, 0, None, memo) for item in table]
+        if "raised" not in reply:
+            reply["value"] = encode_value(value, 0, None, memo)
     except UnsupportedValue as exc:
-        return {"raised": "UnsupportedValue", "message": str(exc)}
+        return {"raised": "UnsupportedValue", "message": str(exc), "unsendable": True}
+    return reply
 
 
 def serve_calls(job: dict) -> None:
@@ -152,12 +177,9 @@ def serve_calls(job: dict) -> None:
         write_message(REPLY_FD, reply)
 
 
-class CandidateRaised(Exception):
-    """The sandboxed candidate raised; the judge sees an ordinary exception, as in HumanEval."""
-
-
 class CandidateGone(BaseException):
-    """The sandboxed candidate died or timed out; a check cannot catch this as an Exception."""
+    """The sandboxed candidate died, timed out or answered nonsense; a check cannot catch this
+    as an Exception."""
 
 
 class UnsendableArguments(BaseException):
@@ -165,21 +187,87 @@ class UnsendableArguments(BaseException):
 
 
 CALLS_MADE = [0]
+JUDGE_NAMESPACE: dict[str, Any] = {}
+CANDIDATE_RAISED: list[BaseException] = []  # exceptions the check got from the candidate
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
 
 
 def _remote_candidate(*args: Any) -> Any:
+    """The check's `candidate`: the call runs in the sandbox with plain Python semantics as
+    the check sees them: in-place changes to its arguments show, the value may be one of them,
+    and an exception arrives as the type the candidate raised."""
+    memo: dict[int, tuple[int, Any]] = {}
     try:
-        request = {"call": encode_value(list(args))}
+        request = {"call": encode_value(list(args), 0, None, memo)}
     except UnsupportedValue as exc:
         raise UnsendableArguments(str(exc)) from None
+    held = [item for _, item in memo.values()]
+    request["sync"] = len(held) > 1  # the argument list itself is held[0]
     CALLS_MADE[0] += 1
     write_message(REPLY_FD, request)
     reply = read_from_parent(REQUEST_FD)
+    try:
+        outcome = _apply_reply(reply, held)
+    except MALFORMED as exc:
+        raise CandidateGone(f"malformed reply from the candidate ({type(exc).__name__})") from None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _apply_reply(reply: dict, held: list) -> Any:
+    """The value (or exception) of a reply, after the held containers take their new contents."""
+    if reply.get("unsendable"):
+        raise CandidateGone(f"the candidate returned {reply.get('message', '')}"[:300])
+    table = list(held)
+    states = reply.get("state")
+    contents = []
+    if states is not None:
+        if type(states) is not list or len(states) != len(held):
+            raise ValueError("state does not match the arguments")
+        contents = [decode_contents(state, type(item), table)
+                    for state, item in zip(states, held, strict=True)]
     if "value" in reply:
-        return decode_value(reply["value"])
-    if "raised" in reply:
-        raise CandidateRaised(f"{reply['raised']}: {reply.get('message', '')}")
-    raise CandidateGone(reply.get("gone", "candidate gone"))
+        outcome = decode_value(reply["value"], table)
+    elif "raised" in reply:
+        outcome = _rebuild_exception(reply)
+    else:
+        raise CandidateGone(reply.get("gone", "candidate gone"))
+    for item, new in zip(held, contents, strict=False):  # no state: nothing to update
+        if type(item) is list:
+            item[:] = new
+        else:
+            item.clear()
+            item.update(new)
+    return outcome
+
+
+def _rebuild_exception(reply: dict) -> BaseException:
+    """An exception of the type the candidate raised: its first class that is a builtin or is
+    defined by the prompt or the test, built from the same arguments. Only an Exception: a
+    reply naming SystemExit or another BaseException ends the check as the candidate's end."""
+    kind: type[Exception] = Exception
+    for name, builtin in reply.get("mro") or [[reply["raised"], True]]:
+        found = getattr(builtins, name, None) if builtin else JUDGE_NAMESPACE.get(name)
+        if isinstance(found, type) and issubclass(found, Exception):
+            kind = found
+            break
+        if isinstance(found, type) and issubclass(found, BaseException):
+            raise CandidateGone(f"the candidate ended with {name}")  # as SystemExit would
+    message = str(reply.get("message", ""))
+    arguments = [message] if reply.get("args") is None else decode_value(reply["args"])
+    if type(arguments) is not list:
+        raise ValueError("exception arguments are not a list")
+    exc: BaseException | None = None
+    for attempt in (arguments, [message]):
+        try:
+            exc = kind(*attempt)
+            break
+        except Exception:  # noqa: BLE001 - a constructor that wants other arguments
+            continue
+    exc = exc or Exception(f"{reply['raised']}: {message}")
+    CANDIDATE_RAISED.append(exc)
+    return exc
 
 
 def judge(job: dict) -> None:
@@ -187,7 +275,8 @@ def judge(job: dict) -> None:
 
     A check that never reaches the candidate proves nothing: it is reported as a bad test.
     """
-    namespace: dict[str, Any] = {"__name__": "judge", "__builtins__": builtins}
+    namespace = JUDGE_NAMESPACE
+    namespace.update({"__name__": "judge", "__builtins__": builtins})
     verdict: dict[str, Any]
     try:
         exec(compile(job.get("prompt") or "", "<prompt>", "exec"), namespace)
@@ -200,6 +289,10 @@ def judge(job: dict) -> None:
         verdict = {"verdict": "gone", "message": str(exc)}
     except UnsendableArguments as exc:
         verdict = {"verdict": "bad_test", "message": f"check passed unsendable arguments: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - raised by the candidate or by the check itself
+        raised = any(exc is candidate_exc for candidate_exc in CANDIDATE_RAISED)
+        verdict = {"verdict": "raised" if raised else "fail", "type": type(exc).__name__,
+                   "message": f"{type(exc).__name__}: {exc}"[:300]}
     except BaseException as exc:  # noqa: BLE001 - any failure of the check is a failed check
         verdict = {"verdict": "fail", "message": f"{type(exc).__name__}: {exc}"[:300]}
     if CALLS_MADE[0] == 0 and verdict["verdict"] != "bad_test":

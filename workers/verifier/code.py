@@ -16,11 +16,14 @@ from typing import Any
 
 from workers.verifier import results as R
 from workers.verifier.child import EXIT_COMPILE, EXIT_MEMORY
-from workers.verifier.executor import Child, CodeExecutor, Outcome, Slot
-from workers.verifier.wire import UnsupportedValue, decode_value, encode_value
+from workers.verifier.executor import Child, CodeExecutor, ExecLimits, Outcome, Slot
+from workers.verifier.wire import MAX_MESSAGE_BYTES, UnsupportedValue, decode_value, encode_value
 
 FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 FLOAT_TOLERANCE = 1e-6
+NUMBER_TOKEN = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+FLOAT_TOKEN = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?\d+[eE][-+]?\d+")
+WHITESPACE = re.compile(r"(\s+)")  # split keeping the separators, which must match exactly
 STYLES = ("stdio", "call", "assert")
 
 
@@ -42,12 +45,39 @@ def extract_code(response: str) -> str:
     return blocks[-1] if blocks else response
 
 
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.rstrip().splitlines()]
+
+
+def tokens_match(actual: str, expected: str) -> bool:
+    """Equal text, or two numbers where the expected one is written with a decimal point or an
+    exponent and the actual one is within FLOAT_TOLERANCE of it, absolute or relative (as
+    competitive-programming checkers compare floats). Integers and anything else: exact."""
+    if actual == expected:
+        return True
+    if not (FLOAT_TOKEN.fullmatch(expected) and NUMBER_TOKEN.fullmatch(actual)):
+        return False
+    actual_value, expected_value = float(actual), float(expected)
+    return math.isfinite(actual_value) and math.isfinite(expected_value) and math.isclose(
+        actual_value, expected_value, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
+
+
 def outputs_match(actual: bytes, expected: str) -> bool:
-    """Token-exact stdout comparison, ignoring trailing spaces and trailing blank lines."""
-    text = actual.decode("utf-8", errors="replace")
-    def lines(value: str) -> list[str]:
-        return [line.rstrip() for line in value.rstrip().splitlines()]
-    return lines(text) == lines(expected)
+    """Line by line, ignoring trailing spaces and trailing blank lines; within a line, the same
+    whitespace between tokens and each token matching (tokens_match: floats within 1e-6)."""
+    actual_lines, expected_lines = _lines(actual.decode("utf-8", errors="replace")), _lines(expected)
+    if actual_lines == expected_lines:
+        return True
+    if len(actual_lines) != len(expected_lines):
+        return False
+    for actual_line, expected_line in zip(actual_lines, expected_lines, strict=True):
+        if actual_line == expected_line:
+            continue
+        actual_parts, expected_parts = WHITESPACE.split(actual_line), WHITESPACE.split(expected_line)
+        if len(actual_parts) != len(expected_parts) or not all(
+                tokens_match(a, e) for a, e in zip(actual_parts, expected_parts, strict=True)):
+            return False
+    return True
 
 
 def values_equal(expected: Any, actual: Any) -> bool:
@@ -86,6 +116,22 @@ def _stderr_tail(outcome: Outcome) -> str:
     return bytes(outcome.stderr).decode("utf-8", errors="replace")[-300:]
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB"
+
+
+def ending(outcome: Outcome, limits: ExecLimits) -> str:
+    """What to say about a run that failed: the cap it hit, or the end of its stderr."""
+    if outcome.signal == signal.SIGXFSZ:
+        return f"a file went over the {limits.file_size_mb} MiB file size limit"
+    if outcome.output_limited:
+        stream = outcome.limited_stream or "output"
+        cap = MAX_MESSAGE_BYTES if stream == "reply" else limits.output_bytes
+        return (f"{stream} went over the {_mib(cap)} output cap (ExecLimits.output_bytes, "
+                f"CLI --output-limit-mb)")
+    return _stderr_tail(outcome)
+
+
 class CodeVerifier:
     """Verifies code rows on a CodeExecutor; every failure becomes a result row."""
 
@@ -116,6 +162,9 @@ class CodeVerifier:
     def layers(self) -> dict[str, Any]:
         return self.executor.layers
 
+    def _ending(self, outcome: Outcome) -> str:
+        return ending(outcome, self.executor.limits)
+
     def _run(self, slot: Slot, code: str, tests: dict, deadline: float) -> tuple:
         style = tests["style"]
         if style == "stdio":
@@ -134,7 +183,7 @@ class CodeVerifier:
             outcome = child.finish(self._test_deadline(deadline))
             status = classify(outcome)
             if status:
-                return status, index, len(cases), f"case {index}: {_stderr_tail(outcome)}"
+                return status, index, len(cases), f"case {index}: {self._ending(outcome)}"
             if not outputs_match(outcome.stdout, case["stdout"]):
                 return R.WRONG_ANSWER, index, len(cases), f"case {index}: output differs"
         return R.OK, len(cases), len(cases), ""
@@ -147,7 +196,7 @@ class CodeVerifier:
             return child, None
         outcome = child.finish(time.monotonic())
         status = classify(outcome) or R.RUNTIME_ERROR
-        return child, (status, f"solution did not load: {_stderr_tail(outcome)}")
+        return child, (status, f"solution did not load: {self._ending(outcome)}")
 
     def _run_calls(self, slot: Slot, code: str, tests: dict, deadline: float) -> tuple:
         cases = tests["cases"]
@@ -161,7 +210,7 @@ class CodeVerifier:
             if reply is None:
                 outcome = child.finish(time.monotonic())
                 status = classify(outcome) or R.RUNTIME_ERROR
-                return status, passed, len(cases), f"case {index}: {_stderr_tail(outcome)}"
+                return status, passed, len(cases), f"case {index}: {self._ending(outcome)}"
             verdict = _judge_reply(reply, case["expected"])
             if verdict is None:
                 passed += 1
@@ -196,12 +245,12 @@ class CodeVerifier:
                 return R.INFRA_ERROR, 0, 1, f"judge died: {_stderr_tail(judge.kill())}"
             if "verdict" in frame:
                 return _verdict_result(frame)
-            candidate.send({"args": frame["call"]})
+            candidate.send({"args": frame["call"], "sync": bool(frame.get("sync"))})
             reply = candidate.next_frame(deadline)
             if reply is None:
                 outcome = candidate.finish(time.monotonic())
                 status = classify(outcome) or R.RUNTIME_ERROR
-                return status, 0, 1, f"candidate ended: {_stderr_tail(outcome)}"
+                return status, 0, 1, f"candidate ended: {self._ending(outcome)}"
             judge.send(reply)
 
 
@@ -211,9 +260,9 @@ def _verdict_result(frame: dict) -> tuple:
     message = frame.get("message", "")
     if frame["verdict"] == "bad_test":
         return R.BAD_INPUT, 0, 1, message
-    if message.startswith("CandidateRaised"):
-        status = R.MEMORY if "MemoryError" in message else R.RUNTIME_ERROR
-        return status, 0, 1, message
+    if frame["verdict"] == "raised":  # the candidate's exception ended the check
+        status = R.MEMORY if frame.get("type") == "MemoryError" else R.RUNTIME_ERROR
+        return status, 0, 1, f"candidate raised {message}"
     return R.WRONG_ANSWER, 0, 1, message
 
 

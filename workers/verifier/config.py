@@ -25,6 +25,7 @@ class VerifierConfig:
     code_timeout_s: float = 5.0  # per test case
     request_timeout_s: float = 60.0  # per batch sent to one actor
     memory_mb: int = 1024  # address-space limit of a worker
+    code_output_mb: float = 64.0  # cap on a code run's stdout and on its stderr (MiB)
     sandbox: str = "auto"  # see SANDBOX_MODES
 
     def check(self, key: str) -> None:
@@ -34,6 +35,8 @@ class VerifierConfig:
         for name in ("math_timeout_s", "code_timeout_s", "request_timeout_s"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0 seconds")
         require(self.memory_mb >= 64, f"{key}.memory_mb", f"{self.memory_mb} MB is too little to run Python")
+        require(self.code_output_mb > 0, f"{key}.code_output_mb", "must be > 0 MiB",
+                "real judges allow tens of MB, e.g. 64")
         one_of(self.sandbox, SANDBOX_MODES, f"{key}.sandbox")
 
     @property
@@ -51,7 +54,8 @@ class VerifierConfig:
 
         return VerifierLimits(
             code=CodeLimits(test_timeout_s=self.code_timeout_s, request_timeout_s=self.request_timeout_s),
-            sandbox=ExecLimits(max_timeout_s=max(10.0, self.code_timeout_s), memory_mb=self.memory_mb),
+            sandbox=ExecLimits(max_timeout_s=max(10.0, self.code_timeout_s), memory_mb=self.memory_mb,
+                               output_bytes=max(1, int(self.code_output_mb * (1 << 20)))),
             math=MathLimits(timeout_s=max(1, int(self.math_timeout_s)), hard_timeout_s=2 * self.math_timeout_s,
                             memory_mb=max(self.memory_mb, 1024), workers=self.workers_per_actor),
             code_slots_per_actor=self.workers_per_actor,

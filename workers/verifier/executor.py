@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ MAX_SANDBOX_UIDS = 2000
 ZYGOTE_START_S = 30.0
 ZYGOTE_REPLY_S = 30.0
 STDERR_KEEP = 4096
+SLOT_SERIAL = itertools.count()
 
 
 class SandboxUnavailable(RuntimeError):
@@ -57,7 +59,9 @@ class ExecLimits:
 
     max_timeout_s: float = 10.0
     memory_mb: int = 1024
-    output_bytes: int = 1 << 20
+    # cap on each of a run's stdout and stderr (a correct answer may be tens of MB, as real
+    # judges allow); the parent holds up to this much per slot while it compares
+    output_bytes: int = 64 << 20
     file_size_mb: int = 16
     open_files: int = 64
     threads: int = 128
@@ -75,6 +79,7 @@ class Outcome:
     status: int = 0
     timed_out: bool = False
     output_limited: bool = False
+    limited_stream: str = ""  # which stream went over the cap: stdout, stderr or reply
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     elapsed_s: float = 0.0
@@ -163,17 +168,21 @@ class Child:
             try:
                 self.frames.extend(self.buffer.feed(chunk))
             except ValueError:
-                self.outcome.output_limited = True
+                self._over_cap("reply")
         elif role == "stdout":
             self.outcome.stdout += chunk
             if len(self.outcome.stdout) > self.limits.output_bytes:
-                self.outcome.output_limited = True
+                self._over_cap("stdout")
         else:
             self.stderr_total += len(chunk)
             if len(self.outcome.stderr) < STDERR_KEEP:
                 self.outcome.stderr += chunk[: STDERR_KEEP - len(self.outcome.stderr)]
             if self.stderr_total > self.limits.output_bytes:
-                self.outcome.output_limited = True
+                self._over_cap("stderr")
+
+    def _over_cap(self, stream: str) -> None:
+        self.outcome.output_limited = True
+        self.outcome.limited_stream = stream
 
     def _flush_pending(self) -> None:
         try:
@@ -210,7 +219,9 @@ class Slot:
     def __init__(self, index: int, config: dict[str, Any], limits: ExecLimits) -> None:
         self.index = index
         self.limits = limits
-        self.config = dict(config, limits=limits.sandbox_limits(), base_dir=os.path.join(BASE_DIR, f"{os.getpid()}-slot{index}"))
+        # unique in this process (two executors in one process must not share a directory)
+        base_dir = os.path.join(BASE_DIR, f"{os.getpid()}-slot{next(SLOT_SERIAL)}")
+        self.config = dict(config, limits=limits.sandbox_limits(), base_dir=base_dir)
         self.uid = config["uid"]
         self.process: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
@@ -379,7 +390,7 @@ class CodeExecutor:
         return layers
 
     def _probe(self, slot: Slot) -> dict[str, Any]:
-        outside = os.path.join(BASE_DIR, f"probe-{os.getpid()}-{slot.index}")
+        outside = os.path.join(BASE_DIR, "probe-" + os.path.basename(slot.config["base_dir"]))
         os.makedirs(outside, exist_ok=True)
         os.chmod(outside, 0o777)
         try:

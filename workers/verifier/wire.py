@@ -27,14 +27,23 @@ MAX_MESSAGE_BYTES = 64 << 20
 MAX_DEPTH = 64
 MAX_ITEMS = 1_000_000
 COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+CONTAINERS = (list, dict, set)  # the mutable containers whose identity a memo keeps
+TAGGED_CONTAINERS = {"tuple": tuple, "set": set, "frozenset": frozenset, "dict": dict}
+TAG_OF = {kind: tag for tag, kind in TAGGED_CONTAINERS.items()}
 
 
 class UnsupportedValue(TypeError):
     """A value of a type the codec refuses to carry across the sandbox boundary."""
 
 
-def encode_value(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
-    """Turn a builtin value into a JSON-safe tagged tree; raise UnsupportedValue otherwise."""
+def encode_value(value: Any, depth: int = 0, budget: list[int] | None = None,
+                 memo: dict[int, tuple[int, Any]] | None = None) -> Any:
+    """Turn a builtin value into a JSON-safe tagged tree; raise UnsupportedValue otherwise.
+
+    With a memo (id -> (index, object)), lists, dicts and sets are numbered in the order they
+    are first met and met again as {"ref": index}: identity and aliasing survive the trip
+    (decode_value with a table rebuilds them). Without one, references are never produced.
+    """
     budget = budget if budget is not None else [MAX_ITEMS]
     budget[0] -= 1
     if depth > MAX_DEPTH or budget[0] < 0:
@@ -46,17 +55,12 @@ def encode_value(value: Any, depth: int = 0, budget: list[int] | None = None) ->
         return {"int": str(value)} if abs(value) >= 2**53 else value
     if kind is float:
         return value if math.isfinite(value) else {"float": repr(value)}
-    if kind is list:
-        return [encode_value(item, depth + 1, budget) for item in value]
-    if kind in (tuple, set, frozenset):
-        items = list(value)
-        if kind is not tuple:
-            items.sort(key=repr)
-        return {kind.__name__: [encode_value(item, depth + 1, budget) for item in items]}
-    if kind is dict:
-        pairs = [[encode_value(k, depth + 1, budget), encode_value(v, depth + 1, budget)]
-                 for k, v in value.items()]
-        return {"dict": pairs}
+    if kind in CONTAINERS and memo is not None:
+        if id(value) in memo:
+            return {"ref": memo[id(value)][0]}
+        memo[id(value)] = (len(memo), value)
+    if kind in (list, tuple, set, frozenset, dict):
+        return encode_contents(value, depth, budget, memo)
     if kind is bytes:
         return {"bytes": value.hex()}
     if kind is complex:
@@ -64,32 +68,76 @@ def encode_value(value: Any, depth: int = 0, budget: list[int] | None = None) ->
     raise UnsupportedValue(f"cannot carry a value of type {kind.__name__}")
 
 
-def decode_value(tree: Any) -> Any:
-    """Inverse of encode_value, building exact builtin types."""
+def encode_contents(value: Any, depth: int = 0, budget: list[int] | None = None,
+                    memo: dict[int, tuple[int, Any]] | None = None) -> Any:
+    """The tagged tree of a container's items (the container itself is not numbered: a state
+    update of a container the other side already holds)."""
+    budget = budget if budget is not None else [MAX_ITEMS]
+    kind = type(value)
+    if kind is list:
+        return [encode_value(item, depth + 1, budget, memo) for item in value]
+    if kind is dict:
+        return {"dict": [[encode_value(k, depth + 1, budget, memo),
+                          encode_value(v, depth + 1, budget, memo)] for k, v in value.items()]}
+    items = list(value)
+    if kind is not tuple:
+        items.sort(key=repr)
+    return {kind.__name__: [encode_value(item, depth + 1, budget, memo) for item in items]}
+
+
+def decode_value(tree: Any, table: list | None = None) -> Any:
+    """Inverse of encode_value, building exact builtin types. With a table (the objects the
+    references may name, by index; new lists, dicts and sets are appended as they are built),
+    {"ref": i} is table[i]; without one a reference is malformed."""
     if tree is None or type(tree) in (bool, str, int, float):
         return tree
-    if type(tree) is list:
-        return [decode_value(item) for item in tree]
-    if type(tree) is not dict or len(tree) != 1:
+    if type(tree) is not list and (type(tree) is not dict or len(tree) != 1):
         raise ValueError("malformed encoded value")
+    kind = list if type(tree) is list else TAGGED_CONTAINERS.get(next(iter(tree)))
+    if kind is None:
+        return _decode_scalar(tree, table)
+    container = kind() if kind in CONTAINERS else None
+    if container is not None and table is not None:
+        table.append(container)
+    return decode_contents(tree, kind, table, container)
+
+
+def decode_contents(tree: Any, kind: type, table: list | None, into: Any = None) -> Any:
+    """The items of a container tree of `kind`, filled into `into` (a fresh or a held
+    container of that kind) or built as a tuple or frozenset."""
+    body = tree if kind is list else tree.get(TAG_OF[kind]) if type(tree) is dict else None
+    if type(body) is not list:
+        raise ValueError(f"malformed {kind.__name__} contents")
+    if kind is dict:
+        items = {}
+        for pair in body:
+            key, item = pair
+            items[decode_value(key, table)] = decode_value(item, table)
+    else:
+        items = [decode_value(item, table) for item in body]
+    if into is None:
+        return kind(items)
+    if kind is list:
+        into[:] = items
+    else:
+        into.clear()
+        into.update(items)
+    return into
+
+
+def _decode_scalar(tree: dict, table: list | None) -> Any:
     (tag, body), = tree.items()
     if tag == "int":
         return int(body)
     if tag == "float":
         return float(body)
-    if tag == "tuple":
-        return tuple(decode_value(item) for item in body)
-    if tag == "set":
-        return {decode_value(item) for item in body}
-    if tag == "frozenset":
-        return frozenset(decode_value(item) for item in body)
-    if tag == "dict":
-        return {decode_value(k): decode_value(v) for k, v in body}
     if tag == "bytes":
         return bytes.fromhex(body)
     if tag == "complex":
         return complex(body[0], body[1])
-    raise ValueError(f"unknown value tag {tag!r}")
+    if tag == "ref" and table is not None and type(body) is int and 0 <= body < len(table):
+        return table[body]
+    raise ValueError(f"unknown or misplaced value tag {tag!r}")
 
 
 def pack_message(message: Any) -> bytes:
