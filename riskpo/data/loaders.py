@@ -158,20 +158,33 @@ def read_rows(path: str | Path) -> list[Row]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """Raw rows of a jsonl file. Non-integer numbers are read as Decimals, so a numeric
+    ground_truth keeps the exact text the file has (0.00001, never the float 1e-05);
+    parse_row turns the other Decimals back into floats."""
+    from decimal import Decimal
+
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, json.loads(line, parse_float=Decimal)
             except json.JSONDecodeError as error:
                 raise RowError(str(path), number, "<json>", f"not valid JSON: {error}") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    """Raw rows of a parquet file. A parquet float is binary: each becomes the Decimal of its
+    shortest round-trip repr at its column's precision (rows.decimal_floats), the decimal an
+    author wrote, never exponent notation once parse_row spells a ground_truth out."""
     import pyarrow.parquet as pq
 
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    from riskpo.data.rows import decimal_floats
+
+    table = pq.read_table(path)
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield number, {field.name: decimal_floats(row[field.name], field.type)
+                       for field in table.schema}
 
 
 def _take(rows: list[Row], size: int | None, seed: int) -> list[Row]:

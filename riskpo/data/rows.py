@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 ANSWER_FORMATS = ("final_number", "boxed", "gsm8k")
 CODE_STYLES = ("call", "stdio", "assert")
 CHAT_ROLES = ("system", "user", "assistant")
+MAX_EXPONENT = 400  # a numeric ground_truth beyond 10^400 is written m\\times10^{e}
 
 
 class RowError(ValueError):
@@ -96,8 +98,8 @@ def parse_row(raw: Any, origin: str, row_number: int) -> Row:
     if reward_model is not None:
         reward_model = _parse_reward_model(reward_model, fail)
     if tests is not None:
-        tests = _parse_tests(tests, fail)
-    extra_info = raw.get("extra_info") or {}
+        tests = _parse_tests(_floats(tests), fail)
+    extra_info = _floats(raw.get("extra_info") or {})
     if not isinstance(extra_info, dict):
         raise fail("extra_info", f"expected an object, got {type(extra_info).__name__}")
     answer_format = extra_info.get("answer_format")
@@ -136,12 +138,78 @@ def _parse_prompt(prompt: Any, fail) -> str | list[dict[str, str]]:
 
 
 def _parse_reward_model(reward_model: Any, fail) -> dict[str, Any]:
+    """The reference answer as text: a string as given (a blank one is refused: nothing could
+    be graded against it), a number by its exact decimal text (number_text)."""
     if not isinstance(reward_model, dict):
         raise fail("reward_model", f"expected an object, got {type(reward_model).__name__}")
     truth = reward_model.get("ground_truth")
-    if isinstance(truth, bool) or not isinstance(truth, str | int | float) or truth == "":
-        raise fail("reward_model.ground_truth", f"expected a non-empty string or number, got {truth!r}")
-    return {"style": str(reward_model.get("style") or "rule"), "ground_truth": str(truth)}
+    if isinstance(truth, str):
+        if not truth.strip():
+            raise fail("reward_model.ground_truth", f"blank reference answer {truth!r}: a row "
+                       "needs an answer to grade against")
+        text = truth
+    else:
+        try:
+            text = number_text(truth)
+        except ValueError as error:
+            raise fail("reward_model.ground_truth",
+                       f"expected a non-blank string or a finite number: {error}") from None
+    return {"style": str(reward_model.get("style") or "rule"), "ground_truth": text}
+
+
+def number_text(value: Any) -> str:
+    """A number's exact decimal text, never in exponent notation (a verifier reads "1e-05" as
+    e - 5): an int as it is; a Decimal (how the readers keep a JSON number's own text, or a
+    parquet float's) digit for digit; a binary float by its shortest round-trip repr."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError(f"not a number: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    number = Decimal(repr(value)) if isinstance(value, float) else value
+    if not number.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    if abs(number.adjusted()) > MAX_EXPONENT:  # not spelled out digit by digit
+        sign, digits, exponent = number.as_tuple()
+        mantissa = Decimal((sign, digits, -(len(digits) - 1)))
+        return f"{format(mantissa, 'f')}\\times10^{{{exponent + len(digits) - 1}}}"
+    return format(number, "f")
+
+
+def decimal_floats(value: Any, arrow_type: Any) -> Any:
+    """A parquet value (from to_pylist) with each binary float replaced by the Decimal of its
+    shortest round-trip repr at the column's own precision: float64 by repr, float32 and
+    float16 through numpy (a float32 0.1 is Decimal("0.1"), not 0.10000000149011612). The
+    decimal text an author wrote in a float column survives; _floats turns the Decimals
+    outside ground_truth back into floats."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_floating(arrow_type):
+        if arrow_type.bit_width == 64:
+            return Decimal(repr(float(value)))
+        import numpy as np
+
+        width = np.float32 if arrow_type.bit_width == 32 else np.float16
+        return Decimal(np.format_float_positional(width(value), unique=True, trim="-"))
+    if pa.types.is_struct(arrow_type):
+        return {field.name: decimal_floats(value.get(field.name), field.type)
+                for field in arrow_type}
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) \
+            or pa.types.is_fixed_size_list(arrow_type):
+        return [decimal_floats(item, arrow_type.value_type) for item in value]
+    return value
+
+
+def _floats(value: Any) -> Any:
+    """Decimals (how the readers keep numbers exact) as floats, where values are data."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_floats(item) for item in value]
+    return value
 
 
 def _parse_tests(tests: Any, fail) -> dict[str, Any]:

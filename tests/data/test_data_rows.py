@@ -57,6 +57,19 @@ def test_parquet_rows_with_chat_prompts_and_code_tests(tmp_path):
         ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": "1"}, '
          '"extra_info": {"answer_format": "latex"}}', "extra_info.answer_format"),
         ("{not json", "<json>"),
+        # issue 13, item 4: a blank reference cannot grade anything
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": ""}}',
+         "reward_model.ground_truth"),
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": "   "}}',
+         "reward_model.ground_truth"),
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": "\\n\\t "}}',
+         "reward_model.ground_truth"),
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": NaN}}',
+         "reward_model.ground_truth"),
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": Infinity}}',
+         "reward_model.ground_truth"),
+        ('{"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": true}}',
+         "reward_model.ground_truth"),
     ],
 )
 def test_a_bad_row_names_file_row_and_field(tmp_path, line, field):
@@ -94,3 +107,56 @@ def test_builtin_humaneval_and_champ():
     assert len(champ) == 270
     assert champ[0].reward_model["ground_truth"] == "239"
     assert champ[0].extra_info["answer_format"] == "boxed"
+
+
+MATH_ROW = '{{"prompt": "p", "data_source": "x", "reward_model": {{"ground_truth": {truth}}}}}'
+
+
+@pytest.mark.parametrize(("written", "text"), [
+    ("0.00001", "0.00001"), ("1e-05", "0.00001"), ("1E-5", "0.00001"), ("0.10", "0.10"),
+    ("1E+3", "1000"), ("72", "72"), ("-0.0", "-0.0"), ("2.5e-10", "0.00000000025"),
+    ("123456789.123456789123", "123456789.123456789123"),  # more digits than a double holds
+    ("1e500", "1\\times10^{500}"), ('"1e-05"', "1e-05"),  # a string is kept as written
+])
+def test_jsonl_numeric_references_keep_their_exact_decimal_text(tmp_path, written, text):
+    """Issue 13, item 7: the float 1e-05 became the string "1e-05", which LaTeX reads e - 5."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(MATH_ROW.format(truth=written) + "\n")
+    assert read_rows(path)[0].ground_truth == text
+
+
+def test_numbers_outside_the_reference_stay_floats(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "p", "data_source": "x", "extra_info": {"weight": 0.5}, '
+                    '"tests": {"style": "call", "fn_name": "f", '
+                    '"cases": [{"args": [0.25, 1], "expected": 1.5}]}}\n')
+    row = read_rows(path)[0]
+    case = row.tests["cases"][0]
+    assert case == {"args": [0.25, 1], "expected": 1.5}
+    assert [type(case["args"][0]), type(case["args"][1]), type(case["expected"])] == [float, int, float]
+    assert type(row.extra_info["weight"]) is float
+
+
+@pytest.mark.parametrize(("arrow_type", "value", "text"), [
+    (pa.float64(), 0.00001, "0.00001"), (pa.float64(), 1e20, "100000000000000000000"),
+    (pa.float64(), 0.1, "0.1"), (pa.float32(), 0.1, "0.1"), (pa.float32(), 1e-5, "0.00001"),
+    (pa.float16(), 0.1, "0.1"), (pa.int64(), 72, "72"), (pa.string(), "1e-05", "1e-05"),
+])
+def test_parquet_numeric_references_keep_the_decimal_their_author_wrote(tmp_path, arrow_type,
+                                                                        value, text):
+    """A parquet float is binary: it reads as its shortest round-trip decimal at the column's
+    own precision, never in exponent notation (a float32 0.1 is 0.1, not 0.10000000149...)."""
+    reward_model = pa.array([{"style": "rule", "ground_truth": value}],
+                            pa.struct([("style", pa.string()), ("ground_truth", arrow_type)]))
+    table = pa.table({"prompt": ["p"], "data_source": ["x"], "reward_model": reward_model,
+                      "extra_info": pa.array([{"weight": 0.5}])})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    row = read_rows(tmp_path / "rows.parquet")[0]
+    assert row.ground_truth == text
+    assert row.extra_info == {"weight": 0.5} and type(row.extra_info["weight"]) is float
+
+
+def test_in_memory_float_references_are_spelled_out():
+    row = parse_row({"prompt": "p", "data_source": "x", "reward_model": {"ground_truth": 1e-05}},
+                    "memory", 1)
+    assert row.ground_truth == "0.00001"
