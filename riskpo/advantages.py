@@ -18,21 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from riskpo import risk
-from riskpo.bundles import (
-    CREDITS,
-    PAIRINGS,
-    Papers,
-    assign_credit,
-    bundle_quantiles,
-    bundle_score_std,
-    consecutive_bundles,
-    form_papers,
-)
-from riskpo.metrics import advantage_statistics, risk_measure_statistics, risk_region_statistics
-from riskpo.options import ConfigError, one_of, require
+from riskpo import baselines, risk
+from riskpo.bundles import CREDITS, PAIRINGS, consecutive_bundles
+from riskpo.metrics import advantage_statistics
+from riskpo.options import ConfigError, join, one_of, require
 from riskpo.risk import (
+    ADVANTAGE_FORMS,
     TRACKER_LEVELS,
+    TRACKER_SCHEDULES,
     QuantileTracker,
     dense_ids,
     gather,
@@ -40,10 +33,57 @@ from riskpo.risk import (
     segment_mean,
     segment_std,
 )
+from riskpo.risk_estimator import riskpo_estimate, riskpo_step
 
 QUANTILE_SOURCES = ("tracked", "bundle", "mix")
 TRACKER_UPDATES = ("before_advantage", "after_advantage")
 GROUP_EPSILON = 1e-6  # GRPO divides by (group std + this)
+
+
+@dataclass
+class WReinforceConfig:
+    """W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347): +positive_weight for a right answer,
+    -1 for a wrong one."""
+
+    positive_weight: float = 0.1  # lambda
+
+    def check(self, key: str) -> None:
+        require(self.positive_weight >= 0.0, f"{key}.positive_weight", "must be >= 0")
+
+
+@dataclass
+class PKPOConfig:
+    """PKPO (Walder and Karkhanis 2025, arXiv 2505.15201): unbiased pass@k rewards, k annealed
+    linearly from k to k_end over anneal_steps steps starting at anneal_start (0: a switch)."""
+
+    k: int = 4
+    k_end: int | None = None  # null: k throughout
+    anneal_start: int = 0
+    anneal_steps: int = 0
+    baseline: str = "loo_minus_one"  # see baselines.PKPO_BASELINES
+
+    def check(self, key: str) -> None:
+        require(self.k >= 1, f"{key}.k", "must be >= 1")
+        require(self.k_end is None or self.k_end >= 1, f"{key}.k_end", "must be >= 1 or null")
+        require(self.anneal_start >= 0 and self.anneal_steps >= 0, f"{key}.anneal_steps",
+                "anneal_start and anneal_steps must be >= 0")
+        one_of(self.baseline, baselines.PKPO_BASELINES, f"{key}.baseline")
+
+    def k_at(self, step: int) -> int:
+        """k at a (0-based) training step."""
+        return baselines.pkpo_k_schedule(step, k_start=self.k, k_end=self.k_end or self.k,
+                                         anneal_start=self.anneal_start,
+                                         anneal_steps=self.anneal_steps)
+
+
+@dataclass
+class RSGRPOConfig:
+    """RS-GRPO (arXiv 2509.24261): A = (exp(beta r) / mean_group exp(beta r) - 1) / beta."""
+
+    beta: float = 2.0
+
+    def check(self, key: str) -> None:
+        require(self.beta > 0.0, f"{key}.beta", "must be > 0 (risk-seeking utility)")
 
 
 @dataclass
@@ -70,6 +110,7 @@ class AdvantageConfig:
     risk_seeking: bool = False  # ablation: rewards the upper tail
     risk_seeking_u: float = 1.5
     std_normalize: bool = True  # riskpo: by the std of the scores; grpo: group std
+    advantage_form: str = "release"  # see risk.ADVANTAGE_FORMS: the release's or the ICLR paper's
     # --- riskpo: bundles and credit (docs/algorithm.md section 4)
     credit: str = "uniform"  # see bundles.CREDITS
     pairing: str = "permute"  # see bundles.PAIRINGS
@@ -80,20 +121,29 @@ class AdvantageConfig:
     # --- riskpo: quantiles (docs/algorithm.md section 5)
     quantile_source: str = "tracked"  # see QUANTILE_SOURCES
     tracker_lr: float = 0.1
+    tracker_schedule: str = "constant"  # see risk.TRACKER_SCHEDULES
     tracker_update: str = "before_advantage"  # see TRACKER_UPDATES
+    # --- the objectives RiskPO is compared with (docs/algorithm.md section 8)
+    w_reinforce: WReinforceConfig = field(default_factory=WReinforceConfig)
+    pkpo: PKPOConfig = field(default_factory=PKPOConfig)
+    rs_grpo: RSGRPOConfig = field(default_factory=RSGRPOConfig)
 
     def check(self, key: str, name: str = "riskpo") -> None:
         """The options estimator `name` reads, under `key` ("algorithm")."""
+        if name in ("w_reinforce", "pkpo", "rs_grpo"):
+            getattr(self, name).check(join(key, name))
         if name != "riskpo":
             return  # the group baselines read std_normalize only, a bool
         require(0.0 <= self.alpha < self.beta <= 1.0, f"{key}.alpha",
                 f"alpha={self.alpha}, beta={self.beta}: need 0 <= alpha < beta <= 1",
                 f"e.g. {key}.alpha=0.2 {key}.beta=0.8")
-        if self.mix_cvar and not self.risk_seeking:
+        one_of(self.advantage_form, ADVANTAGE_FORMS, f"{key}.advantage_form")
+        one_of(self.tracker_schedule, TRACKER_SCHEDULES, f"{key}.tracker_schedule")
+        if self.mix_cvar and not self.risk_seeking and self.advantage_form == "release":
             require(self.alpha > 0.0, f"{key}.alpha", "CVaR_alpha divides by alpha, which is 0",
                     f"use alpha > 0 or {key}.mix_cvar=false")
         require(self.w_mix >= 0.0, f"{key}.w_mix", f"{self.w_mix} is negative", "use w_mix >= 0")
-        if self.risk_seeking:
+        if self.risk_seeking and self.advantage_form == "release":
             require(self.beta < 1.0, f"{key}.beta", "risk_seeking divides by 1 - beta, which is 0",
                     "use beta < 1")
             require(self.risk_seeking_u >= 0.0, f"{key}.risk_seeking_u", "must be >= 0")
@@ -122,11 +172,12 @@ class AdvantageState:
     step: int = 0
     seed: int = 0
 
-    def tracker(self, lr: float) -> QuantileTracker:
-        """The quantile tracker, created on first use; the config's lr always wins."""
+    def tracker(self, lr: float, schedule: str = "constant") -> QuantileTracker:
+        """The quantile tracker, created on first use; the config's lr and schedule always win
+        (the number of updates, which the decreasing schedule counts, is the tracker's state)."""
         if self.quantile_tracker is None:
-            self.quantile_tracker = QuantileTracker(lr=lr)
-        self.quantile_tracker.lr = float(lr)
+            self.quantile_tracker = QuantileTracker(lr=lr, schedule=schedule)
+        self.quantile_tracker.lr, self.quantile_tracker.schedule = float(lr), schedule
         return self.quantile_tracker
 
     def state_dict(self) -> dict[str, object]:
@@ -147,6 +198,9 @@ class AdvantageState:
 class AdvantageResult:
     advantages: torch.Tensor  # [N], 0 on masked rows
     metrics: dict[str, float] = field(default_factory=dict)
+    # [N] per-response weights of the loss when the estimator defines them (RiskPO: the mean
+    # over papers of the mean over each paper's responses; algorithm.loss.aggregation=paper_mean)
+    loss_weights: torch.Tensor | None = None
 
 
 EstimatorFn = Callable[..., AdvantageResult]
@@ -156,7 +210,8 @@ EstimatorFn = Callable[..., AdvantageResult]
 class Estimator:
     """A registered estimator. groups: how it groups responses -- "question" (group
     baselines: needs n >= 2 samples per prompt), "bundle" (RiskPO: consecutive questions in
-    bundles of config.bundle_size) or "batch" (one baseline for the whole step)."""
+    bundles of config.bundle_size), "batch" (one baseline for the whole step) or "none" (each
+    response on its own: NSR, W-REINFORCE)."""
 
     name: str
     fn: EstimatorFn
@@ -182,11 +237,11 @@ class Estimator:
         metrics = {**result.metrics,
                    **advantage_statistics(advantages, rewards, question_ids, valid)}
         state.step += 1
-        return AdvantageResult(advantages, metrics)
+        return AdvantageResult(advantages, metrics, result.loss_weights)
 
 
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
-GROUPINGS = ("question", "bundle", "batch")
+GROUPINGS = ("question", "bundle", "batch", "none")
 
 
 def register_advantage(name: str, groups: str = "question") -> Callable[[EstimatorFn], Estimator]:
@@ -233,67 +288,6 @@ def _float_dtype(rewards: torch.Tensor) -> torch.dtype:
 # ----------------------------------------------------------------------------- RiskPO
 
 
-@dataclass(frozen=True)
-class RiskPOStep:
-    """Intermediate values of one RiskPO computation (for metrics and tests)."""
-
-    advantages: torch.Tensor  # [N] float64
-    papers: Papers
-    paper_q_alpha: torch.Tensor  # [M] quantiles each paper was scored against
-    paper_q_beta: torch.Tensor  # [M]
-    paper_advantages: torch.Tensor  # [M] after std normalisation
-
-
-def riskpo_step(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
-                config: AdvantageConfig, *, valid: torch.Tensor | None = None,
-                quantiles: tuple[float, float] | None = None,
-                generator: torch.Generator | None = None) -> RiskPOStep:
-    """RiskPO advantages against per-bundle quantiles, or against `quantiles` = (qa, qb) if given.
-
-    std_normalize divides each paper's advantage by its bundle's paper-score std (the scores
-    it was computed against) whatever the quantiles.
-    """
-    papers = form_papers(rewards, question_ids, bundle_ids, valid, pairing=config.pairing,
-                         generator=generator, allow_surplus=config.allow_surplus_responses)
-    if quantiles is not None and float(quantiles[0]) > float(quantiles[1]):
-        raise ValueError(f"quantiles must satisfy qa <= qb, got {quantiles}")
-    source = "bundle" if quantiles is None else "tracked"
-    return _riskpo_from_papers(rewards, papers, valid, config, source, quantiles)
-
-
-def _paper_quantiles(papers: Papers, config: AdvantageConfig, source: str,
-                     given: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """qa, qb per paper [M]: its bundle's ("bundle"), the given pair ("tracked"), or their mean."""
-    scores = papers.paper_scores
-    if source != "bundle":
-        given_alpha, given_beta = (torch.as_tensor(q, dtype=torch.float64).expand_as(scores)
-                                   for q in given)
-        if source == "tracked":
-            return given_alpha, given_beta
-    bundle_q_alpha, bundle_q_beta = bundle_quantiles(papers, config.alpha, config.beta)
-    q_alpha = gather(bundle_q_alpha, papers.paper_bundle)
-    q_beta = gather(bundle_q_beta, papers.paper_bundle)
-    if source == "mix":
-        return (q_alpha + given_alpha) / 2, (q_beta + given_beta) / 2
-    return q_alpha, q_beta
-
-
-def _riskpo_from_papers(rewards: torch.Tensor, papers: Papers, valid: torch.Tensor | None,
-                        config: AdvantageConfig, source: str,
-                        given: tuple[float, float] | None) -> RiskPOStep:
-    q_alpha, q_beta = _paper_quantiles(papers, config, source, given)
-    paper_advantages = risk.risk_advantage(
-        papers.paper_scores, q_alpha, q_beta, alpha=config.alpha, beta=config.beta,
-        w_mix=config.w_mix, natural_baseline=config.natural_baseline, mix_cvar=config.mix_cvar,
-        risk_seeking=config.risk_seeking, risk_seeking_u=config.risk_seeking_u,
-    )
-    if config.std_normalize:
-        bundle_std = gather(bundle_score_std(papers), papers.paper_bundle)
-        paper_advantages = risk.std_normalize(paper_advantages, bundle_std)
-    advantages = assign_credit(paper_advantages, papers, rewards, valid, config.credit)
-    return RiskPOStep(advantages, papers, q_alpha, q_beta, paper_advantages)
-
-
 def riskpo_advantages(
     rewards: torch.Tensor,
     question_ids: torch.Tensor,
@@ -306,68 +300,33 @@ def riskpo_advantages(
     std_normalize: bool = True,
     credit: str = "uniform",
     quantiles: tuple[float, float] | None = None,
+    advantage_form: str = "release",
 ) -> torch.Tensor:
     """Stable entry point: RiskPO advantages [N], pairing "index".
 
-    quantiles None: per-bundle empirical quantiles of the paper scores; (qa, qb): use these.
+    quantiles None: per-bundle empirical quantiles of the paper scores; (qa, qb): these, as
+    tracked values arrive (std_normalize then divides by the spread of all the papers given).
     """
     config = AdvantageConfig(alpha=alpha, beta=beta, w_mix=w_mix, natural_baseline=natural_baseline,
                              mix_cvar=mix_cvar, std_normalize=std_normalize, credit=credit,
-                             pairing="index", quantile_source="bundle")
+                             pairing="index", quantile_source="bundle", advantage_form=advantage_form)
+    config.check("riskpo_advantages")
     step = riskpo_step(rewards, question_ids, bundle_ids, config, quantiles=quantiles)
     return step.advantages.to(_float_dtype(rewards))
-
-
-def _tracked_quantiles(tracker: QuantileTracker, config: AdvantageConfig) -> tuple[float, float, bool]:
-    q_alpha, q_beta = tracker.quantile(config.alpha), tracker.quantile(config.beta)
-    crossed = q_alpha > q_beta  # the tracker's levels can cross under noise: use qb = qa then
-    return q_alpha, max(q_alpha, q_beta), crossed
 
 
 @register_advantage("riskpo", groups="bundle")
 def _riskpo_estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
                       config: AdvantageConfig, state: AdvantageState,
                       valid: torch.Tensor) -> AdvantageResult:
-    """RiskPO: bundles, papers, MVaR weights against tracked / per-bundle / mixed quantiles."""
+    """RiskPO: bundles, papers, risk weights against tracked / per-bundle / mixed quantiles."""
     generator = None
     if config.pairing == "permute":
         generator = torch.Generator().manual_seed(state.seed * 1_000_003 + state.step)
-    papers = form_papers(rewards, question_ids, bundle_ids, valid, pairing=config.pairing,
-                         generator=generator, allow_surplus=config.allow_surplus_responses)
-    tracker = state.tracker(config.tracker_lr)
-    updated = False
-    if config.tracker_update == "before_advantage" or not tracker.initialized:
-        tracker.update(papers.paper_scores)
-        updated = True
-    crossed, tracked = False, None
-    source = config.quantile_source if tracker.initialized else "bundle"
-    if source != "bundle":
-        q_alpha, q_beta, crossed = _tracked_quantiles(tracker, config)
-        tracked = (q_alpha, q_beta)
-    step = _riskpo_from_papers(rewards, papers, valid, config, source, tracked)
-    if not updated:
-        tracker.update(papers.paper_scores)
-    metrics = _riskpo_metrics(step, tracker, config, valid)
-    metrics["riskpo/tracker_crossed"] = float(crossed)
-    return AdvantageResult(step.advantages, metrics)
-
-
-def _riskpo_metrics(step: RiskPOStep, tracker: QuantileTracker, config: AdvantageConfig,
-                    valid: torch.Tensor) -> dict[str, float]:
-    scores = step.papers.paper_scores
-    num_valid = int(valid.sum())
-    unpaired = num_valid - int(step.papers.paired.sum())
-    metrics = {
-        "riskpo/num_papers": float(scores.numel()),
-        "riskpo/unpaired_fraction": unpaired / num_valid if num_valid else 0.0,
-        "riskpo/q_alpha": step.paper_q_alpha.mean().item() if scores.numel() else float("nan"),
-        "riskpo/q_beta": step.paper_q_beta.mean().item() if scores.numel() else float("nan"),
-        "riskpo/tracked_q_alpha": tracker.quantile(config.alpha) if tracker.initialized else float("nan"),
-        "riskpo/tracked_q_beta": tracker.quantile(config.beta) if tracker.initialized else float("nan"),
-    }
-    metrics.update(risk_measure_statistics(scores, config.alpha, config.beta, config.w_mix))
-    metrics.update(risk_region_statistics(scores, step.paper_q_alpha, step.paper_q_beta))
-    return metrics
+    tracker = state.tracker(config.tracker_lr, config.tracker_schedule)
+    step, metrics = riskpo_estimate(rewards, question_ids, bundle_ids, config, tracker, valid,
+                                    generator)
+    return AdvantageResult(step.advantages, metrics, step.loss_weights)
 
 
 # ----------------------------------------------------------------------------- group baselines
@@ -443,3 +402,40 @@ def _reinforce_baseline(rewards: torch.Tensor, question_ids: torch.Tensor, bundl
     if config.std_normalize and values.numel() > 1:
         advantages = risk.std_normalize(advantages, values.std())
     return AdvantageResult(advantages)
+
+
+# ----------------------------------------------------------------------------- the controls
+# What they compute, and the papers' conventions, are in riskpo/baselines.py.
+
+
+@register_advantage("nsr", groups="none")
+def _nsr(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+         config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """NSR (Zhu et al. 2025): wrong answers pushed down (-1), right ones untouched."""
+    return AdvantageResult(baselines.nsr_advantages(rewards, dense_ids(question_ids)[0], valid))
+
+
+@register_advantage("w_reinforce", groups="none")
+def _w_reinforce(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+                 config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """W-REINFORCE (Zhu et al. 2025): +lambda for right answers, -1 for wrong ones."""
+    return AdvantageResult(baselines.w_reinforce_advantages(
+        rewards, dense_ids(question_ids)[0], valid, positive_weight=config.w_reinforce.positive_weight))
+
+
+@register_advantage("pkpo")
+def _pkpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+          config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """PKPO (Walder and Karkhanis 2025): unbiased pass@k rewards, k annealed by step."""
+    k = config.pkpo.k_at(state.step)
+    advantages = baselines.pkpo_advantages(rewards, dense_ids(question_ids)[0], valid, k=k,
+                                           baseline=config.pkpo.baseline)
+    return AdvantageResult(advantages, {"pkpo/k": float(k)})
+
+
+@register_advantage("rs_grpo")
+def _rs_grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+             config: AdvantageConfig, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
+    """RS-GRPO (risk-seeking exponential utility within a group)."""
+    return AdvantageResult(baselines.rs_grpo_advantages(rewards, dense_ids(question_ids)[0], valid,
+                                                         beta=config.rs_grpo.beta))

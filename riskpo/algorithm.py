@@ -37,8 +37,12 @@ class AlgorithmConfig(AdvantageConfig):
         super().check(key, self.name)
         self.loss.check(join(key, "loss"))
         self.dynamic_sampling.check(join(key, "dynamic_sampling"))
+        require(self.loss.aggregation != "paper_mean" or self.name == "riskpo",
+                join(key, "loss.aggregation"),
+                f"paper_mean averages over RiskPO's papers, which {self.name} does not form",
+                "use token_mean or a seq_mean_* mode")
         if self.dynamic_sampling.enabled:
-            require(get_advantage_estimator(self.name).groups != "batch",
+            require(get_advantage_estimator(self.name).groups in ("question", "bundle"),
                     join(key, "dynamic_sampling.enabled"),
                     f"drops groups with equal rewards, which {self.name} does not form",
                     f"use one of {', '.join(group_estimators())}")
@@ -50,7 +54,7 @@ class AlgorithmConfig(AdvantageConfig):
 
 def group_estimators() -> list[str]:
     """Estimators that compare the samples of a prompt: they need n >= 2."""
-    return sorted(name for name, e in ADVANTAGE_ESTIMATORS.items() if e.groups != "batch")
+    return sorted(name for name, e in ADVANTAGE_ESTIMATORS.items() if e.groups in ("question", "bundle"))
 
 
 def check_step_shape(algorithm: AlgorithmConfig, prompts_per_step: int, samples_per_prompt: int,
@@ -58,7 +62,7 @@ def check_step_shape(algorithm: AlgorithmConfig, prompts_per_step: int, samples_
     """The step's prompts and samples fit the estimator: n >= 2 for group estimators, and
     prompts that split into whole bundles (or a declared way to handle the rest)."""
     estimator = get_advantage_estimator(algorithm.name)
-    if estimator.groups != "batch":
+    if estimator.groups in ("question", "bundle"):
         require(samples_per_prompt >= 2, f"{trainer_key}.samples_per_prompt",
                 f"n={samples_per_prompt}: {algorithm.name} compares the samples of a prompt, "
                 "it needs n >= 2",

@@ -25,6 +25,8 @@ class TrainBatch:
     rollout_logprobs: list[list[float]]  # sampling policy's log-prob of each response token
     advantages: torch.Tensor  # [N] float, one advantage per response (broadcast to its tokens)
     loss_mask: torch.Tensor  # [N] bool; False rows (infrastructure failures) carry no loss
+    # [N] the estimator's per-response loss weights (aggregation paper_mean); None otherwise
+    loss_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -32,6 +34,8 @@ class TrainBatch:
     def __post_init__(self) -> None:
         n = len(self.response_ids)
         sizes = {len(self.prompt_ids), len(self.rollout_logprobs), self.advantages.numel(), self.loss_mask.numel()}
+        if self.loss_weights is not None:
+            sizes.add(self.loss_weights.numel())
         if sizes != {n}:
             raise ValueError(f"TrainBatch fields disagree on the number of rows: {sizes | {n}}")
         for i, (r, lp) in enumerate(zip(self.response_ids, self.rollout_logprobs, strict=True)):

@@ -18,7 +18,7 @@ from riskpo.messages import (
     SamplingParams,
     verification_request,
 )
-from riskpo.metrics import avg_at_k, pass_at_k
+from riskpo.metrics import avg_at_k, pass_at_k_curve
 
 
 class Generator(Protocol):
@@ -66,8 +66,8 @@ def evaluate(generator: Generator, grader: Grader, rows: Sequence[Row], data: Da
     verdicts = grade(grader, rows, sampled)
     correct = (verdicts.rewards >= 1.0).sum(dim=1)
     metrics = {f"eval/avg@{k}": avg_at_k(correct, k), "eval/infra_errors": float((~verdicts.valid).sum())}
-    for kk in data.eval_pass_k or default_pass_k(k):
-        metrics[f"eval/pass@{kk}"] = float(pass_at_k(correct, k, kk).mean())
+    for kk, value in pass_at_k_curve(correct, k, data.eval_pass_k or default_pass_k(k)).items():
+        metrics[f"eval/pass@{kk}"] = value
     metrics["eval/response_length"] = sum(
         len(s.token_ids) for per_prompt in sampled for s in per_prompt) / max(1, k * len(rows))
     if data.eval_greedy:

@@ -6,15 +6,47 @@ micro-batch that the learner minimises.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from riskpo.options import one_of, require
+from riskpo.entropy_control import clip_cov_mask, kl_cov_penalty
+from riskpo.options import join, one_of, require
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
+# paper_mean: the mean over papers of the mean over each paper's responses (RiskPO, ICLR paper),
+# with per-response weights from the estimator.
+AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "paper_mean")
+RATIO_LEVELS = ("token", "sequence")  # PPO's token ratio, or GSPO's length-normalised sequence one
+ENTROPY_CONTROLS = ("none", "clip_cov", "kl_cov")
 KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
 LOG_RATIO_CLAMP = 20.0  # exp() arguments are clamped to [-20, 20], as verl does
+
+
+@dataclass
+class ClipCovConfig:
+    """Clip-Cov (Cui et al. 2025, arXiv 2505.22617): a random `fraction` of the tokens whose
+    log-prob/advantage covariance lies in [low, high] get no policy gradient."""
+
+    fraction: float = 2e-4
+    low: float = 1.0
+    high: float = 5.0
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.fraction <= 1.0, f"{key}.fraction", "must lie in [0, 1]")
+        require(self.low <= self.high, f"{key}.low", f"low {self.low} > high {self.high}")
+
+
+@dataclass
+class KLCovConfig:
+    """KL-Cov (same paper): the top `fraction` of tokens by covariance get a penalty
+    coef * |log-prob - old log-prob|."""
+
+    fraction: float = 2e-3
+    coef: float = 1.0
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.fraction <= 1.0, f"{key}.fraction", "must lie in [0, 1]")
+        require(self.coef >= 0.0, f"{key}.coef", "must be >= 0")
 
 
 @dataclass
@@ -30,6 +62,10 @@ class LossConfig:
     entropy_coef: float = 0.0
     tis_cap: float | None = None  # truncated importance weight cap (rollout vs learner); null: off
     ppo_epochs: int = 1
+    ratio: str = "token"  # see RATIO_LEVELS
+    entropy_control: str = "none"  # see ENTROPY_CONTROLS
+    clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
+    kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
 
     def check(self, key: str) -> None:
         require(0.0 <= self.clip_low < 1.0, f"{key}.clip_low", f"{self.clip_low} outside [0, 1)")
@@ -44,6 +80,10 @@ class LossConfig:
                 f"{self.tis_cap}: a cap on importance weights below 1 discards on-policy samples",
                 "use >= 1 (e.g. 2.0) or null")
         require(self.ppo_epochs >= 1, f"{key}.ppo_epochs", "must be >= 1")
+        one_of(self.ratio, RATIO_LEVELS, f"{key}.ratio")
+        one_of(self.entropy_control, ENTROPY_CONTROLS, f"{key}.entropy_control")
+        self.clip_cov.check(join(key, "clip_cov"))
+        self.kl_cov.check(join(key, "kl_cov"))
 
     @property
     def uses_reference_model(self) -> bool:
@@ -51,14 +91,16 @@ class LossConfig:
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
-              denominator: float | None = None) -> torch.Tensor:
+              denominator: float | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce per-token values [B, T] under a response mask [B, T] to a scalar.
 
     token_mean: sum over all tokens / number of tokens. seq_mean_token_sum: per-sequence token
     sum, averaged over sequences. seq_mean_token_mean: per-sequence token mean, averaged over
-    sequences. Sequences with no tokens count in the sequence average with 0. `denominator`
-    overrides the token count (token_mean) or sequence count (seq_*) -- for normalising by a
-    global count across micro-batches or ranks.
+    sequences. paper_mean: per-sequence token means weighted by `weights` [B] (the estimator's
+    loss weights), divided by their sum. Sequences with no tokens count in the sequence
+    average with 0. `denominator` overrides the token count (token_mean), sequence count
+    (seq_*) or weight sum (paper_mean) -- for normalising by a global count across
+    micro-batches or ranks.
     """
     if values.shape != mask.shape or values.dim() != 2:
         raise ValueError(f"aggregate needs equal [B, T] shapes, got {tuple(values.shape)} and {tuple(mask.shape)}")
@@ -71,6 +113,13 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean"
         per_sequence = token_sums
     elif mode == "seq_mean_token_mean":
         per_sequence = token_sums / mask.sum(dim=-1).clamp(min=1)
+    elif mode == "paper_mean":
+        if weights is None:
+            raise ValueError("aggregation paper_mean needs per-sequence weights")
+        weights = weights.to(values.dtype)
+        per_sequence = weights * token_sums / mask.sum(dim=-1).clamp(min=1)
+        total = weights.sum() if denominator is None else torch.as_tensor(denominator, dtype=values.dtype)
+        return per_sequence.sum() / total.clamp(min=torch.finfo(values.dtype).tiny)
     else:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
     count = values.shape[0] if denominator is None else denominator
@@ -80,6 +129,34 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean"
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, response_mask: torch.Tensor,
+                     level: str = "token") -> torch.Tensor:
+    """pi / pi_old per token [B, T]: token level (PPO), or the response's length-normalised
+    sequence ratio (pi(y) / pi_old(y))^(1/|y|) = exp(mean log-ratio over its tokens), broadcast
+    to its tokens (GSPO, and the RiskPO paper)."""
+    log_ratio = logprobs - old_logprobs
+    if level == "sequence":
+        mask = response_mask.to(log_ratio.dtype)
+        per_sequence = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        log_ratio = per_sequence.expand_as(logprobs)
+    elif level != "token":
+        raise ValueError(f"ratio level must be one of {RATIO_LEVELS}, got {level!r}")
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
+def _checked_advantages(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        response_mask: torch.Tensor) -> torch.Tensor:
+    """Advantages as [B, 1] or [B, T] in the log-probs' dtype, after the shapes are checked."""
+    if logprobs.shape != old_logprobs.shape or logprobs.shape != response_mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)}, "
+                         f"response_mask {tuple(response_mask.shape)} must agree")
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    if advantages.shape[0] != logprobs.shape[0]:
+        raise ValueError(f"advantages {tuple(advantages.shape)} do not match batch {logprobs.shape[0]}")
+    return advantages.to(logprobs.dtype)
 
 
 def policy_loss(
@@ -94,29 +171,24 @@ def policy_loss(
     aggregation: str = "token_mean",
     rollout_logprobs: torch.Tensor | None = None,
     tis_cap: float | None = None,
+    ratio_level: str = "token",
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate, dual-clipped for negative advantages.
 
     logprobs, old_logprobs, response_mask: [B, T]; advantages: [B] (broadcast to tokens) or
-    [B, T]. Per token: ratio = exp(logprobs - old_logprobs); loss = max(-A*ratio,
+    [B, T]. Per token: ratio = importance_ratio (token or sequence level); loss = max(-A*ratio,
     -A*clip(ratio, 1-clip_low, 1+clip_high)); where A < 0 it is further capped at -A*dual_clip
     (dual_clip None disables). With rollout_logprobs and tis_cap, each token loss is weighted
     by min(exp(old - rollout), tis_cap) (detached): truncated importance sampling for the
-    rollout-engine/learner log-prob mismatch. Metrics: clip_fraction (share of tokens where
-    the clipped term is taken), dual_clip_fraction, approx_kl (mean old - new), and tis_mean.
+    rollout-engine/learner log-prob mismatch. weights: per-sequence weights for paper_mean.
+    Metrics: clip_fraction (share of tokens where the clipped term is taken),
+    dual_clip_fraction, approx_kl (mean old - new), and tis_mean.
     """
-    if logprobs.shape != old_logprobs.shape or logprobs.shape != response_mask.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)}, "
-                         f"response_mask {tuple(response_mask.shape)} must agree")
-    if advantages.dim() == 1:
-        advantages = advantages[:, None]
-    if advantages.shape[0] != logprobs.shape[0]:
-        raise ValueError(f"advantages {tuple(advantages.shape)} do not match batch {logprobs.shape[0]}")
+    advantages = _checked_advantages(logprobs, old_logprobs, advantages, response_mask)
     if (rollout_logprobs is None) != (tis_cap is None):
         raise ValueError("truncated importance sampling needs both rollout_logprobs and tis_cap")
-    advantages = advantages.to(logprobs.dtype)
-    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
+    ratio = importance_ratio(logprobs, old_logprobs, response_mask, ratio_level)
     unclipped = -advantages * ratio
     clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     clipped = torch.maximum(unclipped, -advantages * clipped_ratio)
@@ -132,7 +204,7 @@ def policy_loss(
         weight = torch.exp(mismatch).clamp(max=tis_cap).detach()
         token_loss = token_loss * weight
         metrics["tis_mean"] = _masked_mean(weight, response_mask).item()
-    loss = aggregate(token_loss, response_mask, aggregation)
+    loss = aggregate(token_loss, response_mask, aggregation, weights=weights)
     with torch.no_grad():
         clip_taken = (-advantages * clipped_ratio > unclipped).to(logprobs.dtype)
         metrics.update({
@@ -182,7 +254,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 
 # Per-micro-batch sums the objective reports; the learner adds them over micro-batches and
 # ranks and divides the token-weighted ones by "tokens".
-TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl")
+TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl", "cov_detached_fraction")
 
 
 def micro_batch_objective(
@@ -197,36 +269,41 @@ def micro_batch_objective(
     temperature: float,
     rollout_logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
+    loss_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the objective of its whole mini-batch, and its metric sums.
 
     logits [B, L, V] of the policy on input_ids [B, L]; response_mask, old/rollout/ref
-    log-probs [B, L-1] aligned with the targets input_ids[:, 1:]; advantages [B]. loss_units is
-    the mini-batch's global normaliser (loss tokens for token_mean, rows for seq_mean_*, over
-    all micro-batches and ranks), so the shares of all micro-batches add up to
-        PPO term - entropy_coef * entropy + kl_coef * KL
-    of the whole mini-batch, each term aggregated as config.aggregation says.
+    log-probs [B, L-1] aligned with the targets input_ids[:, 1:]; advantages [B]; loss_weights
+    [B] (paper_mean). loss_units is the mini-batch's global normaliser (loss tokens for
+    token_mean, rows for seq_mean_*, the weight sum for paper_mean, over all micro-batches and
+    ranks), so the shares of all micro-batches add up to
+        PPO term (+ KL-Cov penalty) - entropy_coef * entropy + kl_coef * KL
+    of the whole mini-batch, each term aggregated as config.aggregation says. Clip-Cov leaves
+    the selected tokens out of the PPO term (generator draws them); both covariance methods
+    score the tokens of this micro-batch.
     """
     mask = response_mask
     logprobs = token_logprobs(logits, input_ids, temperature)
-    pg_loss, pg_metrics = policy_loss(
-        logprobs, old_logprobs, advantages, mask,
-        clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
-        aggregation=config.aggregation,
-        rollout_logprobs=rollout_logprobs if config.tis_cap is not None else None,
-        tis_cap=config.tis_cap,
-    )
-    micro_units = mask.sum().item() if config.aggregation == "token_mean" else mask.shape[0]
-    loss = pg_loss * (micro_units / loss_units)
+    loss, pg_metrics = _policy_term(logprobs, mask, advantages, old_logprobs, config, loss_units,
+                                    rollout_logprobs, loss_weights, generator)
+
+    def share(values: torch.Tensor) -> torch.Tensor:
+        return aggregate(values, mask, config.aggregation, loss_units, loss_weights)
+
     entropy = entropy_from_logits(logits[:, :-1].float() / temperature)
     if config.entropy_coef > 0:
-        loss = loss - config.entropy_coef * aggregate(entropy, mask, config.aggregation, loss_units)
+        loss = loss - config.entropy_coef * share(entropy)
     kl = torch.zeros_like(logprobs)
     if config.uses_reference_model:
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 but no reference log-probs were given")
         kl = kl_penalty(logprobs, ref_logprobs, config.kl_kind)
-        loss = loss + config.kl_coef * aggregate(kl, mask, config.aggregation, loss_units)
+        loss = loss + config.kl_coef * share(kl)
+    if config.entropy_control == "kl_cov":
+        loss = loss + share(kl_cov_penalty(logprobs, old_logprobs, advantages, mask,
+                                           top_fraction=config.kl_cov.fraction, coef=config.kl_cov.coef))
     tokens = float(mask.sum().item())
     sums = {
         "loss": loss.item(),
@@ -235,8 +312,39 @@ def micro_batch_objective(
         "approx_kl": pg_metrics["approx_kl"] * tokens,
         "entropy": _masked_sum(entropy.detach(), mask),
         "kl": _masked_sum(kl.detach(), mask),
+        "cov_detached_fraction": pg_metrics.get("cov_detached_fraction", 0.0),
     }
     return loss, sums
+
+
+def _policy_term(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+                 old_logprobs: torch.Tensor, config: LossConfig, loss_units: float,
+                 rollout_logprobs: torch.Tensor | None, loss_weights: torch.Tensor | None,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The PPO term's share of the mini-batch loss (Clip-Cov's tokens detached first)."""
+    detached = 0.0
+    if config.entropy_control == "clip_cov":
+        chosen = clip_cov_mask(logprobs, old_logprobs, advantages, mask, generator=generator,
+                               clip_fraction=config.clip_cov.fraction, cov_low=config.clip_cov.low,
+                               cov_high=config.clip_cov.high, clip_low=config.clip_low,
+                               clip_high=config.clip_high)
+        logprobs = torch.where(chosen, logprobs.detach(), logprobs)
+        detached = float(chosen.sum())
+    pg_loss, metrics = policy_loss(
+        logprobs, old_logprobs, advantages, mask,
+        clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
+        aggregation=config.aggregation,
+        rollout_logprobs=rollout_logprobs if config.tis_cap is not None else None,
+        tis_cap=config.tis_cap, ratio_level=config.ratio, weights=loss_weights,
+    )
+    if config.aggregation == "token_mean":
+        micro_units = mask.sum().item()
+    elif config.aggregation == "paper_mean":
+        micro_units = float(loss_weights.sum()) if loss_weights is not None else 0.0
+    else:
+        micro_units = mask.shape[0]
+    metrics["cov_detached_fraction"] = detached
+    return pg_loss * (micro_units / loss_units), metrics
 
 
 def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:

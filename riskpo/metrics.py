@@ -1,5 +1,5 @@
 """Evaluation and training statistics: unbiased pass@k, avg@k, entropy, reward, advantage and
-risk-region statistics (SPEC 5, 10). Pure torch; every function returns tensors or plain floats.
+risk-region statistics (docs/algorithm.md sections 5, 10). Pure torch; every function returns tensors or plain floats.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import torch
 
-from riskpo.risk import cvar, mvar, rvar, segment_sum
+from riskpo.risk import cvar, mvar, paper_objective, rvar, segment_sum
 
 
 def _as_long(values: torch.Tensor | int | Iterable[int], like: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,12 +51,6 @@ def avg_at_k(num_correct: torch.Tensor, num_samples: torch.Tensor | int) -> floa
     return (correct.to(torch.float64) / samples).mean().item()
 
 
-def mean_token_entropy(entropy: torch.Tensor, mask: torch.Tensor) -> float:
-    """Token-mean of per-token entropies [B, T] over the response mask."""
-    mask = mask.to(entropy.dtype)
-    return ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()
-
-
 def reward_statistics(rewards: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
     """Mean, std, min, max and fraction positive of the valid rewards."""
     values = rewards if valid is None else rewards[valid]
@@ -90,44 +84,67 @@ def risk_region_statistics(paper_scores: torch.Tensor, q_alpha: torch.Tensor,
 
 
 def risk_measure_statistics(paper_scores: torch.Tensor, alpha: float, beta: float,
-                            w_mix: float) -> dict[str, float]:
-    """Empirical mean, CVaR_a, RVaR_{a:b} and MVaR of pooled paper scores (NaN when empty)."""
+                            w_mix: float, form: str = "release") -> dict[str, float]:
+    """Empirical mean, CVaR_a, RVaR_{a:b} and MVaR of pooled paper scores as level integrals of
+    their quantile function (what the gradient follows), and risk/objective: the value the
+    configured advantage form ascends (release: MVaR; paper: (1 + w) a CVaR_a + (b - a)
+    RVaR_{a:b}). NaN when empty."""
+    keys = ("risk/score_mean", "risk/cvar", "risk/rvar", "risk/mvar", "risk/objective")
     if paper_scores.numel() == 0:
-        return {"risk/score_mean": math.nan, "risk/cvar": math.nan, "risk/rvar": math.nan,
-                "risk/mvar": math.nan}
+        return dict.fromkeys(keys, math.nan)
     scores = paper_scores.to(torch.float64)
-    return {
-        "risk/score_mean": scores.mean().item(),
-        "risk/cvar": cvar(scores, alpha).item(),
-        "risk/rvar": rvar(scores, alpha, beta).item(),
-        "risk/mvar": mvar(scores, alpha, beta, w_mix).item(),
-    }
+    low = cvar(scores, alpha).item() if alpha > 0 else math.nan
+    mixed = mvar(scores, alpha, beta, w_mix).item() if alpha > 0 else math.nan
+    objective = paper_objective(scores, alpha, beta, w_mix).item() if form == "paper" else mixed
+    return dict(zip(keys, (scores.mean().item(), low, rvar(scores, alpha, beta).item(), mixed,
+                           objective), strict=True))
+
+
+DIFFICULTY_BINS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
 
 def advantage_statistics(advantages: torch.Tensor, rewards: torch.Tensor,
                          question_ids: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
-    """Advantage mean/std/abs-mean, nonzero fraction and how all-wrong questions are treated.
+    """What an estimator does to the gradient this step. A response is correct when its reward
+    is > 0; a question's success rate is the share of its valid responses that are correct.
 
-    A question is all-wrong when none of its valid responses has reward > 0. The metric
-    `adv/all_wrong_nonzero_fraction` is the fraction of all-wrong questions with at least one
-    nonzero advantage (GRPO gives them none; RiskPO bundles can).
+    adv/mean, std, abs_mean, p99_abs (99th percentile of |A|), nonzero_fraction;
+    adv/correct_negative_fraction: correct responses pushed down (A < 0);
+    adv/wrong_positive_fraction: wrong responses pushed up (A > 0);
+    adv/mean_success_<lo>_<hi>: mean advantage of responses whose question's success rate lies
+    in [lo, hi) percent (the last bin includes 100);
+    adv/all_wrong_question_fraction and adv/all_wrong_nonzero_fraction: questions with no
+    correct response, and the share of them with any nonzero advantage (GRPO gives none).
     """
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
     values = advantages[valid].to(torch.float64)
+    correct = rewards[valid] > 0
     _, question = torch.unique(question_ids[valid], return_inverse=True)
     num_questions = int(question.max().item()) + 1 if question.numel() else 0
-    correct = segment_sum((rewards[valid] > 0).to(torch.float64), question, num_questions)
+    counts = segment_sum(torch.ones_like(values), question, num_questions)
+    right = segment_sum(correct.to(torch.float64), question, num_questions)
     nonzero = segment_sum((values != 0).to(torch.float64), question, num_questions)
-    all_wrong = correct == 0
+    all_wrong = right == 0
     wrong_count = int(all_wrong.sum())
     stats = {
-        "adv/mean": values.mean().item() if values.numel() else math.nan,
+        "adv/mean": _mean(values),
         "adv/std": values.std().item() if values.numel() > 1 else 0.0,
-        "adv/abs_mean": values.abs().mean().item() if values.numel() else math.nan,
-        "adv/nonzero_fraction": (values != 0).to(torch.float64).mean().item() if values.numel() else math.nan,
+        "adv/abs_mean": _mean(values.abs()),
+        "adv/p99_abs": torch.quantile(values.abs(), 0.99).item() if values.numel() else math.nan,
+        "adv/nonzero_fraction": _mean((values != 0).to(torch.float64)),
+        "adv/correct_negative_fraction": _mean((values[correct] < 0).to(torch.float64)),
+        "adv/wrong_positive_fraction": _mean((values[~correct] > 0).to(torch.float64)),
         "adv/all_wrong_question_fraction": wrong_count / num_questions if num_questions else math.nan,
         "adv/all_wrong_nonzero_fraction": (
             (nonzero[all_wrong] > 0).to(torch.float64).mean().item() if wrong_count else math.nan
         ),
     }
+    success = (right / counts.clamp(min=1))[question] if num_questions else values
+    for low, high in DIFFICULTY_BINS:
+        inside = (success >= low) & ((success < high) | (high == 1.0))
+        stats[f"adv/mean_success_{low * 100:.0f}_{high * 100:.0f}"] = _mean(values[inside])
     return stats
+
+
+def _mean(values: torch.Tensor) -> float:
+    return values.mean().item() if values.numel() else math.nan

@@ -1,4 +1,5 @@
-"""Risk measures of a score distribution and the RiskPO per-sample advantage weights (SPEC 2, 3, 5).
+"""Risk measures of a score distribution and the RiskPO per-sample advantage weights (docs/algorithm.md
+sections 2, 3, 5).
 
 Everything is vectorised tensor code: per-segment statistics (quantiles, means, stds) use one
 sort and a few scatter operations, never a Python loop over segments.
@@ -10,7 +11,7 @@ import math
 
 import torch
 
-STD_FLOOR = 1e-6  # SPEC 3: a std below this is treated as 1; otherwise divide by (std + STD_FLOOR)
+STD_FLOOR = 1e-6  # algorithm.md section 3: a std below this is treated as 1; otherwise divide by (std + STD_FLOOR)
 TRACKER_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05, 0.10, ..., 0.95
 
 
@@ -115,28 +116,47 @@ def quantile(values: torch.Tensor, level: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------- risk measures
 
 
-def _check_levels(alpha: float, beta: float) -> None:
-    if not 0.0 <= alpha < beta <= 1.0:
-        raise ValueError(f"risk levels need 0 <= alpha < beta <= 1, got alpha={alpha}, beta={beta}")
+def level_integral(scores: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """(1 / (high - low)) * integral over u in [low, high] of q_u, the empirical quantile
+    function (the step function u -> S_(ceil(n u))): the average of the scores over the levels
+    between low and high, each sorted score weighted by how much of [(i-1)/n, i/n] lies in
+    [low, high]. This is the value whose likelihood-ratio gradient the RiskPO advantage follows."""
+    if scores.dim() != 1 or scores.numel() == 0:
+        raise ValueError(f"risk measures need a non-empty 1-D tensor, got shape {tuple(scores.shape)}")
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"levels need 0 <= low < high <= 1, got {low}, {high}")
+    ordered = torch.sort(scores.to(torch.float64)).values
+    n = ordered.numel()
+    edges = torch.arange(n + 1, dtype=torch.float64) / n
+    weights = (torch.minimum(edges[1:], torch.tensor(high)) -
+               torch.maximum(edges[:-1], torch.tensor(low))).clamp(min=0)
+    return (weights * ordered).sum() / (high - low)
 
 
 def cvar(scores: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Lower-tail CVaR_a = E[S | S <= q_a] of the empirical distribution."""
-    threshold = quantile(scores, alpha)
-    return scores[scores <= threshold].mean()
+    """Lower-tail CVaR_a: the mean of the quantile function over levels [0, a] (equal to
+    E[S | S <= q_a] when no score is tied across q_a)."""
+    return level_integral(scores, 0.0, alpha)
 
 
 def rvar(scores: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """Range VaR_{a:b} = E[S | q_a <= S <= q_b]; NaN when no score lies in that range."""
-    _check_levels(alpha, beta)
-    low, high = quantile(scores, alpha), quantile(scores, beta)
-    inside = scores[(scores >= low) & (scores <= high)]
-    return inside.mean() if inside.numel() else scores.new_tensor(math.nan)
+    """Range VaR_{a:b}: the mean of the quantile function over levels [a, b]. With tied scores
+    this differs from E[S | q_a <= S <= q_b]: scores 0,0,0,1,1,1,1,1,2,2 at (0.2, 0.8) give
+    0.833 here (what the gradient follows) and 0.625 as a conditional mean."""
+    return level_integral(scores, alpha, beta)
 
 
 def mvar(scores: torch.Tensor, alpha: float, beta: float, w_mix: float) -> torch.Tensor:
-    """Mixed VaR (w * CVaR_a + RVaR_{a:b}) / (1 + w)."""
+    """Mixed VaR (w * CVaR_a + RVaR_{a:b}) / (1 + w): the release form's objective."""
     return (w_mix * cvar(scores, alpha) + rvar(scores, alpha, beta)) / (1.0 + w_mix)
+
+
+def paper_objective(scores: torch.Tensor, alpha: float, beta: float, w_mix: float) -> torch.Tensor:
+    """The paper form's objective, (1 + w) a CVaR_a + (b - a) RVaR_{a:b}: the integral of the
+    quantile function weighted 1 + w below a and 1 between a and b (its advantage is
+    paper_advantage)."""
+    low = (1.0 + w_mix) * alpha * cvar(scores, alpha) if alpha > 0 else scores.new_zeros((), dtype=torch.float64)
+    return low + (beta - alpha) * rvar(scores, alpha, beta)
 
 
 # ----------------------------------------------------------------------------- advantage weights
@@ -159,14 +179,11 @@ def rvar_advantage(
     natural_baseline: bool = True,
 ) -> torch.Tensor:
     """A_rvar(S) = g(S) / (b - a): divided by the width in levels, not by qb - qa."""
-    _check_levels(alpha, beta)
     return g_weight(scores, q_alpha, q_beta, natural_baseline) / (beta - alpha)
 
 
 def cvar_advantage(scores: torch.Tensor, q_alpha: torch.Tensor, alpha: float) -> torch.Tensor:
-    """A_cvar(S) = -(qa - S)+ / a (a > 0)."""
-    if alpha <= 0:
-        raise ValueError(f"CVaR weight divides by alpha, got alpha={alpha}")
+    """A_cvar(S) = -(qa - S)+ / a (a > 0; the options check refuses a = 0 with mix_cvar)."""
     return -(q_alpha - scores).clamp(min=0) / alpha
 
 
@@ -194,11 +211,30 @@ def risk_seeking_advantage(
     natural_baseline: bool = True,
 ) -> torch.Tensor:
     """Ablation: A = (u * (S - qb)+ / (1 - b) + A_rvar) / (1 + u); rewards the upper tail."""
-    if beta >= 1.0:
-        raise ValueError(f"risk_seeking needs beta < 1 (it divides by 1 - beta), got beta={beta}")
     upper_tail = (scores - q_beta).clamp(min=0) / (1.0 - beta)
     risk_range = rvar_advantage(scores, q_alpha, q_beta, alpha, beta, natural_baseline)
     return (u * upper_tail + risk_range) / (1.0 + u)
+
+
+def paper_advantage(
+    scores: torch.Tensor,
+    q_alpha: torch.Tensor,
+    q_beta: torch.Tensor,
+    w_mix: float,
+    natural_baseline: bool = True,
+    risk_seeking: bool = False,
+    risk_seeking_u: float = 1.5,
+) -> torch.Tensor:
+    """The ICLR paper's advantage: A(S) = -(1 + w) (qa - S)+ + g(S), no division by the levels
+    (slope below qa : inside the band = 1 + w : 1). risk_seeking (our analogue for this form):
+    A(S) = (1 + u) (S - qb)+ + g(S), the upper tail weighted as the lower one is here."""
+    band = g_weight(scores, q_alpha, q_beta, natural_baseline)
+    if risk_seeking:
+        return (1.0 + risk_seeking_u) * (scores - q_beta).clamp(min=0) + band
+    return -(1.0 + w_mix) * (q_alpha - scores).clamp(min=0) + band
+
+
+ADVANTAGE_FORMS = ("release", "paper")
 
 
 def risk_advantage(
@@ -213,8 +249,13 @@ def risk_advantage(
     mix_cvar: bool = True,
     risk_seeking: bool = False,
     risk_seeking_u: float = 1.5,
+    form: str = "release",
 ) -> torch.Tensor:
-    """The configured per-sample weight: risk_seeking takes precedence over mix_cvar."""
+    """The configured per-sample weight. form "paper": paper_advantage; "release": A_mvar
+    (mix_cvar), A_rvar, or the risk-seeking ablation, which takes precedence."""
+    if form == "paper":
+        return paper_advantage(scores, q_alpha, q_beta, w_mix, natural_baseline, risk_seeking,
+                               risk_seeking_u)
     if risk_seeking:
         return risk_seeking_advantage(
             scores, q_alpha, q_beta, alpha, beta, risk_seeking_u, natural_baseline
@@ -238,19 +279,30 @@ def std_normalize(advantages: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- quantile tracker
 
 
-class QuantileTracker:
-    """19-level stochastic-approximation quantile tracker over pooled paper scores (SPEC 5).
+TRACKER_SCHEDULES = ("constant", "decreasing")
+DECREASING_POWER = 0.6  # lr_t = lr * t^-0.6: sum lr_t diverges, sum lr_t^2 converges (Robbins-Monro)
 
-    Each update is one SGD step on the pinball loss, Q_k += lr * (u_k - mean_j 1[S_j < Q_k]);
+
+class QuantileTracker:
+    """19-level stochastic-approximation quantile tracker over pooled paper scores
+    (docs/algorithm.md section 5).
+
+    Each update is one SGD step on the pinball loss, Q_k += lr_t * (u_k - mean_j 1[S_j < Q_k]);
     the first update instead sets Q to the empirical quantiles of that step's scores (warm
-    start). Levels between grid points are read by linear interpolation on the grid; levels
-    outside [0.05, 0.95] are an error.
+    start). lr_t is lr ("constant", the release) or lr * t^-0.6 at the t-th step after the warm
+    start ("decreasing", our choice for the paper's unpublished schedule). Levels between grid
+    points are read by linear interpolation on the grid; levels outside [0.05, 0.95] are an
+    error.
     """
 
-    def __init__(self, lr: float = 0.1, levels: tuple[float, ...] = TRACKER_LEVELS) -> None:
+    def __init__(self, lr: float = 0.1, levels: tuple[float, ...] = TRACKER_LEVELS,
+                 schedule: str = "constant") -> None:
         if lr <= 0:
             raise ValueError(f"tracker lr must be positive, got {lr}")
+        if schedule not in TRACKER_SCHEDULES:
+            raise ValueError(f"tracker schedule must be one of {TRACKER_SCHEDULES}, got {schedule!r}")
         self.lr = float(lr)
+        self.schedule = schedule
         self.levels = torch.tensor(levels, dtype=torch.float64)
         if self.levels.numel() < 2 or (self.levels.diff() <= 0).any():
             raise ValueError(f"tracker levels must be increasing, at least two: {levels}")
@@ -268,8 +320,15 @@ class QuantileTracker:
             self.initialized = True
         else:
             below = (scores[None, :] < self.values[:, None]).to(torch.float64).mean(dim=1)
-            self.values = self.values + self.lr * (self.levels - below)
+            self.values = self.values + self.step_size() * (self.levels - below)
         self.num_updates += 1
+
+    def step_size(self) -> float:
+        """lr_t of the next stochastic-approximation step (t = num_updates: the warm start
+        was update 1, so the first step after it has t = 1)."""
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * max(self.num_updates, 1) ** -DECREASING_POWER
 
     def quantile(self, level: float) -> float:
         """Tracked value at `level`, interpolated linearly between grid levels."""
@@ -289,6 +348,7 @@ class QuantileTracker:
     def state_dict(self) -> dict[str, object]:
         return {
             "lr": self.lr,
+            "schedule": self.schedule,
             "levels": self.levels.clone(),
             "values": self.values.clone(),
             "initialized": self.initialized,
@@ -301,6 +361,7 @@ class QuantileTracker:
         if levels.shape != values.shape:
             raise ValueError(f"tracker state: levels {levels.shape} vs values {values.shape}")
         self.lr = float(state["lr"])
+        self.schedule = str(state.get("schedule", "constant"))  # checkpoints before schedules
         self.levels = levels.clone()
         self.values = values.clone()
         self.initialized = bool(state["initialized"])

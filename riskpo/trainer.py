@@ -293,7 +293,8 @@ class Trainer:
             response_ids=[s.token_ids for s in samples],
             rollout_logprobs=[s.logprobs for s in samples],
             advantages=result.advantages.float(),
-            loss_mask=valid & torch.tensor([len(s.token_ids) > 0 for s in samples]))
+            loss_mask=valid & torch.tensor([len(s.token_ids) > 0 for s in samples]),
+            loss_weights=result.loss_weights)
         return batch, result.metrics
 
     def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Slow, loop-based RiskPO reference in the style of the authors' release: Python loops over
 bundles, papers and responses with torch scalar ops, torch.quantile per bundle, torch.std per
-question. Written from SPEC.md independently of riskpo/; the property tests and
+question. Written from docs/algorithm.md independently of riskpo/; the property tests and
 bench/advantages.py compare the vectorised code against it.
 """
 
@@ -12,11 +12,15 @@ import torch
 
 
 def _weight(score, q_alpha, q_beta, *, alpha, beta, w_mix, natural_baseline, mix_cvar,
-            risk_seeking, risk_seeking_u):
+            risk_seeking, risk_seeking_u, advantage_form="release"):
     zero = torch.tensor(0.0, dtype=torch.float64)
     g = torch.maximum(score - q_alpha, zero) - torch.maximum(score - q_beta, zero)
     if natural_baseline:
         g = g + (q_alpha - q_beta)
+    if advantage_form == "paper":  # -(1 + w)(qa - S)+ + g, or (1 + u)(S - qb)+ + g
+        if risk_seeking:
+            return (1 + risk_seeking_u) * torch.maximum(score - q_beta, zero) + g
+        return -(1 + w_mix) * torch.maximum(q_alpha - score, zero) + g
     a_rvar = g / (beta - alpha)
     if risk_seeking:
         upper = torch.maximum(score - q_beta, zero) / (1 - beta)
@@ -56,16 +60,18 @@ def _question_std(rewards, rows):
 def reference_riskpo(rewards, question_ids, bundle_ids, *, alpha=0.2, beta=0.8, w_mix=1.5,
                      natural_baseline=True, mix_cvar=True, risk_seeking=False, risk_seeking_u=1.5,
                      std_normalize=True, credit="uniform", quantiles=None, quantile_source="bundle",
-                     valid=None, pairing="index", generator=None):
+                     valid=None, pairing="index", generator=None, advantage_form="release"):
     """RiskPO advantages [N] (float64). quantile_source: "bundle"; with `quantiles` given,
-    "tracked" uses them and "mix" averages them with each bundle's own."""
+    "tracked" uses them and "mix" averages them with each bundle's own. std_normalize divides
+    by the bundle's score std against bundle quantiles, by the std of all papers otherwise."""
     rewards = rewards.to(torch.float64)
     keys = None
     if pairing == "permute":
         keys = torch.rand(len(rewards), generator=generator, dtype=torch.float64)
     options = dict(alpha=alpha, beta=beta, w_mix=w_mix, natural_baseline=natural_baseline,
-                   mix_cvar=mix_cvar, risk_seeking=risk_seeking, risk_seeking_u=risk_seeking_u)
-    advantages = torch.zeros(len(rewards), dtype=torch.float64)
+                   mix_cvar=mix_cvar, risk_seeking=risk_seeking, risk_seeking_u=risk_seeking_u,
+                   advantage_form=advantage_form)
+    bundles = []  # (scores, rows of each question) per bundle with papers
     for questions in _question_rows(rewards, question_ids, bundle_ids, valid, keys).values():
         present = [rows for rows in questions.values() if rows]
         if not present:
@@ -77,7 +83,11 @@ def reference_riskpo(rewards, question_ids, bundle_ids, *, alpha=0.2, beta=0.8, 
             for rows in present:
                 score = score + rewards[rows[j]]
             scores.append(score)
-        scores = torch.stack(scores)
+        bundles.append((torch.stack(scores), present))
+    pooled = quantiles is not None and quantile_source in ("tracked", "mix")
+    all_scores = torch.cat([scores for scores, _ in bundles]) if bundles else torch.zeros(0)
+    advantages = torch.zeros(len(rewards), dtype=torch.float64)
+    for scores, present in bundles:
         q_alpha, q_beta = torch.quantile(scores, alpha), torch.quantile(scores, beta)
         if quantiles is not None:
             given_alpha, given_beta = (torch.tensor(float(q), dtype=torch.float64) for q in quantiles)
@@ -85,11 +95,12 @@ def reference_riskpo(rewards, question_ids, bundle_ids, *, alpha=0.2, beta=0.8, 
                 q_alpha, q_beta = (q_alpha + given_alpha) / 2, (q_beta + given_beta) / 2
             else:
                 q_alpha, q_beta = given_alpha, given_beta
+        spread_of = all_scores if pooled else scores
         divisor = torch.tensor(1.0, dtype=torch.float64)
-        if std_normalize and num_papers > 1:
-            std = torch.std(scores)
+        if std_normalize and len(spread_of) > 1:
+            std = torch.std(spread_of)
             divisor = std + 1e-6 if std >= 1e-6 else divisor
-        for j in range(num_papers):
+        for j in range(len(scores)):
             paper_advantage = _weight(scores[j], q_alpha, q_beta, **options)
             if std_normalize:
                 paper_advantage = paper_advantage / divisor

@@ -1,4 +1,4 @@
-"""RiskPO advantages against SPEC 6 and the loop reference; invariants; the estimator registry."""
+"""RiskPO advantages against docs/algorithm.md section 6 and the loop reference; invariants; the estimator registry."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ WORKED_REWARDS = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [0, 0, 0, 0, 0]
 
 
 def _worked(credit: str) -> torch.Tensor:
-    """Advantages of SPEC 6 as [question, response]."""
+    """Advantages of docs/algorithm.md section 6 as [question, response]."""
     question_ids = torch.arange(5).repeat_interleave(5)
     advantages = riskpo_advantages(WORKED_REWARDS.flatten(), question_ids,
                                    torch.zeros(25, dtype=torch.long), beta=0.9, credit=credit)
@@ -93,6 +93,7 @@ def riskpo_problems(draw):
         credit=draw(st.sampled_from(["uniform", "std", "sum_mean"])),
         pairing=draw(st.sampled_from(["index", "permute"])),
         quantile_source=draw(st.sampled_from(["bundle", "tracked", "mix"])),
+        advantage_form=draw(st.sampled_from(["release", "paper"])),
         allow_surplus_responses=surplus,
     )
     config.check("algorithm")
@@ -104,7 +105,7 @@ def riskpo_problems(draw):
 
 def _reference_options(config: AdvantageConfig) -> dict:
     keys = ("alpha", "beta", "w_mix", "natural_baseline", "mix_cvar", "risk_seeking",
-            "risk_seeking_u", "std_normalize", "credit", "quantile_source", "pairing")
+            "risk_seeking_u", "std_normalize", "credit", "quantile_source", "pairing", "advantage_form")
     return {key: getattr(config, key) for key in keys}
 
 
@@ -183,7 +184,10 @@ def test_scale_invariance_with_std_normalize(scale):
     torch.testing.assert_close(scaled, base, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+GROUP_RELATIVE = sorted(name for name, e in ADVANTAGE_ESTIMATORS.items() if e.groups != "none")
+
+
+@pytest.mark.parametrize("name", GROUP_RELATIVE)
 @pytest.mark.parametrize("credit", ["uniform", "std", "sum_mean"])
 def test_all_equal_rewards_give_zero_advantage_and_no_nan(name, credit):
     question_ids = torch.arange(10).repeat_interleave(4)
@@ -193,6 +197,16 @@ def test_all_equal_rewards_give_zero_advantage_and_no_nan(name, credit):
         result = get_advantage_estimator(name)(rewards, question_ids, question_ids // 5, config)
         assert (result.advantages == 0).all()
         assert all(not math.isinf(v) for v in result.metrics.values())
+
+
+def test_per_sample_controls_push_every_wrong_answer_down():
+    """NSR and W-REINFORCE need no group: all-wrong groups still get -1 (that is the point)."""
+    question_ids = torch.arange(4).repeat_interleave(2)
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    nsr = get_advantage_estimator("nsr")(rewards, question_ids).advantages
+    assert nsr.tolist() == [-1.0, -1.0, 0.0, -1.0, 0.0, 0.0, -1.0, 0.0]
+    weighted = get_advantage_estimator("w_reinforce")(rewards, question_ids).advantages
+    torch.testing.assert_close(weighted, torch.where(rewards > 0, 0.1, -1.0).to(weighted.dtype))
 
 
 def test_explicit_quantiles_with_zero_std_never_divide_by_tiny():

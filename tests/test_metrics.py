@@ -11,7 +11,6 @@ from reference_impl import reference_pass_at_k
 from riskpo.metrics import (
     advantage_statistics,
     avg_at_k,
-    mean_token_entropy,
     pass_at_k,
     pass_at_k_curve,
     reward_statistics,
@@ -71,10 +70,29 @@ def test_risk_region_and_measure_statistics():
     regions = risk_region_statistics(scores, torch.tensor(1.0), torch.tensor(3.0))
     assert regions == pytest.approx({"risk/below_qa_fraction": 0.2, "risk/between_fraction": 0.6,
                                      "risk/above_qb_fraction": 0.2})
-    measures = risk_measure_statistics(scores, 0.25, 0.75, 1.5)  # q = 1 and 3
-    assert measures["risk/cvar"] == pytest.approx(0.5)
+    measures = risk_measure_statistics(scores, 0.25, 0.75, 1.5)  # levels of the quantile function
+    assert measures["risk/cvar"] == pytest.approx(0.05 * 1 / 0.25)  # [0, .2] -> 0, (.2, .25] -> 1
     assert measures["risk/rvar"] == pytest.approx(2.0)
-    assert measures["risk/mvar"] == pytest.approx((1.5 * 0.5 + 2.0) / 2.5)
+    assert measures["risk/mvar"] == pytest.approx((1.5 * 0.2 + 2.0) / 2.5)
+    assert measures["risk/objective"] == measures["risk/mvar"]  # the release form ascends MVaR
+    paper = risk_measure_statistics(scores, 0.25, 0.75, 0.5, "paper")
+    assert paper["risk/objective"] == pytest.approx(1.5 * 0.25 * 0.2 + 0.5 * 2.0)
+
+
+def test_advantage_diagnostics_by_hand():
+    """Correct answers pushed down, wrong ones pushed up, |A| tail, and the mean advantage by
+    question difficulty (success rate of its samples)."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    advantages = torch.tensor([-1.0, 0.0, 0.5, 0.5, -0.5, 2.0, 1.0, -3.0, -1.0, -1.0, 0.0, 4.0])
+    questions = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])  # success 1.0, 0.25, 0.0
+    stats = advantage_statistics(advantages, rewards, questions)
+    assert stats["adv/correct_negative_fraction"] == pytest.approx(2 / 5)
+    assert stats["adv/wrong_positive_fraction"] == pytest.approx(3 / 7)
+    assert stats["adv/p99_abs"] == pytest.approx(torch.quantile(advantages.abs().double(), 0.99).item())
+    assert stats["adv/mean_success_75_100"] == pytest.approx(0.0)  # question 0
+    assert stats["adv/mean_success_25_50"] == pytest.approx(-0.125)  # question 1
+    assert stats["adv/mean_success_0_25"] == pytest.approx(0.5)  # question 2
+    assert math.isnan(stats["adv/mean_success_50_75"])
 
 
 def test_advantage_statistics_count_all_wrong_questions_with_signal():
@@ -85,8 +103,3 @@ def test_advantage_statistics_count_all_wrong_questions_with_signal():
     assert stats["adv/all_wrong_question_fraction"] == pytest.approx(2 / 3)
     assert stats["adv/all_wrong_nonzero_fraction"] == pytest.approx(0.5)
     assert stats["adv/nonzero_fraction"] == pytest.approx(0.5)
-
-
-def test_mean_token_entropy():
-    entropy = torch.tensor([[1.0, 3.0], [2.0, 9.0]])
-    assert mean_token_entropy(entropy, torch.tensor([[True, True], [True, False]])) == pytest.approx(2.0)

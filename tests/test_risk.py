@@ -43,15 +43,26 @@ def test_risk_measures_by_hand():
     assert risk.rvar(scores, 0.0, 1.0).item() == pytest.approx(scores.mean().item())
 
 
-def test_rvar_of_an_empty_range_is_nan_not_a_guess():
-    assert math.isnan(risk.rvar(torch.tensor([0.0, 10.0]), 0.2, 0.8).item())
+def test_risk_measures_are_level_integrals_of_the_quantile_function():
+    """With ties the conditional mean E[S | qa <= S <= qb] (0.625 here) is not the objective
+    whose gradient RiskPO follows; the level integral is (0.833)."""
+    tied = torch.tensor([0.0, 0, 0, 1, 1, 1, 1, 1, 2, 2], dtype=torch.float64)
+    assert risk.rvar(tied, 0.2, 0.8).item() == pytest.approx(0.5 / 0.6)
+    assert risk.cvar(tied, 0.35).item() == pytest.approx((0.3 * 0 + 0.05 * 1) / 0.35)
+    two = torch.tensor([0.0, 10.0])  # levels (0.2, 0.5] hold 0, (0.5, 0.8] hold 10
+    assert risk.rvar(two, 0.2, 0.8).item() == pytest.approx(5.0)
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 6, (37,), generator=generator).double()
+    fine = torch.linspace(0.2, 0.8, 600001, dtype=torch.float64)[1:]  # Riemann sum of q_u
+    steps = scores.sort().values[(fine * 37).ceil().long() - 1]
+    assert risk.rvar(scores, 0.2, 0.8).item() == pytest.approx(steps.mean().item(), abs=1e-4)
+    assert risk.paper_objective(scores, 0.2, 0.8, 0.5).item() == pytest.approx(
+        1.5 * 0.2 * risk.cvar(scores, 0.2).item() + 0.6 * risk.rvar(scores, 0.2, 0.8).item())
 
 
 def test_bad_levels_are_errors():
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match="levels"):
         risk.rvar(torch.ones(3), 0.8, 0.2)
-    with pytest.raises(ValueError, match="divides by alpha"):
-        risk.cvar_advantage(torch.ones(3), torch.tensor(1.0), 0.0)
     with pytest.raises(ValueError, match="levels"):
         risk.segment_quantiles(torch.ones(3), torch.zeros(3, dtype=torch.long), 1, torch.tensor([1.5]))
 

@@ -71,8 +71,8 @@ class LearnerWorker:
     def prepare(self, batch: TrainBatch, plan: RankPlan) -> dict[str, float]:
         return self._backend().prepare(batch, plan)
 
-    def train_step(self, plans: list[RankPlan], loss_units: list[float]) -> list[dict[str, float]]:
-        return self._backend().train_step(plans, loss_units)
+    def train_step(self, plans: list[RankPlan], loss_units: list[float], step: int) -> list[dict[str, float]]:
+        return self._backend().train_step(plans, loss_units, step)
 
     def save(self, path: str, extra: dict[str, Any]) -> None:
         self._backend().save(path, extra)

@@ -38,6 +38,7 @@ class LearnerBackend(ABC):
     ranks together (collectives under ZeRO), in the same order, with the same plan shape."""
 
     spec: LearnerSpec
+    rank: int
     world_size: int
     pad_token_id: int
     device: torch.device
@@ -110,26 +111,31 @@ class LearnerBackend(ABC):
                 tokens += len(rollout)
         return {"gap_sum": gap, "gap_tokens": float(tokens)}
 
-    def train_step(self, mini_batch_plans: list[RankPlan], loss_units: list[float]) -> list[dict[str, float]]:
+    def train_step(self, mini_batch_plans: list[RankPlan], loss_units: list[float],
+                   step: int = 0) -> list[dict[str, float]]:
         """One optimizer step per mini-batch of the prepared batch; loss_units[m] is mini-batch
-        m's global count of tokens (token_mean) or rows (seq_mean_*) so micro-batch losses add
-        up to the loss of the whole mini-batch over all ranks. Returns per-mini-batch sums."""
+        m's global count of tokens (token_mean), rows (seq_mean_*) or weight (paper_mean) so
+        micro-batch losses add up to the loss of the whole mini-batch over all ranks. `step`
+        (the group's train_step count) seeds Clip-Cov's draws. Returns per-mini-batch sums."""
         prepared = self.prepared
         if prepared is None:
             raise ValueError("train_step before prepare: the step's log-probs are not computed")
         results = []
-        for plan, units in zip(mini_batch_plans, loss_units, strict=True):
+        for mini_batch, (plan, units) in enumerate(zip(mini_batch_plans, loss_units, strict=True)):
             sums: dict[str, float] = dict.fromkeys(("loss", "tokens", *TOKEN_WEIGHTED_METRICS), 0.0)
             for index, rows in enumerate(plan):
                 micro = collate(prepared.batch, rows, self.pad_token_id, prepared.old_logprobs,
                                 prepared.ref_logprobs).to(self.device)
-                loss = self._micro_batch_loss(micro, units, sums)
+                generator = torch.Generator().manual_seed(
+                    hash((self.spec.seed, step, self.rank, mini_batch, index)) % (2**63))
+                loss = self._micro_batch_loss(micro, units, sums, generator)
                 self.backward(loss, last_micro_batch=index == len(plan) - 1)
             sums.update(self.optimizer_step())
             results.append(sums)
         return results
 
-    def _micro_batch_loss(self, micro: MicroBatch, loss_units: float, sums: dict[str, float]) -> torch.Tensor:
+    def _micro_batch_loss(self, micro: MicroBatch, loss_units: float, sums: dict[str, float],
+                          generator: torch.Generator | None = None) -> torch.Tensor:
         """This micro-batch's share of the mini-batch loss, times world_size (data-parallel
         gradient averaging divides by it again); adds its metric sums into `sums`."""
         logits = self.forward(micro)
@@ -138,7 +144,8 @@ class LearnerBackend(ABC):
         loss, micro_sums = micro_batch_objective(
             logits, micro.input_ids, micro.response_mask, micro.advantages, micro.old_logprobs,
             self.spec.loss, loss_units=loss_units, temperature=self.spec.temperature,
-            rollout_logprobs=micro.rollout_logprobs, ref_logprobs=micro.ref_logprobs)
+            rollout_logprobs=micro.rollout_logprobs, ref_logprobs=micro.ref_logprobs,
+            loss_weights=micro.loss_weights, generator=generator)
         for key, value in micro_sums.items():
             sums[key] += value
         return loss * self.world_size

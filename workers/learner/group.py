@@ -114,7 +114,7 @@ class LearnerGroup:
         if self.steps != plan.step:  # the same batch trained again: a new shuffle
             plan = self._plan_step(batch)
         per_rank = ray.get([
-            worker.train_step.remote(plans, plan.loss_units)
+            worker.train_step.remote(plans, plan.loss_units, plan.step)
             for worker, plans in zip(self.workers, plan.mini_batch_plans, strict=True)
         ])
         self.steps += 1
@@ -253,10 +253,15 @@ def rollout_actors(rollout: Any) -> list[Any]:
 
 
 def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: str) -> float:
-    """The global normaliser of one mini-batch: loss tokens (token_mean) or rows (seq_mean_*),
-    matching riskpo.losses.aggregate (masked rows count as sequences with no tokens)."""
+    """The global normaliser of one mini-batch: loss tokens (token_mean), rows (seq_mean_*) or
+    the loss rows' weights (paper_mean), matching riskpo.losses.aggregate (masked rows count as
+    sequences with no tokens)."""
     if aggregation == "token_mean":
         return float(sum(len(batch.response_ids[r]) for r in rows if batch.loss_mask[r]))
+    if aggregation == "paper_mean":
+        if batch.loss_weights is None:
+            raise ValueError("aggregation paper_mean needs the estimator's loss weights in the batch")
+        return float(sum(float(batch.loss_weights[r]) for r in rows if batch.loss_mask[r]))
     return float(len(rows)) if any(bool(batch.loss_mask[r]) for r in rows) else 0.0
 
 

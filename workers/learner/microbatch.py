@@ -30,6 +30,7 @@ class MicroBatch:
     rollout_logprobs: torch.Tensor  # [B, L-1] float, 0 outside the response
     old_logprobs: torch.Tensor | None  # [B, L-1]
     ref_logprobs: torch.Tensor | None  # [B, L-1]
+    loss_weights: torch.Tensor | None = None  # [B] the estimator's weights (paper_mean)
 
     def to(self, device: torch.device) -> MicroBatch:
         moved = {name: None if value is None else value.to(device, non_blocking=True)
@@ -103,6 +104,7 @@ def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int,
         rollout_logprobs=_scatter(batch, rows, rollout, length),
         old_logprobs=None if old_logprobs is None else _scatter(batch, rows, old_logprobs, length),
         ref_logprobs=None if ref_logprobs is None else _scatter(batch, rows, ref_logprobs, length),
+        loss_weights=None if batch.loss_weights is None else batch.loss_weights[list(rows)].float(),
     )
 
 
@@ -134,4 +136,5 @@ def _empty_micro_batch(pad_token_id: int) -> MicroBatch:
         rollout_logprobs=zeros,
         old_logprobs=zeros,
         ref_logprobs=zeros,
+        loss_weights=torch.zeros(1),
     )

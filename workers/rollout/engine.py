@@ -6,14 +6,13 @@ The driver and the rollout actor only ever see this interface, never a concrete 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 
 from riskpo.messages import Completion, Prompt, SamplingParams
 
 
-@runtime_checkable
 class RolloutEngine(Protocol):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """Returns [prompt][sample] completions, in prompt order, params.n per prompt."""

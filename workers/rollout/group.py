@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class RolloutEvent:
     actor_index: int
     prompt_indices: list[int]
     error: str
-    wall_time: float = field(default_factory=time.time)
 
 
 @dataclass
