@@ -3,6 +3,7 @@
     run_dir/config.yaml     the resolved config
     run_dir/metrics.jsonl   one JSON object per step (REQUIRED_STEP_KEYS at least; eval/... on eval steps)
     run_dir/events.jsonl    faults and notable events (actor restarts, masked samples, ...)
+    run_dir/prompts.jsonl   the training rows each step used: {"step", "epoch", "rows", "dropped"}
     run_dir/summary.json    {"initial": {...}, "final": {...}, "steps": N, "wall_s": T}
     run_dir/wandb/          wandb files: offline unless a key is configured; logger.backend=none: none
     run_dir/plots/          PNGs (riskpo/plots.py)
@@ -28,8 +29,11 @@ from riskpo.options import one_of, require
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
+PROMPTS_FILE = "prompts.jsonl"
 SUMMARY_FILE = "summary.json"
 WANDB_SUBDIR = "wandb"
+PLOTS_SUBDIR = "plots"
+STEP_FILES = (METRICS_FILE, PROMPTS_FILE)  # one row per step: a resume drops the rows after its step
 REQUIRED_STEP_KEYS = (
     "step", "train/reward_mean", "actor/entropy", "time/step", "time/generate", "time/verify",
     "time/advantage", "time/train", "time/sync",
@@ -76,23 +80,35 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of run_dir/metrics.jsonl (an empty list when there are none yet)."""
-    path = Path(run_dir) / METRICS_FILE
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (an empty list when it does not exist)."""
+    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
-    """Drops metrics rows after `last_step` (the step a resumed run continues from); returns
-    how many were dropped, so a resumed run's curve has no duplicate or orphaned steps."""
-    path = Path(run_dir) / METRICS_FILE
-    rows = read_metrics(run_dir)
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of run_dir/metrics.jsonl (an empty list when there are none yet)."""
+    return read_jsonl(Path(run_dir) / METRICS_FILE)
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int, name: str = METRICS_FILE) -> int:
+    """Drops rows of run_dir/name after `last_step` (the step a resumed run continues from);
+    returns how many were dropped, so a resumed run's curve has no duplicate or orphaned steps."""
+    path = Path(run_dir) / name
+    rows = read_jsonl(path)
     kept = [row for row in rows if row["step"] <= last_step]
     if len(kept) != len(rows):
         path.write_text("".join(json.dumps(row) + "\n" for row in kept))
     return len(rows) - len(kept)
+
+
+def config_text(resolved_config: Mapping[str, Any]) -> str:
+    """The resolved config as config.yaml holds it."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(json_value(dict(resolved_config))))
 
 
 class RunLogger:
@@ -113,12 +129,14 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.console = console or Console(stderr=True)
-        self._write_config(resolved_config)
+        (self.run_dir / CONFIG_FILE).write_text(config_text(resolved_config))
         if resume_step is not None:
-            dropped = truncate_metrics(self.run_dir, resume_step)
-            if dropped:
-                self.event("resume", f"dropped {dropped} metrics rows after step {resume_step}")
+            for name in STEP_FILES:
+                dropped = truncate_metrics(self.run_dir, resume_step, name)
+                if dropped:
+                    self.event("resume", f"dropped {dropped} {name} rows after step {resume_step}")
         self._metrics = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
+        self._prompts = (self.run_dir / PROMPTS_FILE).open("a", encoding="utf-8")
         self._wandb = None
         if config.backend == "wandb":
             self._wandb = _start_wandb(self.run_dir, config, resolved_config, run_name, wandb_run_id)
@@ -129,12 +147,6 @@ class RunLogger:
     def wandb_run_id(self) -> str | None:
         """Kept in checkpoints so a resumed run continues the same wandb run."""
         return self._wandb_run_id
-
-    def _write_config(self, resolved_config: Mapping[str, Any]) -> None:
-        from omegaconf import OmegaConf
-
-        text = OmegaConf.to_yaml(OmegaConf.create(json_value(dict(resolved_config))))
-        (self.run_dir / CONFIG_FILE).write_text(text)
 
     def log_step(self, metrics: Mapping[str, Any]) -> None:
         """Appends one step's metrics (REQUIRED_STEP_KEYS at least) and updates the display."""
@@ -149,13 +161,25 @@ class RunLogger:
                             step=int(row["step"]))
         self.progress.update(row)
 
-    def event(self, kind: str, message: str, step: int | None = None, **details: Any) -> None:
-        """Records a notable event (a fault, a restart, masked samples) and says it on screen."""
+    def log_prompts(self, step: int, epoch: int, rows: list[int], dropped: list[int]) -> None:
+        """Records the training rows (dataset positions) a step used, and the ones it drew but
+        dropped (dynamic sampling): a resumed run can be checked for replayed data."""
+        record: dict[str, Any] = {"step": step, "epoch": epoch, "rows": rows}
+        if dropped:
+            record["dropped"] = dropped
+        self._prompts.write(json.dumps(record) + "\n")
+        self._prompts.flush()
+
+    def event(self, kind: str, message: str, step: int | None = None, echo: bool = True,
+              **details: Any) -> None:
+        """Records a notable event (a fault, a restart, masked samples) and, with echo, says it
+        on screen."""
         row = {"time": time.time(), "step": step, "kind": kind, "message": message, **details}
         with (self.run_dir / EVENTS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(json_value(row)) + "\n")
-        where = f"step {step}: " if step is not None else ""
-        self.console.print(f"[yellow]{kind}[/]: {where}{message}")
+        if echo:
+            where = f"step {step}: " if step is not None else ""
+            self.console.print(f"[yellow]{kind}[/]: {where}{message}")
 
     def write_summary(
         self, initial: Mapping[str, Any], final: Mapping[str, Any], steps: int, wall_s: float,
@@ -173,6 +197,7 @@ class RunLogger:
     def close(self) -> None:
         self.progress.close()
         self._metrics.close()
+        self._prompts.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

@@ -3,14 +3,16 @@ call into a worker group; no phase knows which engine, transport or estimator is
 
     sample prompts -> roll out -> verify -> advantages (+ quantile tracker) -> log-probs ->
     learn -> sync weights -> log; every K steps evaluate and checkpoint.
+
+After each step the learner's updates are checked (riskpo/stops.py): a run whose loss or
+gradient norm stays non-finite stops, and a model whose last update was not finite is never
+checkpointed. Checkpoints are complete or absent (riskpo/checkpoints.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +26,15 @@ import torch
 from riskpo.advantages import AdvantageState, get_advantage_estimator
 from riskpo.algorithm import AlgorithmConfig
 from riskpo.batch import TrainBatch, Verdicts
+from riskpo.checkpoints import (
+    COMPLETE_MARKER,
+    HF_EXPORT_SUBDIR,
+    checkpoint_meta,
+    complete_checkpoints,
+    last_complete_checkpoint,
+    remove_checkpoints_after,
+    write_checkpoint,
+)
 from riskpo.data.loaders import DataConfig
 from riskpo.data.rows import Row
 from riskpo.data.sampler import PromptSampler
@@ -32,11 +43,16 @@ from riskpo.logging import RunLogger
 from riskpo.messages import Completion, SamplingConfig
 from riskpo.metrics import reward_statistics
 from riskpo.options import require
+from riskpo.stops import (
+    NonFiniteTraining,
+    UpdateHealth,
+    checkpoint_note,
+    error_line,
+    mentions_non_finite,
+)
 
-CHECKPOINTS_SUBDIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint without it was cut short
-HF_EXPORT_SUBDIR = "hf"  # the policy as a HF directory, for riskpo-eval and vLLM
-DRIVER_META = "driver_meta.json"  # step and wandb run id, readable without the learner
+__all__ = ["COMPLETE_MARKER", "HF_EXPORT_SUBDIR", "Trainer", "TrainerConfig", "checkpoint_meta",
+           "complete_checkpoints"]
 PHASES = ("generate", "verify", "logprobs", "train", "sync")  # the worker groups' share of a step
 
 
@@ -52,9 +68,13 @@ class TrainerConfig:
     eval_before_training: bool = True
     save_every: int = 20  # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 keeps all
+    # Optimizer updates in a row that were skipped or not finite (loss or gradient norm) before
+    # the run stops with exit status 1; 0: never stop (each new streak is still an event).
+    max_skipped_updates: int = 3
 
     def check(self, key: str) -> None:
-        for name in ("total_steps", "eval_every", "save_every", "keep_checkpoints"):
+        for name in ("total_steps", "eval_every", "save_every", "keep_checkpoints",
+                     "max_skipped_updates"):
             require(getattr(self, name) >= 0, f"{key}.{name}", f"{getattr(self, name)} is negative",
                     "use >= 0")
         require(self.prompts_per_step >= 1, f"{key}.prompts_per_step", "must be >= 1")
@@ -110,20 +130,22 @@ class Rollouts:
     rows: list[Row]
     completions: list[list[Completion]]
     verdicts: Verdicts
+    row_indices: list[int]  # each prompt's position in the training set
 
     @classmethod
     def empty(cls, samples: int) -> Rollouts:
-        return cls([], [], Verdicts.empty(samples))
+        return cls([], [], Verdicts.empty(samples), [])
 
     def extend(self, other: Rollouts, keep: Sequence[int]) -> None:
         self.rows.extend(other.rows[i] for i in keep)
         self.completions.extend(other.completions[i] for i in keep)
         self.verdicts = Verdicts.concat([self.verdicts, other.verdicts.select(keep)])
+        self.row_indices.extend(other.row_indices[i] for i in keep)
 
     def head(self, count: int) -> Rollouts:
         """The first `count` prompts."""
         return Rollouts(self.rows[:count], self.completions[:count],
-                        self.verdicts.select(range(count)))
+                        self.verdicts.select(range(count)), self.row_indices[:count])
 
 
 class PhaseTimer:
@@ -147,9 +169,29 @@ def prompts_per_step(algorithm: AlgorithmConfig, prompts: int) -> int:
     return prompts - prompts % size if algorithm.drop_last_bundle and size > 1 else prompts
 
 
+def describe_step_shape(algorithm: AlgorithmConfig, trainer: TrainerConfig) -> str:
+    """What a step really uses, in one line: prompts (and what happens to the ones that do not
+    fill a last bundle), samples per prompt, responses."""
+    asked, size, samples = trainer.prompts_per_step, algorithm.prompts_per_group(), trainer.samples_per_prompt
+    used = prompts_per_step(algorithm, asked)
+    groups = f" in bundles of {size}" if size > 1 else ""
+    if used < asked:
+        groups += (f"; algorithm.drop_last_bundle drops {asked - used} of the "
+                   f"trainer.prompts_per_step={asked} prompts every step")
+    elif size > 1 and asked % size:
+        groups += (f", the last bundle ragged: {asked % size} prompts "
+                   "(algorithm.ragged_last_bundle)")
+    line = f"each step: {used} prompts{groups}; {samples} samples each = {used * samples} responses"
+    if algorithm.dynamic_sampling.enabled:
+        line += " (dynamic sampling refills prompts without a reward signal)"
+    return line
+
+
 class Trainer:
     def __init__(self, run: TrainingRun, workers: Workers, train_rows: Sequence[Row],
-                 eval_rows: Sequence[Row], logger: RunLogger, run_dir: Path) -> None:
+                 eval_rows: Sequence[Row], logger: RunLogger, run_dir: Path,
+                 checkpoint_bytes: int = 0) -> None:
+        """checkpoint_bytes: about what the first checkpoint takes (later ones: the last)."""
         self.run, self.workers, self.logger, self.run_dir = run, workers, logger, Path(run_dir)
         self.eval_rows = list(eval_rows)
         self.sampler = PromptSampler(
@@ -160,35 +202,89 @@ class Trainer:
         self.advantage_state = AdvantageState(seed=run.seed)
         self.step = 0
         self.initial_eval: dict[str, float] = {}
-        self.wall_s_before = 0.0  # wall time of the run before a resume
+        self.wall_s_before = 0.0  # wall time of the run before a resume (kept in checkpoints)
+        self._fit_started: float | None = None
+        self.checkpoint_bytes = checkpoint_bytes
+        self.health = UpdateHealth(run.trainer.max_skipped_updates)
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds the run has trained, across resumes."""
+        since = 0.0 if self._fit_started is None else time.perf_counter() - self._fit_started
+        return self.wall_s_before + since
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
         """Trains for trainer.total_steps (from the resumed step), evaluating and saving on the
-        configured steps; returns the summary written to summary.json."""
+        configured steps; returns the summary written to summary.json. Raises RunStopped
+        (riskpo/stops.py) when training stops being finite or the disk fills up."""
         t = self.run.trainer
-        started = time.perf_counter()
+        self._fit_started = time.perf_counter()
         if self.step == 0 and t.eval_before_training:
             self.initial_eval = self.evaluate()
             self.logger.console.print(f"[bold]before RL[/]: {_format_eval(self.initial_eval)}")
         last_eval: dict[str, float] = {}
+        save_due = False
         while self.step < t.total_steps:
             self.step += 1
-            metrics = self.train_step()
+            metrics, healthy = self.checked_train_step()
             last_eval = {}
-            if t.eval_every and self.step % t.eval_every == 0 or self.step == t.total_steps:
+            stopping = self.health.must_stop()
+            if not stopping and (t.eval_every and self.step % t.eval_every == 0
+                                 or self.step == t.total_steps):
                 last_eval = self.evaluate()
                 metrics.update(last_eval)
             self.logger.log_step(metrics)
-            if t.save_every and self.step % t.save_every == 0 or self.step == t.total_steps:
-                self.save_checkpoint()
+            if stopping:
+                raise self.non_finite_stop(self.health.problem(), self.health.first_bad_step)
+            save_due = save_due or bool(t.save_every and self.step % t.save_every == 0
+                                        or self.step == t.total_steps)
+            if save_due:
+                save_due = not self._save_if_healthy(healthy)
         final = last_eval or self.evaluate()
         self.logger.console.print(f"[bold]after RL[/]: {_format_eval(final)}")
-        wall_s = self.wall_s_before + time.perf_counter() - started
+        wall_s = self.wall_s
         self.logger.write_summary(self.initial_eval, final, self.step, wall_s,
                                   algorithm=self.run.algorithm.name, seed=self.run.seed)
         return {"initial": self.initial_eval, "final": final, "steps": self.step, "wall_s": wall_s}
+
+    def checked_train_step(self) -> tuple[dict[str, float], bool]:
+        """train_step, then the check of its updates: returns (metrics, healthy). The first of a
+        streak of non-finite updates is an event; a policy that samples from non-finite
+        probabilities stops the run at once."""
+        try:
+            metrics = self.train_step()
+        except Exception as error:
+            if mentions_non_finite(error):
+                raise self.non_finite_stop(f"the policy's sampling probabilities are not finite "
+                                           f"({error_line(error)})", self.step) from error
+            raise
+        healthy, news = self.health.observe(metrics)
+        metrics.pop("actor/trailing_skipped_updates", None)
+        if news:
+            self.logger.event("train/non_finite", news, step=self.step)
+        return metrics, healthy
+
+    def non_finite_stop(self, problem: str, first_bad_step: int) -> NonFiniteTraining:
+        """The stop for training that went non-finite at first_bad_step: the weights it started
+        from (trained up to the step before) are broken, so their checkpoints are removed and
+        the newest one before them is named as the last good one."""
+        removed = remove_checkpoints_after(self.run_dir, first_bad_step - 2)
+        note = (f"; removed {', '.join(path.name for path in removed)} (the weights that went "
+                "non-finite)" if removed else "")
+        return NonFiniteTraining(
+            f"training stopped at step {self.step}: {problem}{note}; last good checkpoint: "
+            f"{checkpoint_note(last_complete_checkpoint(self.run_dir))}", self.step)
+
+    def _save_if_healthy(self, healthy: bool) -> bool:
+        """Saves unless the step's updates were not finite (then the next healthy step saves)."""
+        if healthy:
+            self.save_checkpoint()
+            return True
+        self.logger.event("checkpoint/deferred", "not saving a model whose last update was not "
+                          "finite; the next step with finite updates saves", step=self.step)
+        return False
 
     def train_step(self) -> dict[str, float]:
         timer = PhaseTimer()
@@ -229,9 +325,13 @@ class Trainer:
         dynamic = self.run.algorithm.dynamic_sampling
         wanted = self.sampler.prompts_per_step
         kept, dropped, rounds = Rollouts.empty(self.samples), 0, 0
+        sampled: list[int] = []  # every row index drawn this step (refills included)
+        epoch: int | None = None  # of the step's first prompt
         while True:
             with timer("sample"):
                 prompts = self.sampler.next_batch()
+            sampled.extend(prompts.row_indices)
+            epoch = prompts.epoch if epoch is None else epoch
             fresh = self._roll_out(prompts.rows, prompts.row_indices, timer)
             keep = list(range(len(prompts)))
             if dynamic.enabled:
@@ -248,6 +348,9 @@ class Trainer:
                     f"step {self.step}: dynamic sampling kept no prompt with a reward signal after "
                     f"{rounds} refill rounds -> raise algorithm.dynamic_sampling.max_refill_rounds "
                     "or turn dynamic sampling off")
+        used = set(kept.row_indices)
+        self.logger.log_prompts(self.step, epoch or 0, kept.row_indices,
+                                [i for i in sampled if i not in used])
         metrics = self._rollout_metrics(kept)
         if dynamic.enabled:
             metrics.update({"dynamic/dropped_prompts": float(dropped),
@@ -266,7 +369,7 @@ class Trainer:
             completions = self.workers.rollout.generate(prompts_of(rows, self.run.data), params)
         with timer("verify"):
             verdicts = grade(self.workers.verifiers, rows, completions)
-        return Rollouts(list(rows), completions, verdicts)
+        return Rollouts(list(rows), completions, verdicts, list(row_indices))
 
     def ensure_rollout_weights(self) -> None:
         """Every rollout engine must hold the learner's current weights: an engine that came
@@ -343,7 +446,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        path = self.run_dir / CHECKPOINTS_SUBDIR / f"step_{self.step:06d}"
+        """A complete checkpoint of the learner and the driver's state (riskpo/checkpoints.py
+        checks the space first and removes a save cut short)."""
         extra = {
             "step": self.step,
             "sampler": self.sampler.state_dict(),
@@ -352,18 +456,14 @@ class Trainer:
                     "torch": torch.get_rng_state()},
             "initial_eval": self.initial_eval,
             "wandb_run_id": self.logger.wandb_run_id,
+            "wall_s": self.wall_s,
         }
-        self.workers.learner.save(str(path), extra)
-        self.workers.learner.export_hf(str(path / HF_EXPORT_SUBDIR))
-        meta = {"step": self.step, "wandb_run_id": self.logger.wandb_run_id}
-        (path / DRIVER_META).write_text(json.dumps(meta))
-        (path / COMPLETE_MARKER).write_text(str(self.step))
-        self._prune_checkpoints()
-        return path
+        return write_checkpoint(self.run_dir, self.workers.learner, extra,
+                                self.run.trainer.keep_checkpoints, self.checkpoint_bytes)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restores learner, optimizer, sampler, RNG and quantile tracker, then pushes the
-        restored weights to the rollout engines."""
+        """Restores learner, optimizer, sampler, RNG, quantile tracker and the run's wall time,
+        then pushes the restored weights to the rollout engines."""
         extra = self.workers.learner.load(str(path))
         self.step = int(extra["step"])
         self.sampler.load_state_dict(extra["sampler"])
@@ -372,26 +472,8 @@ class Trainer:
         np.random.set_state(extra["rng"]["numpy"])
         torch.set_rng_state(extra["rng"]["torch"])
         self.initial_eval = dict(extra.get("initial_eval") or {})
+        self.wall_s_before = float(extra.get("wall_s", 0.0))
         self.workers.learner.sync_weights(self.workers.rollout)
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.run.trainer.keep_checkpoints
-        if keep:
-            for old in complete_checkpoints(self.run_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoints of a run directory, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS_SUBDIR
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / COMPLETE_MARKER).is_file())
-
-
-def checkpoint_meta(path: Path) -> dict[str, Any]:
-    """Step and wandb run id of a checkpoint, readable before any worker starts."""
-    return json.loads((Path(path) / DRIVER_META).read_text())
 
 
 def _format_eval(metrics: dict[str, float]) -> str:

@@ -109,11 +109,15 @@ class DeepSpeedBackend(LearnerBackend):
         self.engine.backward(loss)
 
     def optimizer_step(self) -> dict[str, float]:
+        """Also reports whether DeepSpeed skipped the update: its ZeRO optimizer does when the
+        gradient norm is not finite (overflow), and counts it in engine.skipped_steps."""
+        skipped_before = self.engine.skipped_steps
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         return {
             "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             "lr": float(self.engine.get_lr()[0]),
+            "skipped": float(self.engine.skipped_steps > skipped_before),
         }
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:

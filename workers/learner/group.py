@@ -276,6 +276,7 @@ def _combine_mini_batch_metrics(per_rank: list[list[dict[str, float]]]) -> dict[
             "grad_norm": rank_results[0]["grad_norm"],
             "lr": rank_results[0]["lr"],
             "tokens": tokens,
+            "skipped_updates": rank_results[0].get("skipped", 0.0),  # the same on every rank
         }
         for key in TOKEN_WEIGHTED_METRICS:
             combined[key] = sum(result[key] for result in rank_results) / max(tokens, 1.0)
@@ -286,4 +287,8 @@ def _combine_mini_batch_metrics(per_rank: list[list[dict[str, float]]]) -> dict[
     metrics["lr"] = per_mini_batch[-1]["lr"]
     metrics["tokens"] = sum(m["tokens"] for m in per_mini_batch)
     metrics["mini_batches"] = float(len(per_mini_batch))
+    skipped = [m["skipped_updates"] for m in per_mini_batch]
+    metrics["skipped_updates"] = sum(skipped)  # updates DeepSpeed skipped (non-finite gradients)
+    trailing = len(skipped) - next((i + 1 for i in reversed(range(len(skipped))) if not skipped[i]), 0)
+    metrics["trailing_skipped_updates"] = float(trailing)  # skipped in a row at the step's end
     return metrics

@@ -1,0 +1,110 @@
+"""Why a run stops before its last step, and the watch over the learner's updates that decides
+when training that is no longer finite must stop.
+
+A stop is an exception carrying one line for the user and the process exit status
+(launch/train.py prints the line, no traceback): 1 for a failure (non-finite training, a full
+disk, a step that failed), 130/143 for an interrupt (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAILED = 1  # exit status of a run stopped by a failure
+INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
+NON_FINITE_METRICS = ("actor/loss", "actor/grad_norm")  # checked after every step
+_NON_FINITE_WORDS = re.compile(r"\b(nan|inf)\b|non-finite|not finite", re.IGNORECASE)
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before trainer.total_steps; str() is the one line the user sees."""
+
+    exit_status = FAILED
+
+    def __init__(self, message: str, step: int = 0) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class NonFiniteTraining(RunStopped):
+    """A non-finite loss or gradient norm for too many updates in a row, or a policy whose
+    sampling probabilities are no longer finite."""
+
+
+class NoSpaceLeft(RunStopped):
+    """The disk of a run directory filled up (or would, with the next checkpoint)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt, so a run stops the way Ctrl-C stops it."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def checkpoint_note(checkpoint: Path | None) -> str:
+    return str(checkpoint) if checkpoint else "none (no checkpoint was completed)"
+
+
+def is_finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def mentions_non_finite(error: BaseException) -> bool:
+    """Whether an error says a tensor held inf/nan (torch's sampling check does, for one)."""
+    cause = getattr(error, "cause", None) or error  # a Ray task error carries the actor's
+    return bool(_NON_FINITE_WORDS.search(str(cause).split("\n", 1)[0]))
+
+
+def error_line(error: BaseException) -> str:
+    """`Type: first line` of an error (of the actor's error when Ray wraps one)."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+@dataclass
+class UpdateHealth:
+    """Counts consecutive bad optimizer updates: ones DeepSpeed skipped (its gradient norm was
+    not finite), or, on a step whose loss or gradient norm is not finite, all of that step's.
+    The first bad update after good ones is an event; `max_skipped` in a row stop the run."""
+
+    max_skipped: int
+    consecutive: int = 0
+    first_bad_step: int = 0
+    metrics_seen: list[str] = field(default_factory=list)
+
+    def observe(self, metrics: Mapping[str, float]) -> tuple[bool, str | None]:
+        """Takes one step's metrics (actor/skipped_updates, actor/mini_batches and the
+        trailing count the learner reports); returns (healthy, message of a new streak)."""
+        bad_metrics = [key for key in NON_FINITE_METRICS if key in metrics and not is_finite(metrics[key])]
+        updates = int(metrics.get("actor/mini_batches", 1) or 0)
+        skipped = int(metrics.get("actor/skipped_updates", 0) or 0)
+        trailing = int(metrics.get("actor/trailing_skipped_updates", 0) or 0)
+        if bad_metrics and not skipped:  # the update went through with non-finite values
+            skipped = trailing = updates
+        if not skipped:
+            self.consecutive, self.metrics_seen = 0, []
+            return True, None
+        streak_starts = self.consecutive == 0
+        self.consecutive = self.consecutive + skipped if trailing == updates else trailing
+        self.metrics_seen = bad_metrics or self.metrics_seen or ["actor/grad_norm"]
+        if not streak_starts:
+            return False, None
+        self.first_bad_step = int(metrics.get("step", 0))
+        names = " and ".join(self.metrics_seen)
+        return False, (f"{names} not finite; {skipped} of {updates} updates skipped "
+                       f"(trainer.max_skipped_updates={self.max_skipped} in a row stop the run)")
+
+    def must_stop(self) -> bool:
+        return self.max_skipped > 0 and self.consecutive >= self.max_skipped
+
+    def problem(self) -> str:
+        """What went wrong, for the stop line: the metric, how long, since when."""
+        return (f"{' and '.join(self.metrics_seen)} not finite for {self.consecutive} consecutive "
+                f"updates since step {self.first_bad_step} (skipped)")
