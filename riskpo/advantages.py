@@ -30,8 +30,6 @@ from riskpo.risk import (
     dense_ids,
     gather,
     segment_counts,
-    segment_mean,
-    segment_std,
 )
 from riskpo.risk_estimator import riskpo_estimate, riskpo_step
 
@@ -341,17 +339,44 @@ class _Groups:
 
 
 def _groups(rewards: torch.Tensor, question_ids: torch.Tensor, valid: torch.Tensor) -> _Groups:
-    if rewards.dim() != 1 or question_ids.shape != rewards.shape:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and question_ids {tuple(question_ids.shape)} must be equal 1-D")
-    question, num_questions = dense_ids(question_ids)
-    counts = segment_counts(question, num_questions)
-    if (counts < 2).any():
-        culprit = question_ids[(counts[question] < 2).nonzero()[0, 0]].item()
-        raise ValueError(f"question id {culprit} has a single response; group baselines need n >= 2")
-    values = rewards.to(torch.float64)
-    return _Groups(question, segment_counts(question, num_questions, valid),
-                   segment_mean(values, question, num_questions, valid),
-                   segment_std(values, question, num_questions, valid))
+    """Per-question count, mean and unbiased std of the valid rewards. Rows laid out as the
+    trainer lays them out (question 0's n responses, then question 1's, ...) are reduced as a
+    [Q, n] table; any other order by two scatters (counts with sums, then squared deviations)."""
+    values = torch.where(valid, rewards.to(torch.float64), 0.0)
+    table = _question_table(question_ids)
+    if table is not None:
+        question = table
+        shape = (-1, int(question_ids.numel() // max(int(question[-1]) + 1, 1)))
+        weights, grid = valid.to(torch.float64).view(shape), values.view(shape)
+        valid_counts = weights.sum(1)
+        mean = grid.sum(1) / valid_counts
+        squares = ((grid - mean[:, None]) * weights).square().sum(1)
+    else:
+        question, num_questions = dense_ids(question_ids)
+        counts = segment_counts(question, num_questions)
+        if (counts < 2).any():
+            culprit = question_ids[(counts[question] < 2).nonzero()[0, 0]].item()
+            raise ValueError(f"question id {culprit} has a single response; group baselines need n >= 2")
+        sums = torch.zeros(num_questions, 2, dtype=torch.float64).index_add_(
+            0, question, torch.stack((valid.to(torch.float64), values), dim=1))
+        valid_counts, mean = sums[:, 0], sums[:, 1] / sums[:, 0]
+        deviations = torch.where(valid, values - gather(mean, question), 0.0)
+        squares = torch.zeros(num_questions, dtype=torch.float64).index_add_(0, question, deviations.square())
+    std = torch.where(valid_counts >= 2, (squares / (valid_counts - 1)).sqrt(), torch.nan)
+    return _Groups(question, valid_counts.long(), mean, std)
+
+
+def _question_table(question_ids: torch.Tensor) -> torch.Tensor | None:
+    """question_ids itself when it is 0, 0, ..., 1, 1, ... with n >= 2 rows per question (the
+    trainer's layout), else None."""
+    total = question_ids.numel()
+    if total < 2 or question_ids.dtype.is_floating_point:
+        return None
+    num_questions = int(question_ids[-1]) + 1
+    if num_questions < 1 or total % num_questions or total // num_questions < 2:
+        return None
+    expected = torch.arange(num_questions).repeat_interleave(total // num_questions)
+    return question_ids if torch.equal(question_ids, expected) else None
 
 
 def _centered(rewards: torch.Tensor, groups: _Groups) -> tuple[torch.Tensor, torch.Tensor]:

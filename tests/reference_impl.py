@@ -134,3 +134,34 @@ def _give_credit(advantages, paper_advantage, paper_rows, question_rows, rewards
 def reference_pass_at_k(n: int, c: int, k: int) -> float:
     """Exact 1 - C(n-c, k) / C(n, k) with integer combinatorics."""
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def reference_group_baseline(rewards, question_ids, valid, kind, std_normalize=True):
+    """GRPO / Dr.GRPO / RLOO / REINFORCE-with-batch-baseline advantages [N] (float64) in plain
+    Python: each group's valid rewards gathered once, then one response at a time."""
+    groups: dict[int, list[float]] = {}
+    keys = [0 if kind == "reinforce_baseline" else int(question_ids[i]) for i in range(len(rewards))]
+    valid_rows = [valid is None or bool(valid[i]) for i in range(len(rewards))]
+    for i in range(len(rewards)):
+        if valid_rows[i]:
+            groups.setdefault(keys[i], []).append(float(rewards[i]))
+    stats = {}
+    for key, values in groups.items():
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        stats[key] = (mean, std, sum(values), len(values))
+    advantages = [0.0] * len(rewards)
+    for i in range(len(rewards)):
+        mean, std, total, count = stats.get(keys[i], (0.0, 0.0, 0.0, 0))
+        if not valid_rows[i] or count < (1 if kind == "reinforce_baseline" else 2):
+            continue
+        reward = float(rewards[i])
+        if kind == "rloo":
+            advantages[i] = reward - (total - reward) / (count - 1)
+        elif kind == "grpo" and std_normalize:
+            advantages[i] = (reward - mean) / (std + 1e-6)
+        elif kind == "reinforce_baseline" and std_normalize and count > 1:
+            advantages[i] = (reward - mean) / (std + 1e-6 if std >= 1e-6 else 1.0)
+        else:
+            advantages[i] = reward - mean
+    return torch.tensor(advantages, dtype=torch.float64)

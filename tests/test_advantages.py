@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference_impl import reference_riskpo
+from reference_impl import reference_group_baseline, reference_riskpo
 
 from riskpo import risk
 from riskpo.advantages import (
@@ -296,32 +296,19 @@ def test_riskpo_metrics_report_regions_risk_and_all_wrong_signal():
     assert grpo.metrics["adv/all_wrong_nonzero_fraction"] == 0.0
 
 
-def _loop_group_baseline(rewards, question_ids, valid, kind):
-    advantages = torch.zeros_like(rewards, dtype=torch.float64)
-    for question in question_ids.unique():
-        rows = [i for i in range(len(rewards)) if question_ids[i] == question and valid[i]]
-        group = rewards[rows].double()
-        if len(rows) < 2:
-            continue
-        for i in rows:
-            if kind == "grpo":
-                advantages[i] = (rewards[i] - group.mean()) / (group.std() + 1e-6)
-            elif kind == "dr_grpo":
-                advantages[i] = rewards[i] - group.mean()
-            else:
-                advantages[i] = rewards[i] - (group.sum() - rewards[i]) / (len(rows) - 1)
-    return advantages
-
-
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
-def test_group_baselines_against_loops(name):
+@pytest.mark.parametrize("shuffled", [False, True], ids=["trainer_layout", "any_order"])
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "reinforce_baseline"])
+def test_group_baselines_against_loops(name, shuffled):
     generator = torch.Generator().manual_seed(8)
     rewards = torch.randn(30, generator=generator)
     question_ids = torch.arange(6).repeat_interleave(5)
     valid = torch.rand(30, generator=generator) > 0.3
     valid[:4] = torch.tensor([True, False, False, False])  # question 0 keeps one valid response
+    if shuffled:  # rows in any order take the scatter path
+        order = torch.randperm(30, generator=generator)
+        rewards, question_ids, valid = rewards[order], question_ids[order] * 3 + 1, valid[order]
     result = get_advantage_estimator(name)(rewards, question_ids, question_ids, valid=valid)
-    expected = _loop_group_baseline(rewards, question_ids, valid, name)
+    expected = reference_group_baseline(rewards, question_ids, valid, name, std_normalize=True)
     torch.testing.assert_close(result.advantages.double(), expected, atol=1e-5, rtol=1e-5)
 
 
