@@ -336,3 +336,19 @@ def test_registry_errors():
         AdvantageConfig(alpha=0.01).check("algorithm")
     with pytest.raises(ValueError, match="single response"):
         get_advantage_estimator("grpo")(torch.ones(3), torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+def test_a_non_finite_reward_in_a_valid_row_is_an_error_for_every_estimator(name):
+    """One rule for every registered estimator: a NaN or infinite reward in a valid row is a
+    ValueError naming the row, never NaN advantages; masked rows may hold anything."""
+    estimator = get_advantage_estimator(name)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="row 1 .*finite"):
+            estimator(torch.tensor([1.0, bad]), torch.tensor([0, 0]), torch.tensor([0, 0]))
+    rewards = torch.tensor([1.0, 0.0, float("nan"), 1.0, 0.0, 1.0])
+    valid = torch.tensor([True, True, False, True, True, True])
+    question_ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    result = estimator(rewards, question_ids, None, AdvantageConfig(bundle_size=1, quantile_source="bundle"),
+                       AdvantageState(), valid)
+    assert torch.isfinite(result.advantages).all() and result.advantages[2] == 0
