@@ -30,7 +30,16 @@ from typing import IO
 
 from rich.console import Console
 
-from launch.compare_spec import DEFAULT_SPEC, PlannedRun, load_spec, plan, unique_runs
+from launch.compare_spec import (
+    DEFAULT_SPEC,
+    PlannedRun,
+    Spec,
+    choose,
+    load_spec,
+    plan,
+    plan_sweeps,
+    unique_runs,
+)
 from riskpo.options import ConfigError
 
 CONSOLE_LOG = "console.log"
@@ -152,17 +161,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spec = load_spec(args.spec)
-        studies = plan(spec, Path(args.runs_dir))
+        sweeps = plan_sweeps(spec, Path(args.runs_dir))
     except ConfigError as error:
         console.print(f"[bold red]config error[/]: {error}")
         return 2
-    failures = [] if args.report_only else execute(unique_runs(studies), console, args.fresh, args.jobs)
-    report = write_report(spec, studies, Path(args.output), command_line(args))
+    failures = [] if args.report_only else execute(unique_runs(sweeps), console, args.fresh, args.jobs)
+    try:
+        chosen = chosen_values(spec, sweeps, console)
+        studies = plan(spec, Path(args.runs_dir), chosen)
+    except ConfigError as error:
+        console.print(f"[bold red]config error[/]: {error}")
+        return 2
+    if not args.report_only:
+        failures += execute(unique_runs(studies), console, args.fresh, args.jobs)
+    report = write_report(spec, studies, Path(args.output), command_line(args), sweeps, chosen)
     console.print(f"[bold green]report[/]: {report}")
     if failures:
         console.print("[bold red]runs that failed[/]:\n  " + "\n  ".join(failures))
         return 1
     return 0
+
+
+def chosen_values(spec: Spec, sweeps: dict[str, list[PlannedRun]],
+                  console: Console) -> dict[str, dict[str, object]]:
+    """Each swept study's value per arm (from its finished sweep), said on the console."""
+    chosen = {}
+    for study in spec.studies:
+        if study.sweep is None:
+            continue
+        chosen[study.name] = choose(study, sweeps[study.name])
+        picked = ", ".join(f"{arm} {value}" for arm, value in chosen[study.name].items())
+        missing = [arm.name for arm in study.arms if arm.name not in chosen[study.name]]
+        console.print(f"[bold]{study.name}[/]: {study.sweep.key} chosen on "
+                      f"{study.sweep.metric}: {picked or 'none yet'}"
+                      + (f"; sweep unfinished for {', '.join(missing)}" if missing else ""))
+    return chosen
 
 
 if __name__ == "__main__":

@@ -1,150 +1,137 @@
-"""The report of a comparison (launch/compare.py): per study a markdown table of final metrics
-(mean ± std over seeds), the config differences between arms, findings computed from the
-numbers, and PNG plots (avg@1 and pass@k over steps with seed bands, pass@k against k, entropy,
-all-wrong questions that still get a signal). Everything is read from the runs' directories."""
+"""The report of a comparison (launch/compare.py): per study the learning-rate sweep, a
+markdown table of final held-out metrics (mean and 95% interval over seeds), the estimators'
+gradient diagnostics, comparisons at matched training reward, findings and the paper's claims
+computed from the numbers, the config differences between arms, and the figures
+(launch/compare_plots.py). Everything is read from the runs' directories."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import statistics
-import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from launch.compare_plots import plot_study
+from launch.compare_results import (
+    ALL_WRONG_NONZERO,
+    AVG1,
+    DIAGNOSTICS,
+    DISTINCT,
+    ENTROPY,
+    EPS,
+    MISSING,
+    REWARD,
+    RunResult,
+    beyond,
+    by_arm,
+    cell,
+    interval,
+    kinds_of,
+    load_result,
+    number,
+    pass_ks,
+)
+from launch.compare_spec import BOOKKEEPING_KEYS, PlannedRun, Spec, Study
+from launch.sweep_summary import differing_keys, flatten
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from launch.compare_spec import BOOKKEEPING_KEYS, PlannedRun, Spec, Study  # noqa: E402
-from launch.sweep_summary import differing_keys, flatten  # noqa: E402
-from riskpo.logging import read_metrics  # noqa: E402
-
-PASS_KEY = re.compile(r"^eval/pass@(\d+)$")
-AVG1 = "eval/pass@1"  # unbiased pass@1 = the mean accuracy of the samples = avg@1
-ENTROPY = "actor/entropy"
-REWARD = "train/reward_mean"
-ALL_WRONG_NONZERO = "adv/all_wrong_nonzero_fraction"
-ALL_WRONG = "adv/all_wrong_question_fraction"
-SMOOTH = 5  # steps in the rolling mean of per-step curves
-MISSING = "—"
-EPS = 1e-9  # differences below this are rounding, not a lead
-
-
-@dataclass
-class RunResult:
-    """What the report needs from one finished run."""
-
-    arm: str
-    seed: int
-    initial: dict[str, float]
-    final: dict[str, float]
-    evals: list[tuple[int, dict[str, float]]]  # (step, eval metrics), step 0 = before RL
-    rows: list[dict[str, Any]]  # metrics.jsonl
-    wall_s: float
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        points = [(row["step"], row[key]) for row in self.rows if _number(row.get(key))]
-        return [p[0] for p in points], [p[1] for p in points]
-
-    def end_mean(self, key: str) -> float:
-        """Mean of a per-step metric over the last 10% of steps (at least SMOOTH)."""
-        _, values = self.series(key)
-        if not values:
-            return math.nan
-        tail = max(SMOOTH, len(values) // 10)
-        return statistics.fmean(values[-tail:])
-
-    def train_mean(self, key: str) -> float:
-        _, values = self.series(key)
-        return statistics.fmean(values) if values else math.nan
-
-    def steps_to(self, target: float) -> int | None:
-        return next((step for step, metrics in self.evals if metrics.get(AVG1, -1) >= target), None)
+BEFORE_RL = "*before RL*"
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not math.isnan(value)
-
-
-def load_result(run: PlannedRun) -> RunResult | None:
-    """The run's result, or None when it has not finished (no summary.json)."""
-    summary_path = run.run_dir / "summary.json"
-    if not summary_path.is_file():
-        return None
-    summary = json.loads(summary_path.read_text())
-    rows = read_metrics(run.run_dir)
-    evals = [(0, summary.get("initial") or {})] if summary.get("initial") else []
-    evals += [(row["step"], {k: v for k, v in row.items() if k.startswith("eval/")})
-              for row in rows if AVG1 in row]
-    return RunResult(run.arm, run.seed, summary.get("initial") or {}, summary["final"], evals,
-                     rows, float(summary.get("wall_s", math.nan)))
-
-
-# --------------------------------------------------------------------------- numbers
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = [v for v in values if _number(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def cell(values: Sequence[float], digits: int = 3) -> str:
-    mean, std = mean_std(values)
-    if math.isnan(mean):
-        return MISSING
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
-
-
-def pass_ks(results: Sequence[RunResult]) -> list[int]:
-    found = {int(m.group(1)) for r in results for k in r.final if (m := PASS_KEY.match(k))}
-    return sorted(found)
-
-
-def by_arm(study: Study, results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
-    grouped = {arm.name: [] for arm in study.arms}
-    for result in results:
-        grouped[result.arm].append(result)
-    return grouped
-
-
-def study_table(study: Study, grouped: dict[str, list[RunResult]]) -> str:
+def study_table(study: Study, grouped: dict[str, list[RunResult]],
+                chosen: dict[str, Any] | None = None) -> str:
     everything = [r for rs in grouped.values() for r in rs]
     ks = [k for k in pass_ks(everything) if k > 1]
-    header = ["arm", "seeds", "avg@1", *(f"pass@{k}" for k in ks), "greedy",
-              "train reward (end)", "entropy (end)",
-              f"steps to avg@1 ≥ {study.target:g}", "all-wrong q. with signal", "wall s"]
+    kmax = max(ks or [1])
+    kinds = kinds_of(everything)
+    distinct = any(DISTINCT in r.final for r in everything)
+    columns = [("avg@1", lambda m: m.get(AVG1)),
+               *((f"pass@{k}", lambda m, k=k: m.get(f"eval/pass@{k}")) for k in ks),
+               *((f"{kind} pass@{kmax}", lambda m, kind=kind: m.get(f"eval/{kind}/pass@{kmax}"))
+                 for kind in kinds),
+               *((("distinct correct", lambda m: m.get(DISTINCT)),) if distinct else ()),
+               ("greedy", lambda m: m.get("eval/greedy_accuracy"))]
+    swept = study.sweep.key if study.sweep else None
+    header = ["arm", *([swept] if swept else []), "seeds", *(name for name, _ in columns),
+              "train reward (end)", "entropy (end)", f"steps to avg@1 ≥ {study.target:g}",
+              "all-wrong q. with signal", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     initial = [r.initial for r in everything if r.initial]
     if initial:
-        lines.append("| " + " | ".join([
-            "*before RL*", str(len(initial)), cell([m.get(AVG1) for m in initial]),
-            *(cell([m.get(f"eval/pass@{k}") for m in initial]) for k in ks),
-            cell([m.get("eval/greedy_accuracy") for m in initial]), MISSING, MISSING, MISSING,
-            MISSING, MISSING]) + " |")
+        lines.append("| " + " | ".join([BEFORE_RL, *([MISSING] if swept else []), str(len(initial)),
+                                        *(cell([get(m) for m in initial]) for _, get in columns),
+                                        *[MISSING] * 5]) + " |")
     for arm, results in grouped.items():
+        value = [str((chosen or {}).get(arm, MISSING))] if swept else []
         if not results:
-            lines.append(f"| {arm} | 0 |" + f" {MISSING} |" * (len(header) - 2))
+            lines.append(f"| {arm} | " + " | ".join([*value, "0"]) + f" |{f' {MISSING} |' * (len(header) - 2 - len(value))}")
             continue
-        reached = [r.steps_to(study.target) for r in results]
-        hit = [s for s in reached if s is not None]
-        steps = (f"{statistics.fmean(hit):.0f} ({len(hit)}/{len(results)} runs)" if hit
+        reached = [s for s in (r.steps_to(study.target) for r in results) if s is not None]
+        steps = (f"{sum(reached) / len(reached):.0f} ({len(reached)}/{len(results)} runs)" if reached
                  else f"not reached (0/{len(results)})")
         lines.append("| " + " | ".join([
-            arm, str(len(results)), cell([r.final.get(AVG1) for r in results]),
-            *(cell([r.final.get(f"eval/pass@{k}") for r in results]) for k in ks),
-            cell([r.final.get("eval/greedy_accuracy") for r in results]),
-            cell([r.end_mean(REWARD) for r in results]),
-            cell([r.end_mean(ENTROPY) for r in results]), steps,
-            cell([r.train_mean(ALL_WRONG_NONZERO) for r in results], 2),
-            f"{statistics.fmean(r.wall_s for r in results):.0f}"]) + " |")
+            arm, *value, str(len(results)), *(cell([get(r.final) for r in results]) for _, get in columns),
+            cell([r.end_mean(REWARD) for r in results]), cell([r.end_mean(ENTROPY) for r in results]),
+            steps, cell([r.train_mean(ALL_WRONG_NONZERO) for r in results], 2),
+            f"{sum(r.wall_s for r in results) / len(results):.0f}"]) + " |")
     return "\n".join(lines)
+
+
+def sweep_table(study: Study, sweep_runs: Sequence[PlannedRun], chosen: dict[str, Any]) -> str:
+    """Each arm's final sweep metric at each value; the chosen value in bold."""
+    sweep = study.sweep
+    header = ["arm", *(f"{sweep.key}={value}" for value in sweep.values)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in study.arms:
+        cells = []
+        for value in sweep.values:
+            run = next(r for r in sweep_runs if r.arm == arm.name and r.run_dir.name == f"{sweep.key}_{value}")
+            result = load_result(run)
+            score = result.final.get(sweep.metric) if result else None
+            text = f"{score:.3f}" if number(score) else MISSING
+            cells.append(f"**{text}**" if chosen.get(arm.name) == value else text)
+        lines.append(f"| {arm.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diagnostics_table(grouped: dict[str, list[RunResult]]) -> str:
+    """What each estimator did to the gradient, averaged over training (mean over seeds)."""
+    header = ["arm", *(label for label, _ in DIAGNOSTICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, results in grouped.items():
+        if results:
+            lines.append(f"| {arm} | " + " | ".join(
+                cell([r.train_mean(key) for r in results], 2) for _, key in DIAGNOSTICS) + " |")
+    return "\n".join(lines)
+
+
+def matched_reward(study: Study, grouped: dict[str, list[RunResult]]) -> list[str]:
+    """Each arm against the baseline where both had the same training reward: the one that
+    ended higher is taken at its first evaluation after its (smoothed) training reward reached
+    the other's final level, so an arm that learns slower is compared where the other stood."""
+    base = grouped.get(study.baseline or "") or []
+    lines = []
+    for arm, results in grouped.items():
+        if arm == study.baseline or not results or not base:
+            continue
+        level_arm = interval([r.end_mean(REWARD) for r in results])[0]
+        level_base = interval([r.end_mean(REWARD) for r in base])[0]
+        ahead, behind, level = ((results, base, level_base) if level_arm > level_base
+                                else (base, results, level_arm))
+        points = [r.eval_at_reward(level) for r in ahead]
+        if any(p is None for p in points):
+            lines.append(f"{arm} vs {study.baseline}: no evaluation at matched training reward "
+                         f"{level:.3f} (evaluate more often)")
+            continue
+        key = f"eval/pass@{max(pass_ks(results) or [1])}"
+        at = interval([p[1].get(key) for p in points])[0]
+        final = interval([r.final.get(key) for r in behind])[0]
+        who = arm if ahead is results else study.baseline
+        mine, theirs = (at, final) if who == arm else (final, at)
+        lines.append(f"{arm} vs {study.baseline} at training reward {level:.3f} ({who} taken at step "
+                     f"{sum(p[0] for p in points) / len(points):.0f}): {key[5:]} {mine:.3f} vs {theirs:.3f} "
+                     f"({mine - theirs:+.3f})")
+    return lines
 
 
 def config_differences(runs: Sequence[PlannedRun]) -> str:
@@ -162,36 +149,35 @@ def config_differences(runs: Sequence[PlannedRun]) -> str:
 
 
 def findings(study: Study, grouped: dict[str, list[RunResult]]) -> list[str]:
-    """Statements computed from the numbers: who leads on each metric and whether the lead
-    exceeds the seed spread; for each arm against the baseline, how its pass@k gap moves with k."""
+    """Statements computed from the numbers: who leads on each metric and whether the lead is
+    beyond the 95% intervals; for each arm against the baseline, how its pass@k gap moves
+    with k."""
     present = {arm: rs for arm, rs in grouped.items() if rs}
     if len(present) < 2:
         return ["Fewer than two arms finished: nothing to compare."]
     ks = pass_ks([r for rs in present.values() for r in rs])
     lines = []
-    metrics = [("avg@1", lambda r: r.final.get(AVG1)),
-               (f"pass@{ks[-1]}", lambda r: r.final.get(f"eval/pass@{ks[-1]}")),
-               ("entropy at the end", lambda r: r.end_mean(ENTROPY))]
-    for label, value in metrics:
-        stats = sorted(((arm, *mean_std([value(r) for r in rs])) for arm, rs in present.items()),
-                       key=lambda item: -item[1] if _number(item[1]) else math.inf)
-        (best, m1, s1), (second, m2, s2) = stats[0], stats[1]
-        order = ", ".join(f"{arm} {mean:.3f}" for arm, mean, _ in stats)
-        if min(len(present[best]), len(present[second])) < 2:
-            spread = "one seed each: no spread to judge it by"
-        else:
-            spread = ("more than" if m1 - m2 > max(s1, s2) + EPS else "within") + \
-                " one seed standard deviation"
-        lines.append(f"Highest {label}: **{best}** ({order}); its lead over {second} is "
-                     f"{m1 - m2:+.3f}, {spread}.")
+    for label, value in (("avg@1", lambda r: r.final.get(AVG1)),
+                         (f"pass@{ks[-1]}", lambda r: r.final.get(f"eval/pass@{ks[-1]}")),
+                         ("entropy at the end", lambda r: r.end_mean(ENTROPY))):
+        values = {arm: [value(r) for r in rs] for arm, rs in present.items()}
+        order = sorted(values, key=lambda arm: -interval(values[arm])[0]
+                       if number(interval(values[arm])[0]) else math.inf)
+        best, second = order[0], order[1]
+        lead = interval(values[best])[0] - interval(values[second])[0]
+        verdict = {None: "one seed each: no interval to judge it by",
+                   True: "beyond the 95% intervals", False: "within the 95% intervals"}[
+            beyond(values[best], values[second])]
+        ranking = ", ".join(f"{arm} {interval(values[arm])[0]:.3f}" for arm in order)
+        lines.append(f"Highest {label}: **{best}** ({ranking}); its lead over {second} is "
+                     f"{lead:+.3f}, {verdict}.")
     baseline = study.baseline if study.baseline in present else None
     if baseline and len(ks) > 1:
         for arm, results in present.items():
             if arm == baseline:
                 continue
-            gaps = [mean_std([r.final.get(f"eval/pass@{k}") for r in results])[0]
-                    - mean_std([r.final.get(f"eval/pass@{k}") for r in present[baseline]])[0]
-                    for k in ks]
+            gaps = [interval([r.final.get(f"eval/pass@{k}") for r in results])[0]
+                    - interval([r.final.get(f"eval/pass@{k}") for r in present[baseline]])[0] for k in ks]
             trend = (f"moves in {arm}'s favour as k grows" if gaps[-1] - gaps[0] > EPS else
                      f"moves against {arm} as k grows" if gaps[0] - gaps[-1] > EPS else
                      "does not move with k")
@@ -201,138 +187,73 @@ def findings(study: Study, grouped: dict[str, list[RunResult]]) -> list[str]:
 
 
 def paper_claims(study: Study, grouped: dict[str, list[RunResult]]) -> str | None:
-    """The paper's three claims checked on this study, each RiskPO arm against the baseline: a
-    table of the two values and a verdict ("holds" only when the difference exceeds one seed
-    standard deviation of both arms). None when the study has no non-RiskPO baseline."""
+    """The paper's claims checked on this study, each RiskPO arm against the baseline: "holds"
+    only when the arm's 95% interval lies above the baseline's. None when the study has no
+    non-RiskPO baseline."""
     base = grouped.get(study.baseline or "")
     if not base or study.baseline.startswith("riskpo"):
         return None
     kmax = max(pass_ks(base) or [1])
-
-    def gap(results: list[RunResult], k: int) -> float:
-        return (mean_std([r.final.get(f"eval/pass@{k}") for r in results])[0]
-                - mean_std([r.final.get(f"eval/pass@{k}") for r in base])[0])
-
     claims = [("higher entropy at the end", lambda r: r.end_mean(ENTROPY)),
               ("more all-wrong questions with a nonzero advantage",
                lambda r: r.train_mean(ALL_WRONG_NONZERO)),
               (f"higher pass@{kmax}", lambda r: r.final.get(f"eval/pass@{kmax}"))]
     lines = [f"| claim (RiskPO vs {study.baseline}) | arm | arm's value | {study.baseline}'s value "
-             "| verdict |",
-             "|---|---|---|---|---|"]
+             "| verdict |", "|---|---|---|---|---|"]
     for arm, results in grouped.items():
         if not arm.startswith("riskpo") or not results:
             continue
         for claim, value in claims:
-            (m, s), (mb, sb) = (mean_std([value(r) for r in rs]) for rs in (results, base))
-            verdict = ("does not hold" if m - mb <= EPS else
-                       "higher on one seed (not judged)" if min(len(results), len(base)) < 2 else
-                       "holds" if m - mb > max(s, sb) + EPS else "not shown (within seed spread)")
-            lines.append(f"| {claim} | {arm} | {m:.3f} ± {s:.3f} | {mb:.3f} ± {sb:.3f} | {verdict} |")
+            mine, theirs = [value(r) for r in results], [value(r) for r in base]
+            verdict = ("does not hold" if interval(mine)[0] - interval(theirs)[0] <= EPS else
+                       {None: "higher on one seed (not judged)", True: "holds",
+                        False: "not shown (within the 95% intervals)"}[beyond(mine, theirs)])
+            lines.append(f"| {claim} | {arm} | {cell(mine)} | {cell(theirs)} | {verdict} |")
         if kmax > 1:
-            low, high = gap(results, 1), gap(results, kmax)
+            low, high = (interval([r.final.get(f"eval/pass@{k}") for r in results])[0]
+                         - interval([r.final.get(f"eval/pass@{k}") for r in base])[0] for k in (1, kmax))
             verdict = "holds" if high > EPS and high - low > EPS else "does not hold"
             lines.append(f"| pass@k gain grows with k | {arm} | gap {low:+.3f} at k=1, "
                          f"{high:+.3f} at k={kmax} | 0 | {verdict} |")
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- plots
+def _study_sections(study: Study, runs: list[PlannedRun], figures: Path,
+                    sweep_runs: Sequence[PlannedRun], chosen: dict[str, Any]) -> list[str]:
+    results = [r for r in (load_result(run) for run in runs) if r is not None]
+    grouped = by_arm(study, results)
+    plots = plot_study(study, grouped, figures)
+    sections = [f"## {study.title}\n"]
+    if study.sweep:
+        sections += [f"**Learning rate, chosen per arm** on {study.sweep.metric} of the split fixed "
+                     f"in advance ({' '.join(study.sweep.overrides) or 'the run config'}; seed "
+                     f"{study.sweep.seed}); the value in bold is the one each arm then ran with:\n",
+                     sweep_table(study, sweep_runs, chosen) + "\n"]
+    sections += [
+        f"{len(results)} of {len(runs)} runs finished; seeds {study.seeds}; final held-out "
+        "metrics as mean ± half-width of the 95% Student t interval over seeds. avg@1 is the "
+        "mean accuracy of the samples; training reward and entropy are means over the last tenth "
+        "of the steps; \"all-wrong q. with signal\" is the fraction of questions whose samples "
+        "were all wrong that still got a nonzero advantage, averaged over training.\n",
+        study_table(study, grouped, chosen) + "\n",
+        "**What each estimator did to the gradient** (means over training and seeds):\n",
+        diagnostics_table(grouped) + "\n",
+        "**Findings** (computed from the table):\n",
+        "\n".join(f"- {line}" for line in [*findings(study, grouped),
+                                           *matched_reward(study, grouped)]) + "\n"]
+    claims = paper_claims(study, grouped)
+    if claims:
+        sections += ["**The paper's claims on this task** (\"holds\" needs the arm's 95% interval "
+                     "above the baseline's):\n", claims + "\n"]
+    return sections + [
+        "**What differs between the arms** (resolved configs; everything else is equal):\n",
+        config_differences(runs) + "\n",
+        "\n".join(f"![{p.stem}]({figures.name}/{p.name})" for p in plots) + "\n"]
 
 
-def _colors(names: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def _band(axis, colors, arm: str, curves: list[tuple[list[int], list[float]]]) -> None:
-    """Mean over the seeds that have a value at each step, and their min-max band (per-step
-    metrics such as the all-wrong signal exist only on steps that had such questions)."""
-    lookup = [dict(zip(steps, values, strict=True)) for steps, values in curves]
-    steps = sorted({s for table in lookup for s in table})
-    columns = [[v for table in lookup if _number(v := table.get(s))] for s in steps]
-    steps, columns = [s for s, c in zip(steps, columns, strict=True) if c], [c for c in columns if c]
-    if not steps:
-        return
-    axis.plot(steps, [statistics.fmean(c) for c in columns], color=colors[arm], label=arm)
-    if len(curves) > 1:
-        axis.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns],
-                          color=colors[arm], alpha=0.18, linewidth=0)
-
-
-def _smoothed(steps: list[int], values: list[float]) -> tuple[list[int], list[float]]:
-    out = [statistics.fmean(values[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(values))]
-    return steps, out
-
-
-def _title(axis, text: str) -> None:
-    """A title wrapped to the axis' width (study titles are long)."""
-    axis.set_title("\n".join(textwrap.wrap(text, 58)), fontsize=9)
-
-
-def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> list[Path]:
-    present = {arm: rs for arm, rs in grouped.items() if rs}
-    if not present:
-        return []
-    colors = _colors(list(grouped))
-    kmax = max(pass_ks([r for rs in present.values() for r in rs]) or [1])
-    written = []
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, key, label in ((axes[0], AVG1, "avg@1"), (axes[1], f"eval/pass@{kmax}", f"pass@{kmax}")):
-        for arm, results in present.items():
-            _band(axis, colors, arm, [([s for s, _ in r.evals], [m.get(key, math.nan) for _, m in r.evals])
-                                      for r in results])
-        _title(axis, f"{study.title}: held-out {label}")
-        axis.set(xlabel="step", ylabel=label)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    written.append(_save(figure, out / f"{study.name}_over_steps.png"))
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    for arm, results in present.items():
-        ks = pass_ks(results)
-        stats = [mean_std([r.final.get(f"eval/pass@{k}") for r in results]) for k in ks]
-        axis.errorbar(ks, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
-                      markersize=3, capsize=2, color=colors[arm], label=arm)
-    initial = [r.initial for rs in present.values() for r in rs if r.initial]
-    if initial:
-        ks = pass_ks([next(r for rs in present.values() for r in rs)])
-        axis.plot(ks, [mean_std([m.get(f"eval/pass@{k}") for m in initial])[0] for k in ks],
-                  linestyle="--", color="grey", label="before RL")
-    _title(axis, f"{study.title}: pass@k at the end")
-    axis.set(xlabel="k", ylabel="pass@k", xscale="log")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    written.append(_save(figure, out / f"{study.name}_pass_at_k.png"))
-
-    for key, name, title in ((REWARD, "train_reward", "training reward (smoothed)"),
-                             (ENTROPY, "entropy", "policy entropy (mean token, smoothed)"),
-                             (ALL_WRONG_NONZERO, "all_wrong_signal",
-                              "all-wrong questions with a nonzero advantage (smoothed)")):
-        figure, axis = plt.subplots(figsize=(6.4, 4.2))
-        for arm, results in present.items():
-            _band(axis, colors, arm, [_smoothed(*r.series(key)) for r in results])
-        _title(axis, f"{study.title}: {title}")
-        axis.set(xlabel="step", ylabel=key)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        written.append(_save(figure, out / f"{study.name}_{name}.png"))
-    return written
-
-
-# --------------------------------------------------------------------------- report
-
-
-def write_report(spec: Spec, studies: dict[str, list[PlannedRun]], output: Path,
-                 command: str) -> Path:
+def write_report(spec: Spec, studies: dict[str, list[PlannedRun]], output: Path, command: str,
+                 sweeps: dict[str, list[PlannedRun]] | None = None,
+                 chosen: dict[str, dict[str, Any]] | None = None) -> Path:
     """Writes `output` (markdown) and its figures under output's stem directory."""
     figures = output.with_suffix("")
     figures.mkdir(parents=True, exist_ok=True)
@@ -342,27 +263,8 @@ def write_report(spec: Spec, studies: dict[str, list[PlannedRun]], output: Path,
     if spec.description:
         sections.append(spec.description.strip() + "\n")
     for study in spec.studies:
-        runs = studies[study.name]
-        results = [r for r in (load_result(run) for run in runs) if r is not None]
-        grouped = by_arm(study, results)
-        plots = plot_study(study, grouped, figures)
-        sections += [
-            f"## {study.title}\n",
-            f"{len(results)} of {len(runs)} runs finished; seeds {study.seeds}; final held-out "
-            "metrics as mean ± standard deviation over seeds. avg@1 is the mean accuracy of the "
-            "samples; training reward and entropy are means over the last tenth of the steps; "
-            "\"all-wrong q. with signal\" is the fraction of questions whose samples were all "
-            "wrong that still got a nonzero advantage, averaged over training; wall s is one "
-            "run's time with two runs sharing the machine.\n",
-            study_table(study, grouped) + "\n",
-            "**Findings** (computed from the table):\n",
-            "\n".join(f"- {line}" for line in findings(study, grouped)) + "\n",
-            *(["**The paper's claims on this task** (computed; \"holds\" needs a lead larger "
-                "than one seed standard deviation):\n", claims + "\n"]
-              if (claims := paper_claims(study, grouped)) else []),
-            "**What differs between the arms** (resolved configs; everything else is equal):\n",
-            config_differences(runs) + "\n",
-            "\n".join(f"![{p.stem}]({figures.name}/{p.name})" for p in plots) + "\n",
-        ]
+        sections += _study_sections(study, studies[study.name], figures,
+                                    (sweeps or {}).get(study.name, []), (chosen or {}).get(study.name, {}))
     output.write_text("\n".join(sections))
+    (figures / "chosen.json").write_text(json.dumps(chosen or {}, indent=2, default=str) + "\n")
     return output

@@ -1,6 +1,9 @@
 """A comparison spec (conf/compare/*.yaml): studies x arms x seeds, each run composed and
-validated before any starts, and the fairness rule (arms may differ only under `algorithm.`).
-Read by the runner (launch/compare.py) and the report (launch/compare_report.py)."""
+validated before any starts, and the fairness rule (arms may differ only under `algorithm.`,
+and in the value a study's sweep chose for each arm). A study may first sweep one key (the
+learning rate) per arm on a split fixed in advance (the validation split), pick each arm's
+best value by a named metric, then run its seeds at that value. Read by the runner
+(launch/compare.py) and the report (launch/compare_report.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,18 @@ class Arm:
 
 
 @dataclass
+class Sweep:
+    """Each arm runs once per value of `key` (seed `seed`, plus `overrides`, e.g. the
+    validation split); the value with the best final `metric` is the arm's for the seeds."""
+
+    key: str
+    values: list[Any]
+    seed: int = 0
+    overrides: list[str] = field(default_factory=list)
+    metric: str = "eval/pass@1"
+
+
+@dataclass
 class Study:
     name: str
     title: str
@@ -38,6 +53,7 @@ class Study:
     target: float  # avg@1 the "steps to target" column counts to
     arms: list[Arm]
     baseline: str | None = None  # the arm the others are compared with in the findings
+    sweep: Sweep | None = None
 
 
 @dataclass
@@ -100,8 +116,23 @@ def _study(path: Path, name: str, body: Any) -> Study:
         overrides=_str_list(path, f"studies.{name}.overrides", body.get("overrides", [])),
         seeds=seeds, target=float(body.get("target", 0.5)),
         arms=[Arm(arm, _str_list(path, f"studies.{name}.arms.{arm}", o)) for arm, o in arms.items()],
-        baseline=baseline,
+        baseline=baseline, sweep=_sweep(path, name, body.get("sweep")),
     )
+
+
+def _sweep(path: Path, study: str, body: Any) -> Sweep | None:
+    if body is None:
+        return None
+    where = f"{path}: studies.{study}.sweep"
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+        raise ConfigError(where, "a mapping with key (the override to sweep), values, seed, "
+                          "overrides and metric")
+    values = body.get("values")
+    if not isinstance(values, list) or len(values) < 2:
+        raise ConfigError(f"{where}.values", "at least two values to choose from")
+    return Sweep(body["key"], values, int(body.get("seed", 0)),
+                 _str_list(path, f"studies.{study}.sweep.overrides", body.get("overrides", [])),
+                 str(body.get("metric", "eval/pass@1")))
 
 
 def _str_list(path: Path, key: str, value: Any) -> list[str]:
@@ -110,23 +141,55 @@ def _str_list(path: Path, key: str, value: Any) -> list[str]:
     return list(value)
 
 
-def plan(spec: Spec, runs_dir: Path) -> dict[str, list[PlannedRun]]:
-    """Every study's runs, composed and validated; identical runs across studies are shared."""
-    runs_dir = runs_dir.resolve()
-    by_key: dict[str, PlannedRun] = {}
-    studies: dict[str, list[PlannedRun]] = {}
+def plan_sweeps(spec: Spec, runs_dir: Path) -> dict[str, list[PlannedRun]]:
+    """The sweep runs of every study that has a sweep (arm x value, the sweep's seed), under
+    runs_dir/<study>/sweep/<arm>/<key>_<value>/; composed, validated and checked for fairness."""
+    runs_dir, by_key, studies = runs_dir.resolve(), {}, {}
+    for study in spec.studies:
+        if study.sweep is None:
+            continue
+        sweep = study.sweep
+        studies[study.name] = [
+            _planned(by_key, study.name, arm.name, sweep.seed,
+                     [*spec.common, *study.overrides, *arm.overrides, *sweep.overrides,
+                      f"{sweep.key}={value}", f"seed={sweep.seed}"],
+                     runs_dir / study.name / "sweep" / arm.name / f"{sweep.key}_{value}")
+            for arm in study.arms for value in sweep.values]
+        check_fair(study, studies[study.name], (sweep.key,))
+    return studies
+
+
+def plan(spec: Spec, runs_dir: Path,
+         chosen: dict[str, dict[str, Any]] | None = None) -> dict[str, list[PlannedRun]]:
+    """Every study's runs, composed and validated; identical runs across studies are shared.
+    A study with a sweep runs each arm at the value chosen for it (chosen[study][arm]); its
+    arms not chosen yet (their sweep unfinished) have no runs."""
+    runs_dir, by_key, studies = runs_dir.resolve(), {}, {}
     for study in spec.studies:
         studies[study.name] = []
         for arm in study.arms:
+            extra = []
+            if study.sweep is not None:
+                value = (chosen or {}).get(study.name, {}).get(arm.name)
+                if value is None:
+                    continue
+                extra = [f"{study.sweep.key}={value}"]
             for seed in study.seeds:
-                overrides = [*spec.common, *study.overrides, *arm.overrides, f"seed={seed}"]
-                key = hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:12]
-                if key not in by_key:
-                    run_dir = runs_dir / study.name / arm.name / f"seed{seed}"
-                    by_key[key] = _composed(PlannedRun(study.name, arm.name, seed, overrides, run_dir))
-                studies[study.name].append(_alias(by_key[key], study.name, arm.name))
-        check_fair(study, studies[study.name])
+                overrides = [*spec.common, *study.overrides, *arm.overrides, *extra, f"seed={seed}"]
+                studies[study.name].append(_planned(
+                    by_key, study.name, arm.name, seed, overrides,
+                    runs_dir / study.name / arm.name / f"seed{seed}"))
+        check_fair(study, studies[study.name], (study.sweep.key,) if study.sweep else ())
     return studies
+
+
+def _planned(by_key: dict[str, PlannedRun], study: str, arm: str, seed: int,
+             overrides: list[str], run_dir: Path) -> PlannedRun:
+    """The run of these overrides (composed once), seen from this study and arm."""
+    key = hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:12]
+    if key not in by_key:
+        by_key[key] = _composed(PlannedRun(study, arm, seed, overrides, run_dir))
+    return _alias(by_key[key], study, arm)
 
 
 def _composed(run: PlannedRun) -> PlannedRun:
@@ -148,14 +211,39 @@ def _alias(run: PlannedRun, study: str, arm: str) -> PlannedRun:
     return PlannedRun(study, arm, run.seed, run.overrides, run.run_dir, run.config, run.resolved)
 
 
-def check_fair(study: Study, runs: Sequence[PlannedRun]) -> None:
-    """Refuse a study whose arms differ outside `algorithm.` (model, data, steps, samples...)."""
+def check_fair(study: Study, runs: Sequence[PlannedRun], swept: Sequence[str] = ()) -> None:
+    """Refuse a study whose arms differ outside `algorithm.` (model, data, steps, samples...)
+    and the swept key (each arm's chosen learning rate)."""
     configs = [flatten(run.resolved) for run in runs]
     unfair = [key for key in differing_keys(configs)
-              if not key.startswith(FAIR_PREFIX) and key not in BOOKKEEPING_KEYS]
+              if not key.startswith(FAIR_PREFIX) and key not in BOOKKEEPING_KEYS
+              and key not in swept]
     if unfair:
-        raise ConfigError(f"studies.{study.name}", "its arms must differ only in algorithm.*, "
-                          f"but these differ too: {', '.join(unfair)}")
+        raise ConfigError(f"studies.{study.name}", "its arms must differ only in algorithm.*"
+                          + (f" and {', '.join(swept)}" if swept else "")
+                          + f", but these differ too: {', '.join(unfair)}")
+
+
+def choose(study: Study, sweep_runs: Sequence[PlannedRun]) -> dict[str, Any]:
+    """Each arm's best sweep value by the sweep's final metric (ties: the first value in the
+    spec's order); an arm whose sweep has an unfinished run has no choice yet."""
+    if study.sweep is None:
+        return {}
+    chosen = {}
+    for arm in study.arms:
+        scores = []
+        for value in study.sweep.values:
+            run = next(r for r in sweep_runs if r.arm == arm.name and
+                       r.run_dir.name == f"{study.sweep.key}_{value}")
+            if not run.finished():
+                break
+            final = json.loads((run.run_dir / "summary.json").read_text()).get("final", {})
+            score = final.get(study.sweep.metric)
+            scores.append((score if isinstance(score, int | float) else float("-inf"), value))
+        else:
+            best = max(score for score, _ in scores)
+            chosen[arm.name] = next(value for score, value in scores if score == best)
+    return chosen
 
 
 def unique_runs(studies: dict[str, list[PlannedRun]]) -> list[PlannedRun]:

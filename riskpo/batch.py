@@ -60,31 +60,40 @@ class Verdicts:
                    for per_prompt, oks in zip(results, valid, strict=True)]
         statuses = [[str(r["status"]) for r in per_prompt] for per_prompt in results]
         width = len(results[0]) if results else 0
+    # [P][n] the answer the verifier read, where it reports one (Countdown: the expression)
+    answers: list[list[str | None]] | None = None
         if any(len(per_prompt) != width for per_prompt in results):
             raise ValueError("Verdicts need the same number of samples for every prompt")
         return cls(torch.tensor(rewards, dtype=torch.float32).reshape(len(results), width),
-                   torch.tensor(valid, dtype=torch.bool).reshape(len(results), width), statuses)
+                   torch.tensor(valid, dtype=torch.bool).reshape(len(results), width), statuses,
+                   answers)
 
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
+        answers = [[r.get("expression") for r in per_prompt] for per_prompt in results]
     def select(self, prompts: Sequence[int]) -> Verdicts:
         """The verdicts of the given prompts, in that order."""
         index = torch.as_tensor(list(prompts), dtype=torch.long)
-        return Verdicts(self.rewards[index], self.valid[index], [self.statuses[i] for i in prompts])
+        answers = None if self.answers is None else [self.answers[i] for i in prompts]
+        return Verdicts(self.rewards[index], self.valid[index], [self.statuses[i] for i in prompts],
+                        answers)
 
     @classmethod
     def empty(cls, samples: int) -> Verdicts:
-        return cls(torch.zeros(0, samples), torch.zeros(0, samples, dtype=torch.bool), [])
+        return cls(torch.zeros(0, samples), torch.zeros(0, samples, dtype=torch.bool), [], [])
 
     @staticmethod
     def concat(parts: Sequence[Verdicts]) -> Verdicts:
         """The verdicts of several groups of prompts, one after another."""
         return Verdicts(torch.cat([p.rewards for p in parts]), torch.cat([p.valid for p in parts]),
-                        [s for p in parts for s in p.statuses])
+                        [s for p in parts for s in p.statuses], answers)
 
     def has_signal(self) -> torch.Tensor:
         """[P] bool: the prompt's valid rewards are not all equal (DAPO's dynamic sampling)."""
         low = torch.where(self.valid, self.rewards, torch.inf).amin(dim=1)
         high = torch.where(self.valid, self.rewards, -torch.inf).amax(dim=1)
         return high > low
+        answers = None
+        if all(p.answers is not None for p in parts):
+            answers = [a for p in parts for a in p.answers]

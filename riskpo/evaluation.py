@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import torch
+
 from riskpo.batch import Verdicts
+from riskpo.data.countdown import count_distinct_solutions
 from riskpo.data.loaders import DataConfig
-from riskpo.data.rows import Row
+from riskpo.data.rows import COUNTDOWN_SOURCE, Row
 from riskpo.data.templates import build_prompt
 from riskpo.messages import (
     Completion,
@@ -70,6 +73,9 @@ def evaluate(generator: Generator, grader: Grader, rows: Sequence[Row], data: Da
         metrics[f"eval/pass@{kk}"] = value
     metrics["eval/response_length"] = sum(
         len(s.token_ids) for per_prompt in sampled for s in per_prompt) / max(1, k * len(rows))
+    metrics.update(_by_kind(rows, correct, k, data.eval_pass_k or default_pass_k(k)))
+    if any(row.data_source == COUNTDOWN_SOURCE for row in rows):
+        metrics["eval/distinct_correct"] = _distinct_correct(rows, verdicts)
     if data.eval_greedy:
         greedy = generator.generate(prompts, SamplingParams(
             n=1, temperature=0.0, max_new_tokens=sampling.max_new_tokens, stop=list(sampling.stop),
@@ -77,3 +83,32 @@ def evaluate(generator: Generator, grader: Grader, rows: Sequence[Row], data: Da
         greedy_verdicts = grade(grader, rows, greedy)
         metrics["eval/greedy_accuracy"] = float((greedy_verdicts.rewards[:, 0] >= 1.0).sum()) / max(1, len(rows))
     return metrics
+
+
+def _by_kind(rows: Sequence[Row], correct: torch.Tensor, samples: int,
+             ks: Sequence[int]) -> dict[str, float]:
+    """avg@k and pass@k of each kind of problem, where rows say their kind (extra_info.kind,
+    e.g. Countdown's rare_only problems that only the rare solution template solves)."""
+    kinds = [row.extra_info.get("kind") for row in rows]
+    metrics: dict[str, float] = {}
+    for kind in sorted({kind for kind in kinds if isinstance(kind, str)}):
+        chosen = correct[torch.tensor([k == kind for k in kinds])]
+        metrics[f"eval/{kind}/avg@{samples}"] = avg_at_k(chosen, samples)
+        for kk, value in pass_at_k_curve(chosen, samples, ks).items():
+            metrics[f"eval/{kind}/pass@{kk}"] = value
+    return metrics
+
+
+def _distinct_correct(rows: Sequence[Row], verdicts: Verdicts) -> float:
+    """Mean over Countdown problems of the number of distinct correct expressions among their
+    samples (canonically distinct: riskpo.data.countdown)."""
+    counts = []
+    for index, row in enumerate(rows):
+        if row.data_source != COUNTDOWN_SOURCE:
+            continue
+        truth = (row.reward_model or {}).get("ground_truth") or {}
+        found = [answer for answer, ok in zip(verdicts.answers[index], verdicts.rewards[index] >= 1.0,
+                                               strict=True) if ok and answer]
+        counts.append(count_distinct_solutions(found, truth.get("numbers", []), int(truth.get("target", 0))))
+    return sum(counts) / max(1, len(counts))
+

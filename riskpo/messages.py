@@ -167,6 +167,9 @@ def verification_request(row: Row, response: str) -> dict[str, Any]:
     if row.verifier == "code":
         return {"kind": "code", "tests": dict(row.tests or {}), "response": response,
                 "data_source": row.data_source}
+    if row.verifier == "countdown":
+        return {"kind": "countdown", "response": response, "data_source": row.data_source,
+                "ground_truth": (row.reward_model or {}).get("ground_truth")}
     return {"kind": "math", "response": response, "ground_truth": row.ground_truth,
             "data_source": row.data_source,
             "answer_format": row.extra_info.get("answer_format", "boxed")}

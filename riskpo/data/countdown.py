@@ -1,24 +1,15 @@
-"""Countdown task generator: reach a target from given numbers with + - * and parentheses,
-each number used at most once. Problems have several distinct correct expressions, classified by
-TEMPLATE, so that a warm start can make one template dominant and another rare, and held-out
-rows can need the rare one. Pure Python, seeded; no Ray, no torch. Formats (all characters are
-in the tiny model's vocabulary, riskpo.modeling.DEFAULT_CHARS):
+"""Countdown task generator: reach a target from given numbers with + - * and parentheses, each
+number used at most once. Problems have several distinct correct expressions, classified by
+TEMPLATE, so a warm start can make one template dominant and another rare, and held-out rows
+can need the rare one. Pure Python, seeded. Prompt "2,3,5,7,9=29:" (numbers ascending), answer
+"3*7+5"; row data_source "countdown", reward_model.ground_truth {"target", "numbers"}
+(TinyZero/verl), extra_info: kind, distinct_solutions, dominant/rare_solutions, templates.
 
-    prompt  "2,3,5,7,9=29:"   the numbers ascending, comma-separated, "=", the target, ":"
-    answer  "3*7+5"           an expression over some of the numbers (the whole response)
-    row     data_source "countdown", reward_model {"style": "rule", "ground_truth":
-            {"target": 29, "numbers": [2, 3, 5, 7, 9]}} (TinyZero/verl), extra_info: kind,
-            distinct_solutions, dominant_solutions, rare_solutions, templates
-
-Canonical form (what "distinct" means): sums flattened into signed terms (a minus distributed
-over a parenthesised sum: a-(b-c) is a-b+c), products into factors, terms and factors sorted, so
-commutative and associative reorderings count once. Nothing else is identified: (a-b)*(c-d) and
-(b-a)*(d-c) are two solutions, nothing is cancelled or distributed, and using an extra 1 or 0
-makes another solution. The key is an expression: positive terms first, each group sorted as
-text ("3+4*7-2", "(3+4)*5"). A TEMPLATE is an expression over letters, each used once ("a*b+c");
-an expression's shape is its canonical form with every number written "n", and it is an
-instance of a template when the shapes agree. A problem's kind is `both`, `dominant_only` or
-`rare_only` by which of the two templates solve it (other shapes may solve any problem).
+Distinct means canonically different: sums flattened into signed terms (a-(b-c) is a-b+c),
+products into factors, both sorted; nothing is cancelled or distributed. The key is itself an
+expression ("3+4*7-2"). A TEMPLATE is an expression over letters used once ("a*b+c"); an
+expression is an instance when its canonical form with every number written "n" matches. A
+problem's kind (both, dominant_only, rare_only) says which of the two templates solve it.
 """
 
 from __future__ import annotations
@@ -33,9 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from riskpo.data.rows import Row
+from riskpo.data.rows import COUNTDOWN_SOURCE, Row
+from riskpo.options import ConfigError
 
-COUNTDOWN_SOURCE = "countdown"
 KINDS = ("both", "dominant_only", "rare_only")
 MAX_EXPRESSION_CHARS = 256
 MAX_DEPTH = 32
@@ -45,9 +36,10 @@ MAX_MISSES = 2000  # draws in a row that give no new problem: the space is exhau
 _TOKEN = re.compile(r"[ \t]*(?:([0-9]{1,12})|([a-z])|([-+*()]))")  # ASCII digits only
 
 
-@dataclass(frozen=True)
+@dataclass
 class CountdownConfig:
-    """Knobs of the Countdown task (see the module docstring)."""
+    """Knobs of the Countdown task (see the module docstring); validation and held-out sizes
+    are fixed here so that every split of a run comes from the same make_splits call."""
 
     num_numbers: int = 5
     min_number: int = 1
@@ -61,7 +53,16 @@ class CountdownConfig:
     train_both_fraction: float = 0.25  # rows are dominant_only problems
     eval_rare_only_fraction: float = 0.5  # of validation and of held-out rows
     eval_both_fraction: float = 0.25
+    validation_size: int = 200  # fixed in advance: learning-rate selection
+    heldout_size: int = 200
     seed: int = 0
+
+    def check(self, key: str) -> None:
+        try:  # validate(), naming the knob under `key`
+            self.validate()
+        except ValueError as error:
+            knob, _, problem = str(error).removeprefix("countdown.").partition(": ")
+            raise ConfigError(f"{key}.{knob}", problem) from None
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad knob."""
@@ -86,7 +87,7 @@ class CountdownConfig:
                 _require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
             _require(getattr(self, rare_only) + getattr(self, both) <= 1.0, both,
                      f"{rare_only} + {both} > 1")
-        _require(self.seed >= 0, "seed", f"{self.seed} is negative")
+        _require(min(self.seed, self.validation_size, self.heldout_size) >= 0, "seed", "negative")
 
 
 def _require(ok: bool, knob: str, problem: str) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+COUNTDOWN_SOURCE = "countdown"
 ANSWER_FORMATS = ("final_number", "boxed", "gsm8k")
 CODE_STYLES = ("call", "stdio", "assert")
 CHAT_ROLES = ("system", "user", "assistant")
@@ -53,9 +54,12 @@ class Row:
     row_number: int = field(default=0, compare=False, repr=False)
 
     @property
-    def verifier(self) -> Literal["math", "code"]:
-        """Which verifier grades this row."""
-        return "code" if self.tests is not None else "math"
+    def verifier(self) -> Literal["math", "code", "countdown"]:
+        """Which verifier grades this row (data_source "countdown": the expression verifier,
+        the TinyZero/verl convention; its ground truth is {"target", "numbers"})."""
+        if self.tests is not None:
+            return "code"
+        return "countdown" if self.data_source == COUNTDOWN_SOURCE else "math"
 
     @property
     def ground_truth(self) -> str | None:

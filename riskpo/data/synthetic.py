@@ -12,6 +12,14 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from riskpo.data.countdown import (
+    CountdownConfig,
+    CountdownProblem,
+    make_splits,
+    solves,
+    warmstart_example,
+    warmstart_pool,
+)
 from riskpo.data.rows import Row
 from riskpo.options import require
 
@@ -20,7 +28,8 @@ CODE_SOURCE = "synthetic/code"
 OPERATORS = ("+", "-", "*")
 CODE_FORMS = ("linear", "quadratic")
 CODE_FUNCTION = "f"
-SYNTHETIC_SOURCES = ("synthetic_arithmetic", "synthetic_code")  # data.<split>.source values
+# data.<split>.source values of the generated tasks (countdown: riskpo/data/countdown.py)
+SYNTHETIC_SOURCES = ("synthetic_arithmetic", "synthetic_code", "synthetic_countdown")
 
 
 @dataclass
@@ -64,6 +73,11 @@ class CodeTaskConfig:
 class SyntheticProblem:
     row: Row
     reference_response: str  # a correct response, in the format the model should write
+    # whether a response solves the problem, where several do (Countdown); None: only the reference
+    accepts: Callable[[str], bool] | None = None
+
+    def solved_by(self, response: str) -> bool:
+        return self.accepts(response) if self.accepts else response == self.reference_response
 
 
 def _operand(rng: random.Random, config: ArithmeticConfig) -> int:
@@ -146,16 +160,38 @@ def code_problem(rng: random.Random, config: CodeTaskConfig) -> SyntheticProblem
     return SyntheticProblem(row, f"def {CODE_FUNCTION}(x):return {_polynomial_text(coefficients)}")
 
 
-def problem_maker(source: str, arithmetic: ArithmeticConfig, code: CodeTaskConfig) -> Callable[
-    [random.Random], SyntheticProblem
-]:
-    """The generator for a synthetic source name (one of SYNTHETIC_SOURCES); the knobs are
-    checked by the config (ArithmeticConfig.check, CodeTaskConfig.check)."""
+def problem_maker(source: str, arithmetic: ArithmeticConfig, code: CodeTaskConfig,
+                  countdown: CountdownConfig | None = None,
+                  exclude_prompts: Iterable[str] = ()) -> Callable[[random.Random], SyntheticProblem]:
+    """The warm start's problem stream for a synthetic source (one of SYNTHETIC_SOURCES); the
+    knobs are checked by the config. Countdown draws from problems both templates solve (none
+    of exclude_prompts), written with the rare template with countdown.rare_fraction odds."""
     if source == "synthetic_arithmetic":
         return lambda rng: arithmetic_problem(rng, arithmetic)
     if source == "synthetic_code":
         return lambda rng: code_problem(rng, code)
+    if source == "synthetic_countdown":
+        if countdown is None:
+            raise ValueError("synthetic_countdown needs its CountdownConfig")
+        pool = warmstart_pool(countdown, countdown.seed, exclude_prompts)
+        return lambda rng: _countdown_problem(rng, pool, countdown)
     raise ValueError(f"not a synthetic source: {source!r} (one of {SYNTHETIC_SOURCES})")
+
+
+def _countdown_problem(rng: random.Random, pool: list[CountdownProblem],
+                       config: CountdownConfig) -> SyntheticProblem:
+    problem, solution = warmstart_example(rng, pool, config.rare_fraction)
+    numbers, target = problem.numbers, problem.target
+    return SyntheticProblem(problem.row(config, count_all=False), solution,
+                            lambda response: solves(response, numbers, target))
+
+
+def countdown_rows(config: CountdownConfig, split: str, train_size: int) -> list[Row]:
+    """One split (train, validation or heldout) of the Countdown task: every split of a run
+    comes from the same stream (countdown.make_splits), so they never share a problem."""
+    splits = make_splits(config, train_size if split == "train" else 0,
+                                        config.validation_size, config.heldout_size)
+    return getattr(splits, split)
 
 
 def generate_rows(

@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 
 from launch.compare_report import (
+    diagnostics_table,
     findings,
-    load_result,
+    matched_reward,
     paper_claims,
     study_table,
+    sweep_table,
     write_report,
 )
-from launch.compare_spec import load_spec, plan, unique_runs
+from launch.compare_results import interval, load_result
+from launch.compare_spec import choose, load_spec, plan, plan_sweeps, unique_runs
 from riskpo.options import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -97,7 +100,8 @@ def test_report_numbers_from_known_runs(tmp_path):
     grouped = {"riskpo_paper": [r for r in results if r.arm == "riskpo_paper"],
                "grpo": [r for r in results if r.arm == "grpo"]}
     table = study_table(study, grouped)
-    assert "| riskpo_paper | 2 | 0.500 ± 0.141 | 0.700 ± 0.141 |" in table
+    # 95% Student t half-width of (0.4, 0.6): t(0.975, 1) * 0.1414 / sqrt(2) = 1.271
+    assert "| riskpo_paper | 2 | 0.500 ± 1.271 | 0.700 ± 1.271 |" in table
     assert "| grpo | 2 | 0.500 ± 0.000 | 0.700 ± 0.000 |" in table
     assert "| *before RL* | 4 | 0.300 ± 0.000 |" in table
     # avg@1 >= 0.5: riskpo seed 1 at step 2 (0.5), grpo both seeds at step 4
@@ -108,13 +112,67 @@ def test_report_numbers_from_known_runs(tmp_path):
                for line in lines)
     claims = paper_claims(study, grouped)
     assert "| higher entropy at the end | riskpo_paper | 0.300 ± 0.000 | 0.100 ± 0.000 | holds |" in claims
-    assert "| higher pass@2 | riskpo_paper | 0.700 ± 0.141 | 0.700 ± 0.000 | does not hold |" in claims
+    assert "| higher pass@2 | riskpo_paper | 0.700 ± 1.271 | 0.700 ± 0.000 | does not hold |" in claims
     assert "gap +0.000 at k=1, +0.000 at k=2 | 0 | does not hold |" in claims
     report = write_report(spec, studies, tmp_path / "out" / "results.md", "riskpo-compare")
     text = report.read_text()
     assert "4 of 4 runs finished" in text and "`algorithm.name`" in text
     assert "The paper's claims on this task" in text
     assert (tmp_path / "out" / "results" / "arith_over_steps.png").is_file()
+
+
+def test_interval_is_the_student_t_95_percent_interval():
+    mean, half = interval([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert mean == pytest.approx(0.3) and half == pytest.approx(2.7764451 * 0.158113883 / 5 ** 0.5)
+    assert interval([0.7])[0] == 0.7 and interval([0.7])[1] != interval([0.7])[1]  # NaN: one seed
+
+
+SWEPT = TWO_ARMS.replace("    arms:", """    sweep: {key: learner.lr, values: [1.0e-5, 4.0e-5], seed: 7, overrides: [data.eval.seed=5],
+            metric: eval/pass@1}
+    arms:""")
+
+
+def test_a_sweep_picks_each_arms_value_on_its_own_split_then_runs_the_seeds(tmp_path):
+    spec = load_spec(write_spec(tmp_path, SWEPT))
+    sweeps = plan_sweeps(spec, tmp_path / "runs")["arith"]
+    assert len(sweeps) == 4 and {run.seed for run in sweeps} == {7}
+    assert all("data.eval.seed=5" in run.overrides for run in sweeps)
+    assert plan(spec, tmp_path / "runs", {})["arith"] == []  # nothing chosen yet: no runs
+    scores = {("riskpo_paper", "learner.lr_1e-05"): 0.2, ("riskpo_paper", "learner.lr_4e-05"): 0.4,
+              ("grpo", "learner.lr_1e-05"): 0.6, ("grpo", "learner.lr_4e-05"): 0.3}
+    for run in sweeps:
+        fake_run(run.run_dir, {"eval/pass@1": scores[(run.arm, run.run_dir.name)]},
+                 [(0, 0.1), (2, 0.1), (4, 0.1)], entropy=0.1)
+    chosen = choose(spec.studies[0], sweeps)
+    assert chosen == {"riskpo_paper": 4.0e-5, "grpo": 1.0e-5}
+    runs = plan(spec, tmp_path / "runs", {"arith": chosen})["arith"]
+    assert len(runs) == 4  # the arms may differ in the swept key: not refused as unfair
+    assert {run.config.learner.lr for run in runs if run.arm == "grpo"} == {1.0e-5}
+    table = sweep_table(spec.studies[0], sweeps, chosen)
+    assert "| riskpo_paper | 0.200 | **0.400** |" in table and "| grpo | **0.600** | 0.300 |" in table
+
+
+def test_diagnostics_and_matched_training_reward(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TWO_ARMS))
+    studies = plan(spec, tmp_path / "runs")
+    for run in studies["arith"]:
+        slow = run.arm == "riskpo_paper"
+        run.run_dir.mkdir(parents=True)
+        rows = [{"step": s, "train/reward_mean": (0.1 if slow else 0.2) * s,
+                 "adv/correct_negative_fraction": 0.6 if slow else 0.0} for s in range(1, 9)]
+        for step in (2, 4, 6, 8):  # evaluations every 2 steps: pass@2 grows with the step
+            rows[step - 1].update({"eval/pass@1": step / 20, "eval/pass@2": step / 10})
+        (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run.run_dir / "summary.json").write_text(json.dumps(
+            {"initial": {}, "final": rows[-1], "steps": 8, "wall_s": 1.0}))
+    results = [load_result(run) for run in studies["arith"]]
+    grouped = {arm: [r for r in results if r.arm == arm] for arm in ("riskpo_paper", "grpo")}
+    assert "| riskpo_paper | 0.60 ± 0.00 |" in diagnostics_table(grouped)
+    # riskpo's reward over its last 5 steps averages 0.6; grpo's (twice as fast, smoothed over 5
+    # steps) first reaches 0.6 at step 5, so grpo is taken at its next evaluation, step 6
+    (line,) = matched_reward(spec.studies[0], grouped)
+    assert "at training reward 0.600 (grpo taken at step 6)" in line
+    assert "pass@2 0.800 vs 0.600 (+0.200)" in line
 
 
 @pytest.mark.slow

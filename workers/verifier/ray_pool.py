@@ -21,10 +21,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.verifier import results as R
 from workers.verifier.code import CodeLimits, CodeVerifier
+from workers.verifier.countdown import CountdownLimits, CountdownVerifier
 from workers.verifier.executor import CodeExecutor, ExecLimits
 from workers.verifier.math_verifier import MathLimits, MathVerifier
 
-KINDS = ("math", "code")
+KINDS = ("math", "code")  # kinds of actor
+# Which actor grades a row of each kind: Countdown expressions are graded in-process, bounded,
+# by the math actors (riskpo's data config counts countdown data as math).
+ROW_KINDS = {"math": "math", "code": "code", "countdown": "math"}
 PING_BACKOFF_S = 0.2
 
 
@@ -35,6 +39,7 @@ class VerifierLimits:
     code: CodeLimits = field(default_factory=CodeLimits)
     sandbox: ExecLimits = field(default_factory=ExecLimits)
     math: MathLimits = field(default_factory=MathLimits)
+    countdown: CountdownLimits = field(default_factory=CountdownLimits)
     code_slots_per_actor: int = 2
     chunk_size: int = 8
     max_in_flight_per_actor: int = 2
@@ -51,6 +56,7 @@ class VerifierActor:
     def __init__(self, kind: str, limits: VerifierLimits) -> None:
         if kind == "math":
             self.verifier: Any = MathVerifier(limits.math)
+            self.countdown = CountdownVerifier(limits.countdown)
             threads = 1
         else:
             executor = CodeExecutor(limits.code_slots_per_actor, limits.sandbox)
@@ -65,11 +71,25 @@ class VerifierActor:
         deadline = time.monotonic() + (deadline_unix - time.time())
         loop = asyncio.get_running_loop()
         if self.kind == "math":
-            return await loop.run_in_executor(self.threads, self.verifier.verify_many, rows,
-                                              deadline)
+            return await loop.run_in_executor(self.threads, self._verify_math_rows, rows, deadline)
         calls = [loop.run_in_executor(self.threads, self.verifier.verify, row, deadline)
                  for row in rows]
         return list(await asyncio.gather(*calls))
+
+    def _verify_math_rows(self, rows: list[dict], deadline: float) -> list[dict]:
+        """Math answers through the worker processes, Countdown expressions in-process."""
+        countdown = [i for i, row in enumerate(rows) if row.get("kind") == "countdown"]
+        if not countdown:
+            return self.verifier.verify_many(rows, deadline)
+        results: list[dict | None] = [None] * len(rows)
+        chosen = set(countdown)
+        math_rows = [i for i in range(len(rows)) if i not in chosen]
+        for indices, verifier in ((math_rows, self.verifier), (countdown, self.countdown)):
+            if indices:
+                for index, result in zip(indices, verifier.verify_many([rows[i] for i in indices], deadline),
+                                         strict=True):
+                    results[index] = result
+        return results  # type: ignore[return-value]
 
     async def ping(self) -> int:
         return self.pid
@@ -81,7 +101,8 @@ class VerifierActor:
 class VerifierPool:
     """Spreads verification rows over actors per kind; results come back in input order.
 
-    rows: {"kind": "math", "response", "ground_truth", "data_source"?} or
+    rows: {"kind": "math", "response", "ground_truth", "data_source"?},
+          {"kind": "countdown", "response", "ground_truth": {"target", "numbers"}} (math actors) or
           {"kind": "code", "response" | "code", "tests": {...}}; any "id" is echoed back.
     """
 
@@ -143,7 +164,7 @@ class VerifierPool:
     def _group(self, rows: list[dict], results: list) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {kind: [] for kind in self.actors}
         for index, row in enumerate(rows):
-            kind = row.get("kind") if isinstance(row, dict) else None
+            kind = ROW_KINDS.get(row.get("kind")) if isinstance(row, dict) else None
             if kind in groups:
                 groups[kind].append(index)
             else:
