@@ -3,6 +3,7 @@ pass@k over steps, pass@k against k at the last evaluation, entropy, tracked qua
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +55,8 @@ def _pass_at_k_curve(path: Path, rows) -> Path | None:
         return None
     first, last = evaluated[0], evaluated[-1]
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
-    for row, label in ((first, "first eval"), (last, "last eval")):
+    first_label = "before RL" if first["step"] == 0 else "first eval"
+    for row, label in ((first, first_label), (last, "last eval")):
         points = sorted((int(PASS_KEY.match(key).group(1)), value) for key, value in row.items()
                         if PASS_KEY.match(key) and value is not None)
         axis.plot([k for k, _ in points], [v for _, v in points], marker="o",
@@ -68,6 +70,15 @@ def _pass_at_k_curve(path: Path, rows) -> Path | None:
     return path
 
 
+def _before_rl(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluation before training as a step-0 row (summary.json's "initial"), if any."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return []
+    initial = json.loads(summary.read_text()).get("initial") or {}
+    return [{"step": 0, **initial}] if initial else []
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Writes the run's PNGs under run_dir/plots; returns the files written (plots whose
     metrics the run does not have are skipped)."""
@@ -76,11 +87,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"no metrics in {Path(run_dir) / 'metrics.jsonl'} to plot")
     out = Path(run_dir) / PLOTS_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
+    evaluated = [*_before_rl(Path(run_dir)), *rows]  # held-out curves start at step 0
     written = [
         _line_plot(out / "reward.png", rows, ["train/reward_mean"], "training reward", "mean reward"),
-        _line_plot(out / "eval_avg_at_k.png", rows, _keys(rows, AVG_KEY), "held-out avg@k", "avg@k"),
-        _line_plot(out / "eval_pass_at_k.png", rows, _keys(rows, PASS_KEY), "held-out pass@k", "pass@k"),
-        _pass_at_k_curve(out / "pass_at_k_vs_k.png", rows),
+        _line_plot(out / "eval_avg_at_k.png", evaluated, _keys(rows, AVG_KEY),
+                   "held-out avg@k (step 0: before RL)", "avg@k"),
+        _line_plot(out / "eval_pass_at_k.png", evaluated, _keys(rows, PASS_KEY),
+                   "held-out pass@k (step 0: before RL)", "pass@k"),
+        _pass_at_k_curve(out / "pass_at_k_vs_k.png", evaluated),
         _line_plot(out / "entropy.png", rows, ["actor/entropy"], "policy entropy", "mean token entropy"),
         _line_plot(out / "quantiles.png", rows, _keys(rows, QUANTILE_KEY), "tracked quantiles",
                    "paper score"),

@@ -183,13 +183,15 @@ def test_ci_comparison_through_the_command_line(tmp_path):
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     text = (tmp_path / "report.md").read_text()
-    assert "4 of 4 runs finished" in text
+    assert "4 of 4 runs finished" in text and "Learning rate, chosen per arm" in text
+    chosen = json.loads((tmp_path / "report" / "chosen.json").read_text())["arithmetic"]
     for arm in ("riskpo_paper", "grpo"):
-        assert f"| {arm} | 2 |" in text
+        assert chosen[arm] in (1.0e-5, 4.0e-5)
+        assert f"| {arm} | {chosen[arm]} | 2 |" in text
     assert "--spec conf/compare/ci.yaml" in text  # the command that regenerates it
     figures = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"arithmetic_over_steps.png", "arithmetic_pass_at_k.png", "arithmetic_entropy.png",
             "arithmetic_all_wrong_signal.png"} <= figures
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                            check=False)
-    assert again.returncode == 0 and "0 to run" in again.stderr  # finished runs are reused
+    assert again.returncode == 0 and again.stderr.count(" 0 to run") == 2  # sweep and seeds reused
