@@ -119,3 +119,24 @@ def test_plots_are_written_as_png(tmp_path):
 def test_plots_need_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics"):
         plot_run(tmp_path)
+
+
+def test_run_plots_of_held_out_metrics_start_at_step_0(tmp_path, monkeypatch):
+    """The evaluation before RL (summary.json's "initial") is drawn at step 0."""
+    from riskpo import plots
+
+    rows = [{"step": s, "train/reward_mean": 0.5, "eval/avg@8": 0.6, "eval/pass@8": 0.9} for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"initial": {"eval/avg@8": 0.4, "eval/pass@8": 0.8}, "final": {}, "steps": 2, "wall_s": 1}))
+    drawn = {}
+    real = plots._line_plot
+
+    def spy(path, plotted, keys, title, ylabel):
+        drawn[path.name] = [row["step"] for row in plotted if any(key in row for key in keys)]
+        return real(path, plotted, keys, title, ylabel)
+
+    monkeypatch.setattr(plots, "_line_plot", spy)
+    plots.plot_run(tmp_path)
+    assert drawn["eval_avg_at_k.png"] == drawn["eval_pass_at_k.png"] == [0, 1, 2]
+    assert drawn["reward.png"] == [1, 2]
