@@ -17,6 +17,10 @@ from riskpo.options import join, one_of, require
 # with per-response weights from the estimator.
 AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "paper_mean")
 RATIO_LEVELS = ("token", "sequence")  # PPO's token ratio, or GSPO's length-normalised sequence one
+# Importance sampling between the policy that sampled (the rollout engine's log-probs) and the
+# learner's old policy: none, per token, or per response; truncated at importance_cap. auto:
+# token when the loop trains on rollouts of older weights (trainer.off_policy_steps > 0).
+IMPORTANCE_CORRECTIONS = ("auto", "none", "token", "sequence")
 ENTROPY_CONTROLS = ("none", "clip_cov", "kl_cov")
 KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
 LOG_RATIO_CLAMP = 20.0  # exp() arguments are clamped to [-20, 20], as verl does
@@ -60,7 +64,8 @@ class LossConfig:
     kl_coef: float = 0.0  # 0: no reference model is loaded
     kl_kind: str = "low_var_kl"  # see KL_KINDS
     entropy_coef: float = 0.0
-    tis_cap: float | None = None  # truncated importance weight cap (rollout vs learner); null: off
+    importance_correction: str = "auto"  # see IMPORTANCE_CORRECTIONS
+    importance_cap: float = 2.0  # truncation of the importance weights
     ppo_epochs: int = 1
     ratio: str = "token"  # see RATIO_LEVELS
     entropy_control: str = "none"  # see ENTROPY_CONTROLS
@@ -76,9 +81,10 @@ class LossConfig:
         one_of(self.kl_kind, KL_KINDS, f"{key}.kl_kind")
         require(self.kl_coef >= 0.0, f"{key}.kl_coef", "must be >= 0 (0: no reference model)")
         require(self.entropy_coef >= 0.0, f"{key}.entropy_coef", "must be >= 0")
-        require(self.tis_cap is None or self.tis_cap >= 1.0, f"{key}.tis_cap",
-                f"{self.tis_cap}: a cap on importance weights below 1 discards on-policy samples",
-                "use >= 1 (e.g. 2.0) or null")
+        one_of(self.importance_correction, IMPORTANCE_CORRECTIONS, f"{key}.importance_correction")
+        require(self.importance_cap >= 1.0, f"{key}.importance_cap",
+                f"{self.importance_cap}: a cap on importance weights below 1 discards on-policy samples",
+                "use >= 1 (e.g. 2.0)")
         require(self.ppo_epochs >= 1, f"{key}.ppo_epochs", "must be >= 1")
         one_of(self.ratio, RATIO_LEVELS, f"{key}.ratio")
         one_of(self.entropy_control, ENTROPY_CONTROLS, f"{key}.entropy_control")
@@ -146,6 +152,21 @@ def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, respons
     return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
+def importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+                       response_mask: torch.Tensor, level: str,
+                       cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights [B, T] of the learner's old policy against the policy that
+    sampled (detached), and where the truncation bit: per token min(pi_old/pi_rollout, cap),
+    or per response min(prod_t pi_old/pi_rollout, cap) broadcast to its tokens."""
+    log_ratio = (old_logprobs - rollout_logprobs) * response_mask
+    if level == "sequence":
+        log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(old_logprobs)
+    elif level != "token":
+        raise ValueError(f"importance correction must be token or sequence, got {level!r}")
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
+    return ratio.clamp(max=cap), ratio > cap
+
+
 def _checked_advantages(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                         response_mask: torch.Tensor) -> torch.Tensor:
     """Advantages as [B, 1] or [B, T] in the log-probs' dtype, after the shapes are checked."""
@@ -170,7 +191,8 @@ def policy_loss(
     dual_clip: float | None = 3.0,
     aggregation: str = "token_mean",
     rollout_logprobs: torch.Tensor | None = None,
-    tis_cap: float | None = None,
+    correction: str = "none",
+    correction_cap: float = 2.0,
     ratio_level: str = "token",
     weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -179,15 +201,13 @@ def policy_loss(
     logprobs, old_logprobs, response_mask: [B, T]; advantages: [B] (broadcast to tokens) or
     [B, T]. Per token: ratio = importance_ratio (token or sequence level); loss = max(-A*ratio,
     -A*clip(ratio, 1-clip_low, 1+clip_high)); where A < 0 it is further capped at -A*dual_clip
-    (dual_clip None disables). With rollout_logprobs and tis_cap, each token loss is weighted
-    by min(exp(old - rollout), tis_cap) (detached): truncated importance sampling for the
-    rollout-engine/learner log-prob mismatch. weights: per-sequence weights for paper_mean.
-    Metrics: clip_fraction (share of tokens where the clipped term is taken),
-    dual_clip_fraction, approx_kl (mean old - new), and tis_mean.
+    (dual_clip None disables). correction "token" / "sequence" weighs each token loss by the
+    truncated importance weight importance_weights() gives (rollout_logprobs needed).
+    weights: per-sequence weights for paper_mean. Metrics: clip_fraction (share of tokens
+    where the clipped term is taken), dual_clip_fraction, approx_kl (mean old - new), and with
+    a correction is_mean and is_truncated_fraction.
     """
     advantages = _checked_advantages(logprobs, old_logprobs, advantages, response_mask)
-    if (rollout_logprobs is None) != (tis_cap is None):
-        raise ValueError("truncated importance sampling needs both rollout_logprobs and tis_cap")
     ratio = importance_ratio(logprobs, old_logprobs, response_mask, ratio_level)
     unclipped = -advantages * ratio
     clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
@@ -199,11 +219,14 @@ def policy_loss(
         dual_clipped = (advantages < 0) & (clipped > cap)
         token_loss = torch.where(advantages < 0, torch.minimum(clipped, cap), clipped)
     metrics: dict[str, float] = {}
-    if rollout_logprobs is not None:
-        mismatch = (old_logprobs - rollout_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        weight = torch.exp(mismatch).clamp(max=tis_cap).detach()
+    if correction != "none":
+        if rollout_logprobs is None:
+            raise ValueError(f"importance correction {correction!r} needs the rollout log-probs")
+        weight, truncated = importance_weights(old_logprobs, rollout_logprobs, response_mask,
+                                               correction, correction_cap)
         token_loss = token_loss * weight
-        metrics["tis_mean"] = _masked_mean(weight, response_mask).item()
+        metrics["is_mean"] = _masked_mean(weight, response_mask).item()
+        metrics["is_truncated_fraction"] = _masked_mean(truncated.to(weight.dtype), response_mask).item()
     loss = aggregate(token_loss, response_mask, aggregation, weights=weights)
     with torch.no_grad():
         clip_taken = (-advantages * clipped_ratio > unclipped).to(logprobs.dtype)
@@ -254,7 +277,14 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 
 # Per-micro-batch sums the objective reports; the learner adds them over micro-batches and
 # ranks and divides the token-weighted ones by "tokens".
-TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl", "cov_detached_fraction")
+TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl", "cov_detached_fraction",
+                          "is_mean", "is_truncated_fraction")
+
+
+def resolved_correction(config: LossConfig) -> str:
+    """The importance correction the loss applies ("auto" is settled by the run config from
+    trainer.off_policy_steps before a learner starts; a bare LossConfig means on-policy)."""
+    return "none" if config.importance_correction == "auto" else config.importance_correction
 
 
 def micro_batch_objective(
@@ -313,6 +343,9 @@ def micro_batch_objective(
         "entropy": _masked_sum(entropy.detach(), mask),
         "kl": _masked_sum(kl.detach(), mask),
         "cov_detached_fraction": pg_metrics.get("cov_detached_fraction", 0.0),
+        # importance weights (1 and none truncated without a correction), token-weighted
+        "is_mean": pg_metrics.get("is_mean", 1.0) * tokens,
+        "is_truncated_fraction": pg_metrics.get("is_truncated_fraction", 0.0) * tokens,
     }
     return loss, sums
 
@@ -334,8 +367,8 @@ def _policy_term(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.T
         logprobs, old_logprobs, advantages, mask,
         clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
         aggregation=config.aggregation,
-        rollout_logprobs=rollout_logprobs if config.tis_cap is not None else None,
-        tis_cap=config.tis_cap, ratio_level=config.ratio, weights=loss_weights,
+        rollout_logprobs=rollout_logprobs, correction=resolved_correction(config),
+        correction_cap=config.importance_cap, ratio_level=config.ratio, weights=loss_weights,
     )
     if config.aggregation == "token_mean":
         micro_units = mask.sum().item()

@@ -84,17 +84,28 @@ def test_token_level_advantages_equal_broadcast_sequence_advantages():
     assert per_sequence.item() == pytest.approx(per_token.item())
 
 
-def test_truncated_importance_sampling_weights_and_detaches():
+def test_truncated_importance_sampling_by_hand_token_and_sequence_level():
     new, old = _inputs()
     mask = torch.ones(2, 2, dtype=torch.bool)
-    weights = torch.tensor([[2.0, 0.5], [1.0, 4.0]], dtype=torch.float64)
+    weights = torch.tensor([[2.0, 0.5], [1.0, 4.0]], dtype=torch.float64)  # pi_old / pi_rollout
     rollout = old - weights.log()
-    loss, metrics = policy_loss(new, old, ADVANTAGES, mask, rollout_logprobs=rollout, tis_cap=1.5)
+    loss, metrics = policy_loss(new, old, ADVANTAGES, mask, rollout_logprobs=rollout,
+                                correction="token", correction_cap=1.5)
     capped = weights.clamp(max=1.5)
     assert loss.item() == pytest.approx((TOKEN_LOSSES * capped).mean().item())
-    assert metrics["tis_mean"] == pytest.approx(capped.mean().item())
-    with pytest.raises(ValueError, match="both"):
-        policy_loss(new, old, ADVANTAGES, mask, rollout_logprobs=rollout)
+    assert metrics["is_mean"] == pytest.approx(capped.mean().item())
+    assert metrics["is_truncated_fraction"] == pytest.approx(0.5)  # 2.0 and 4.0 were cut
+    # sequence level: the product over the response, 2 * 0.5 = 1 and 1 * 4 = 4 -> 1.5
+    loss, metrics = policy_loss(new, old, ADVANTAGES, mask, rollout_logprobs=rollout,
+                                correction="sequence", correction_cap=1.5)
+    per_row = torch.tensor([[1.0], [1.5]], dtype=torch.float64)
+    assert loss.item() == pytest.approx((TOKEN_LOSSES * per_row).mean().item())
+    assert metrics["is_truncated_fraction"] == pytest.approx(0.5)
+    new.grad = None
+    loss.backward()  # the weights are detached: gradient only through the PPO ratio
+    assert new.grad[0, 1].item() == pytest.approx(-0.9 / 4 * 1.0)
+    with pytest.raises(ValueError, match="rollout log-probs"):
+        policy_loss(new, old, ADVANTAGES, mask, correction="token")
 
 
 def test_policy_loss_input_errors():
@@ -138,7 +149,8 @@ def test_entropy_matches_naive_softmax_and_survives_huge_logits():
 def test_loss_options_are_checked_once_naming_the_key():
     LossConfig().check("algorithm.loss")
     for bad, key in ((LossConfig(dual_clip=1.0), "dual_clip"), (LossConfig(aggregation="sum"), "aggregation"),
-                     (LossConfig(kl_kind="k4"), "kl_kind"), (LossConfig(tis_cap=0.5), "tis_cap")):
+                     (LossConfig(kl_kind="k4"), "kl_kind"), (LossConfig(importance_cap=0.5), "importance_cap"),
+                     (LossConfig(importance_correction="tokens"), "importance_correction")):
         with pytest.raises(ConfigError) as error:
             bad.check("algorithm.loss")
         assert error.value.key == f"algorithm.loss.{key}"
