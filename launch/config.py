@@ -7,6 +7,8 @@ declared is an error at composition.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ from riskpo.data.synthetic import SYNTHETIC_SOURCES
 from riskpo.logging import LoggerConfig
 from riskpo.messages import SamplingConfig
 from riskpo.modeling import TINY_MODEL, ModelConfig
-from riskpo.options import ConfigError, require
+from riskpo.options import ConfigError, one_of, require
 from riskpo.trainer import TrainerConfig
 from workers.learner.config import LearnerConfig
 from workers.rollout import ENGINE_CAPABILITIES, EngineConfig
 from workers.verifier.config import VerifierConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+RUN_DIR_POLICIES = ("refuse", "overwrite", "new")
 
 
 @dataclass
@@ -43,6 +46,9 @@ class RunConfig:
     seed: int = 0
     run_dir: str | None = None  # null: Hydra's output directory
     resume: str = "never"  # never | auto (latest checkpoint in run_dir) | <checkpoint dir>
+    # A fresh run into a run_dir that already holds a run (launch/run_dir.py): refuse (say what
+    # to do) | overwrite (delete that run first) | new (write to run_dir-2, -3, ...)
+    run_dir_policy: str = "refuse"
     experiment_name: str = "embedded"
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -71,9 +77,27 @@ def _first_set(value: Any, fallback: Any) -> Any:
     return fallback if value in (None, "") else value
 
 
+def _output_dir(run_dir: Any, fallback: Any) -> Any:
+    """Hydra's output directory: run_dir when given and creatable, else `fallback` when run_dir
+    is not given, else the temp dir (Hydra writes nothing there: no .hydra/, no log file), so
+    that an unwritable run_dir is reported by launch/run_dir.py in one line, not by Hydra's
+    mkdir as a traceback."""
+    if run_dir in (None, ""):
+        return fallback
+    return run_dir if _can_create_dir(Path(str(run_dir)).expanduser()) else tempfile.gettempdir()
+
+
+def _can_create_dir(path: Path) -> bool:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
 if not OmegaConf.has_resolver("riskpo_first_set"):
-    # conf/config.yaml: hydra.run.dir follows run_dir when it is given.
     OmegaConf.register_new_resolver("riskpo_first_set", _first_set)
+if not OmegaConf.has_resolver("riskpo_output_dir"):
+    # conf/config.yaml: hydra.run.dir follows run_dir when it is given.
+    OmegaConf.register_new_resolver("riskpo_output_dir", _output_dir)
 register_configs()
 
 
@@ -153,6 +177,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
 def _check_run(run: RunConfig) -> None:
     require(run.seed >= 0, "seed", f"{run.seed} is negative", "use a seed >= 0")
+    one_of(run.run_dir_policy, RUN_DIR_POLICIES, "run_dir_policy")
     if run.resume not in ("never", "auto"):
         require(Path(run.resume).expanduser().is_dir(), "resume",
                 f"{run.resume!r} is not a checkpoint directory",

@@ -4,8 +4,11 @@ as the cluster config says (launch/placement.py)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from launch.placement import (
     required_resources,
     reserve_placement,
 )
+from launch.reachability import unreachable
 from riskpo.modeling import TINY_MODEL
 from riskpo.options import ConfigError
 from workers.learner.config import LearnerSpec
@@ -49,29 +53,89 @@ def prepare_model(run: RunConfig, console: Console) -> str:
     return str(target)
 
 
+_STARTED_DIRS: list[Path] = []  # Ray temp/session directories of the local clusters started here
+
+
 def start_local_ray(num_cpus: int) -> None:
-    """A local Ray cluster of num_cpus logical CPUs, with the actors' environment."""
+    """A local Ray cluster of num_cpus logical CPUs, with the actors' environment. It lives in a
+    fresh directory under the temp dir (or a session under $RAY_TMPDIR), which shutdown_ray
+    removes again (at exit too, whatever stops the process short of SIGKILL)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    temp_dir = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=512 * 1024 * 1024, runtime_env={"env_vars": ACTOR_ENV},
-             _temp_dir=temp_dir)
+    shared = os.environ.get("RAY_TMPDIR")
+    temp_dir = shared or tempfile.mkdtemp(prefix="ray-riskpo-")
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024, runtime_env={"env_vars": ACTOR_ENV},
+                 _temp_dir=temp_dir)
+    except BaseException:
+        if not shared:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    if not _STARTED_DIRS:
+        atexit.unregister(shutdown_ray)
+        atexit.register(shutdown_ray)
+    _STARTED_DIRS.append(_session_dir() if shared else Path(temp_dir))
+
+
+def shutdown_ray() -> None:
+    """Disconnects from Ray: a local cluster started here stops, and its directory under the
+    temp dir is removed. Safe to call more than once."""
+    import ray
+
+    ray.shutdown()
+    while _STARTED_DIRS:
+        path = _STARTED_DIRS.pop()
+        for _ in range(3):  # Ray's processes may still be closing their logs
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                break
+            time.sleep(0.2)
+        latest = path.parent / "session_latest"
+        if latest.is_symlink() and not latest.exists():
+            latest.unlink()
+
+
+def _session_dir() -> Path:
+    import ray
+
+    return Path(ray._private.worker._global_node.get_session_dir_path())
+
+
+def cluster_address(run: RunConfig) -> tuple[str | None, str]:
+    """The address to join and the key that set it (cluster.address or RAY_ADDRESS)."""
+    if run.cluster.address:
+        return run.cluster.address, "cluster.address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def check_reachable(run: RunConfig) -> None:
+    """Raises ConfigError within cluster.connect_timeout_s when the cluster address given does
+    not accept connections (Ray itself would retry for about 14 minutes)."""
+    address, key = cluster_address(run)
+    problem = unreachable(address, run.cluster.connect_timeout_s) if address else None
+    if problem:
+        raise ConfigError(key, f"no Ray cluster answered at {address} ({problem})",
+                          f"check that the head node is up (ray status --address {address}), the "
+                          "host and port (GCS, 6379 by default) and firewalls; raise "
+                          f"cluster.connect_timeout_s for a slow start, or unset {key} to start "
+                          "a local cluster")
 
 
 def connect_ray(run: RunConfig, console: Console) -> bool:
-    """Joins cluster.address or RAY_ADDRESS when given, else starts a local cluster with enough
-    logical CPUs for the run's actors. Returns True when this call connected (the caller
-    disconnects at the end). Raises when the cluster cannot hold the actors, rather than
-    letting them wait forever for resources."""
+    """Joins cluster.address or RAY_ADDRESS when given (within cluster.connect_timeout_s),
+    else starts a local cluster with enough logical CPUs for the run's actors. Returns True
+    when this call connected (the caller calls shutdown_ray at the end). Raises when the
+    cluster cannot hold the actors, rather than letting them wait forever for resources."""
     import ray
 
     if ray.is_initialized():
         check_resources(run, ray.cluster_resources())
         return False
-    address = run.cluster.address or os.environ.get("RAY_ADDRESS")
+    address, _ = cluster_address(run)
     if address:
+        check_reachable(run)
         console.print(f"ray: joining the cluster at {address}")
         ray.init(address=address, runtime_env={"env_vars": ACTOR_ENV}, log_to_driver=False)
     else:
@@ -81,7 +145,7 @@ def connect_ray(run: RunConfig, console: Console) -> bool:
     try:
         check_resources(run, ray.cluster_resources())
     except ConfigError:
-        ray.shutdown()
+        shutdown_ray()
         raise
     return True
 

@@ -21,6 +21,7 @@ class ClusterConfig:
 
     name: str = "local"
     address: str | None = None  # null: RAY_ADDRESS if set, else start a local cluster
+    connect_timeout_s: float = 15.0  # seconds to wait for an address that does not answer
     num_cpus: int | None = None  # local cluster only; null: Ray's default
     rollout_gpus_per_actor: float = 0.0
     learner_gpus_per_rank: float = 0.0
@@ -43,6 +44,7 @@ class ClusterConfig:
                      "learner_cpus_per_rank", "verifier_cpus_per_actor"):
             require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
         one_of(self.placement_strategy, PLACEMENT_STRATEGIES, f"{key}.placement_strategy")
+        require(self.connect_timeout_s > 0, f"{key}.connect_timeout_s", "must be > 0 seconds")
         require(self.num_cpus is None or self.num_cpus >= 1, f"{key}.num_cpus", "must be >= 1 or null")
         for name in MARKER_KEYS.values():
             require(getattr(self, name) is None or bool(getattr(self, name)), f"{key}.{name}",

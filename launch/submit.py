@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from launch.reachability import unreachable
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # gitignore-style patterns, relative to the working directory that Ray uploads. A leading "/"
@@ -265,6 +267,17 @@ def _parse_resources(pairs: Sequence[str]) -> dict[str, float]:
     return resources
 
 
+def _fail(line: str) -> int:
+    """One line on stderr, exit status 2: nothing was submitted (or is being followed)."""
+    print(f"riskpo-submit: {line}", file=sys.stderr)
+    return 2
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="riskpo-submit",
@@ -294,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--entrypoint-num-gpus", type=float, default=None)
     parser.add_argument("--entrypoint-resource", action="append", default=[], metavar="NAME=N",
                         help="custom resource the driver process needs (repeatable)")
+    parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="give up when the dashboard address does not answer within this "
+                             "long (default: 15)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the jobs and runtime_env without contacting a cluster")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, exactly as riskpo-train")
@@ -329,19 +345,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{run.submission_id}: {run.entrypoint}")
         return 0
 
+    return submit_and_follow(runs, options, args.connect_timeout, wait=not args.no_wait)
+
+
+def submit_and_follow(runs: Sequence[RunSpec], options: SubmitOptions, connect_timeout_s: float,
+                      wait: bool = True) -> int:
+    """Submits the runs and, with `wait`, follows them to the end; returns the exit status. A
+    cluster that cannot be reached (within connect_timeout_s) or refuses is one line, status 2."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    problem = unreachable(options.address, connect_timeout_s)
     try:  # Ray heads require a token by default: RAY_AUTH_MODE=token and the head's token here
+        if problem:
+            raise ConnectionError(problem)
         client = JobSubmissionClient(options.address)
         job_ids = submit_runs(client, runs, options)
     except AuthenticationError as error:
-        print(f"riskpo-submit: {options.address}: {error}", file=sys.stderr)
-        return 2
+        return _fail(f"{options.address}: {error}")
+    except (ConnectionError, OSError) as error:  # requests' errors are OSErrors too
+        return _fail(f"cannot reach the Ray dashboard at {options.address} ({_first_line(error)})"
+                     " -> check that the head node is up (`ray status` there), the address and "
+                     "the dashboard port (8265 by default), and firewalls")
+    except RuntimeError as error:  # the dashboard answered with an error
+        return _fail(f"the cluster at {options.address} did not take the job: {_first_line(error)}")
     _print_submitted(runs, job_ids, options.address)
-    if args.no_wait:
+    if not wait:
         return 0
-    statuses = follow_jobs(client, job_ids)
+    try:
+        statuses = follow_jobs(client, job_ids)
+    except (ConnectionError, OSError, RuntimeError) as error:
+        return _fail(f"lost the connection to {options.address} while following the jobs "
+                     f"({_first_line(error)}); they may still run: ray job status --address "
+                     f"{options.address} JOB_ID")
     for job_id, status in statuses.items():
         print(f"{job_id}: {status}")
     summary = summarize_runs(runs)
@@ -352,7 +388,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("run directories are not visible from this machine: run "
               "`python -m launch.sweep_summary RUN_DIR...` where they are")
     return exit_code(statuses)
-
 
 if __name__ == "__main__":
     sys.exit(main())

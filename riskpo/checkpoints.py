@@ -41,7 +41,7 @@ def write_checkpoint(run_dir: Path, learner: CheckpointWriter, extra: dict[str, 
     a write cut short by anything is removed."""
     step = int(extra["step"])
     path, last = checkpoint_path(run_dir, step), last_complete_checkpoint(run_dir)
-    needed = directory_bytes(last) if last else first_estimate
+    needed = checkpoint_bytes_needed(run_dir, first_estimate)
     kept = f"last complete checkpoint: {checkpoint_note(last)}"
     problem = space_problem(path.parent, needed)
     if problem:
@@ -63,6 +63,12 @@ def write_checkpoint(run_dir: Path, learner: CheckpointWriter, extra: dict[str, 
         raise
     prune_checkpoints(run_dir, keep)
     return path
+
+
+def checkpoint_bytes_needed(run_dir: Path, first_estimate: int) -> int:
+    """What the next checkpoint takes: what the last one took, else `first_estimate`."""
+    last = last_complete_checkpoint(run_dir)
+    return directory_bytes(last) if last else first_estimate
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
