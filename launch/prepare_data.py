@@ -1,9 +1,12 @@
-"""Convert GSM8K, MATH, DAPO-Math-17k and AIME 2024 (from the Hugging Face hub or local files) into
-the verl row format: prompt messages, data_source, reward_model {style, ground_truth}, extra_info."""
+"""Convert GSM8K, MATH, DAPO-Math-17k, AIME 2024 and Geometry3K (from the Hugging Face hub or local
+files) into the verl row format: prompt messages, data_source, reward_model {style,
+ground_truth}, extra_info; Geometry3K rows add `images` (PNG bytes, one per <image> placeholder)."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -87,6 +90,42 @@ def convert_dapo(record: Mapping[str, Any], index: int, split: str) -> Row:
     return _row(prompt, "BytedTsinghua-SIA/DAPO-Math-17k", answer, extra)
 
 
+IMAGE_PLACEHOLDER = "<image>"  # riskpo.data.rows.IMAGE_PLACEHOLDER (the row format's)
+
+
+def image_png_bytes(image: Any) -> bytes:
+    """One image of a record as encoded bytes: a PIL image (what `datasets` decodes an Image
+    column to) re-encoded as PNG, or a {"bytes": ...} struct (an undecoded parquet column)."""
+    if isinstance(image, dict) and image.get("bytes"):
+        return bytes(image["bytes"])
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if hasattr(image, "save"):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise ValueError(f"an image must be a PIL image or hold its bytes, got {type(image).__name__}")
+
+
+def convert_geometry3k(record: Mapping[str, Any], index: int, split: str) -> Row:
+    """Geometry3K (hiyouga/geometry3k, verl's geo3k example): a problem whose text holds an
+    <image> placeholder per figure; a placeholder missing from the text is put first."""
+    problem = str(_field(record, "problem")).strip()
+    images = [image_png_bytes(image) for image in _field(record, "images")]
+    if not images:
+        raise ValueError("a Geometry3K record without its figure")
+    missing = len(images) - problem.count(IMAGE_PLACEHOLDER)
+    if missing < 0:
+        raise ValueError(f"{problem.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders "
+                         f"for {len(images)} image(s)")
+    problem = IMAGE_PLACEHOLDER * missing + problem
+    answer = str(_field(record, "answer")).strip()
+    extra = {"split": split, "index": index, "answer_format": "boxed"}
+    row = _row(_user_prompt(problem, BOXED_INSTRUCTION), "hiyouga/geometry3k", answer, extra)
+    row["images"] = [{"bytes": image, "path": None} for image in images]
+    return row
+
+
 def convert_aime(record: Mapping[str, Any], index: int, split: str) -> Row:
     problem = _field(record, "problem")
     answer = str(_field(record, "answer")).strip()
@@ -113,6 +152,8 @@ RECIPES: dict[str, DatasetRecipe] = {
         "BytedTsinghua-SIA/DAPO-Math-17k", None, ("train",), convert_dapo, deduplicate=True
     ),
     "aime_2024": DatasetRecipe("HuggingFaceH4/aime_2024", None, ("train",), convert_aime),
+    "geometry3k": DatasetRecipe("hiyouga/geometry3k", None, ("train", "validation", "test"),
+                                convert_geometry3k),
 }
 
 
@@ -164,9 +205,16 @@ def write_rows(rows: Sequence[Row], output: Path) -> None:
         pq.write_table(pa.Table.from_pylist(list(rows)), output)
     elif output.suffix == ".jsonl":
         with output.open("w") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
+            handle.writelines(json.dumps(row, default=_data_uri) + "\n" for row in rows)
     else:
         raise ValueError(f"{output}: output must end in .parquet or .jsonl")
+
+
+def _data_uri(value: Any) -> str:
+    """Image bytes in a jsonl row: a data URI (the row loader reads them back as bytes)."""
+    if isinstance(value, bytes | bytearray):
+        return "data:image/png;base64," + base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def prepare(
@@ -195,7 +243,7 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `python -m launch.prepare_data gsm8k math --output-dir data`."""
+    """Command line: `python -m launch.prepare_data gsm8k math geometry3k --output-dir data`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("datasets", nargs="+", choices=sorted(RECIPES))
     parser.add_argument("--output-dir", type=Path, default=Path("data"))

@@ -77,11 +77,18 @@ class SamplingConfig:
 
 @dataclass
 class Prompt:
-    """One prompt: exactly one of token_ids, text or messages (rendered with the chat template)."""
+    """One prompt: exactly one of token_ids, text or messages (rendered with the chat template).
+
+    images: encoded images (PNG, JPEG, ...) of a multimodal prompt, one per "<image>"
+    placeholder (riskpo.data.rows.IMAGE_PLACEHOLDER) in its text or messages, in order; the
+    engines render such a prompt with the model's processor (riskpo/vlm.py), which puts the
+    model's image tokens where the placeholders are. Encoded bytes keep the message small and
+    free of tensors."""
 
     token_ids: list[int] | None = None
     text: str | None = None
     messages: list[dict[str, str]] | None = None
+    images: list[bytes] | None = None
 
 
 @dataclass
@@ -117,6 +124,9 @@ def render_prompt(prompt: Prompt, tokenizer: Any, index: int = 0) -> list[int]:
         raise ValueError(
             f"prompt {index}: set exactly one of token_ids, text, messages (got {given or 'none'})"
         )
+    if prompt.images:
+        raise ValueError(f"prompt {index} has images: a text tokenizer cannot render it (the "
+                         "model's processor does: riskpo.vlm.render_image_prompt)")
     if prompt.token_ids is not None:
         token_ids = list(prompt.token_ids)
     elif prompt.text is not None:

