@@ -64,7 +64,8 @@ def start_local_ray(num_cpus: int) -> None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     shared = os.environ.get("RAY_TMPDIR")
-    temp_dir = shared or tempfile.mkdtemp(prefix="ray-riskpo-")
+    base = tempfile.gettempdir()  # Ray's socket paths under it must stay below 108 bytes
+    temp_dir = shared or tempfile.mkdtemp(prefix="ray-riskpo-", dir=base if len(base) <= 24 else "/tmp")
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 * 1024 * 1024, runtime_env={"env_vars": ACTOR_ENV},
@@ -73,10 +74,12 @@ def start_local_ray(num_cpus: int) -> None:
         if not shared:
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise
-    if not _STARTED_DIRS:
-        atexit.unregister(shutdown_ray)
-        atexit.register(shutdown_ray)
-    _STARTED_DIRS.append(_session_dir() if shared else Path(temp_dir))
+    started = _session_dir() if shared else Path(temp_dir)
+    if started is not None:
+        if not _STARTED_DIRS:
+            atexit.unregister(shutdown_ray)
+            atexit.register(shutdown_ray)
+        _STARTED_DIRS.append(started)
 
 
 def shutdown_ray() -> None:
@@ -97,10 +100,14 @@ def shutdown_ray() -> None:
             latest.unlink()
 
 
-def _session_dir() -> Path:
+def _session_dir() -> Path | None:
+    """The session directory of the local cluster just started (Ray has no public call)."""
     import ray
 
-    return Path(ray._private.worker._global_node.get_session_dir_path())
+    try:
+        return Path(ray._private.worker._global_node.get_session_dir_path())
+    except AttributeError:
+        return None
 
 
 def cluster_address(run: RunConfig) -> tuple[str | None, str]:

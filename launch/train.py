@@ -88,7 +88,7 @@ def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
                   f"{run.trainer.total_steps} steps -> {plan.run_dir}")
     train_rows, eval_rows = load_checked_data(run.data, prompt_tokenizer(run.model))
     console.print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows; "
-                  f"{describe_step_shape(run.algorithm, run.trainer)}")
+                  f"{describe_step_shape(run.algorithm, run.trainer)}", soft_wrap=True, highlight=False)
     check_reachable(run)
     check_output_paths(run, plan.run_dir)
     if plan.note:

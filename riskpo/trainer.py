@@ -238,10 +238,10 @@ class Trainer:
             self.logger.log_step(metrics)
             if stopping:
                 raise self.non_finite_stop(self.health.problem(), self.health.first_bad_step)
-            save_due = save_due or bool(t.save_every and self.step % t.save_every == 0
-                                        or self.step == t.total_steps)
-            if save_due:
-                save_due = not self._save_if_healthy(healthy)
+            scheduled = bool(t.save_every and self.step % t.save_every == 0
+                             or self.step == t.total_steps)
+            if save_due or scheduled:
+                save_due = not self._save_if_healthy(healthy, say_so=scheduled)
         final = last_eval or self.evaluate()
         self.logger.console.print(f"[bold]after RL[/]: {_format_eval(final)}")
         wall_s = self.wall_s
@@ -277,13 +277,15 @@ class Trainer:
             f"training stopped at step {self.step}: {problem}{note}; last good checkpoint: "
             f"{checkpoint_note(last_complete_checkpoint(self.run_dir))}", self.step)
 
-    def _save_if_healthy(self, healthy: bool) -> bool:
-        """Saves unless the step's updates were not finite (then the next healthy step saves)."""
+    def _save_if_healthy(self, healthy: bool, say_so: bool = True) -> bool:
+        """Saves unless the step's updates were not finite (then the next healthy step saves;
+        say_so: an event says it)."""
         if healthy:
             self.save_checkpoint()
             return True
-        self.logger.event("checkpoint/deferred", "not saving a model whose last update was not "
-                          "finite; the next step with finite updates saves", step=self.step)
+        if say_so:
+            self.logger.event("checkpoint/deferred", "not saving a model whose last update was "
+                              "not finite; the next step with finite updates saves", step=self.step)
         return False
 
     def train_step(self) -> dict[str, float]:
@@ -391,13 +393,17 @@ class Trainer:
         result = self.estimator(rewards, question_ids, None, self.run.algorithm,
                                 self.advantage_state, valid)
         samples = [s for per_prompt in rollouts.completions for s in per_prompt]
+        # image rows: every sample of a prompt shares the prompt's list of encoded images
+        row_images = [list(row.images) for row in rollouts.rows]
+        images = [row_images[p] for p, per_prompt in enumerate(rollouts.completions)
+                  for _ in per_prompt] if any(row_images) else None
         batch = TrainBatch(
             prompt_ids=[s.prompt_token_ids for s in samples],
             response_ids=[s.token_ids for s in samples],
             rollout_logprobs=[s.logprobs for s in samples],
             advantages=result.advantages.float(),
             loss_mask=valid & torch.tensor([len(s.token_ids) > 0 for s in samples]),
-            loss_weights=result.loss_weights)
+            loss_weights=result.loss_weights, images=images)
         return batch, result.metrics
 
     def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:

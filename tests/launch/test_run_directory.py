@@ -135,6 +135,7 @@ def test_policy_new_writes_beside_the_run_and_leaves_it_alone(finished_run, tmp_
     ray_tmpdir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))  # a shared Ray temp dir
     try:
         result = riskpo_train("trainer.total_steps=1", "run_dir_policy=new", f"run_dir={run_dir}",
+                              "trainer.prompts_per_step=7", "algorithm.drop_last_bundle=true",
                               env={"RAY_TMPDIR": str(ray_tmpdir)})
         assert result.returncode == 0, result.stderr[-3000:]
         assert not list(ray_tmpdir.glob("session_*"))  # this run's session went, not the dir
@@ -143,6 +144,10 @@ def test_policy_new_writes_beside_the_run_and_leaves_it_alone(finished_run, tmp_
     assert snapshot(run_dir) == before
     assert f"this run writes to {run_dir}-2" in result.stderr.replace("\n", " ")
     assert [row["step"] for row in read_metrics(tmp_path / "R-2")] == [1]
+    # said once at start-up: what a step really uses
+    assert result.stderr.count("each step: 5 prompts in bundles of 5; algorithm.drop_last_bundle "
+                               "drops 2 of the trainer.prompts_per_step=7 prompts every step") == 1
+    assert [len(r["rows"]) for r in read_jsonl(tmp_path / "R-2" / "prompts.jsonl")] == [5]
 
 
 def test_a_resume_may_change_length_cadence_and_logging_and_continues_the_records(
@@ -382,8 +387,9 @@ def test_a_diverging_run_stops_naming_the_step_the_metric_and_the_last_good_chec
         shutil.rmtree(temp, ignore_errors=True)
     assert result.returncode == 1, result.stderr[-3000:]
     line = last_line(result)
-    stop = read_jsonl(run_dir / "events.jsonl")[-1]
-    first = next(e for e in read_jsonl(run_dir / "events.jsonl") if e["kind"] == "train/non_finite")
+    assert line.startswith("stopped: training stopped at step "), line
+    events = read_jsonl(run_dir / "events.jsonl")
+    stop, first = events[-1], [e for e in events if e["kind"] == "train/non_finite"][0]
     assert stop["kind"] == "stopped" and stop["step"] >= first["step"]
     assert line.startswith(f"stopped: training stopped at step {stop['step']}: ")
     assert "not finite" in line and ("actor/grad_norm" in line or "actor/loss" in line)
