@@ -18,6 +18,12 @@ class TrainBatch:
 
     Token lists are unpadded; the learner pads and packs them into micro-batches. The
     learner's own log-probs (old policy, reference) are computed and kept on its ranks.
+
+    images: for a vision-language model, each row's encoded images (its prompt's, in order;
+    the n samples of a prompt share one list, which pickles once). prompt_ids already hold the
+    expanded image tokens (the engine's processor put them there); the learner's processor
+    recomputes the pixel inputs from these bytes, which are a small fraction of the pixel
+    tensors (docs/cluster.md, "Multimodal").
     """
 
     prompt_ids: list[list[int]]
@@ -27,6 +33,7 @@ class TrainBatch:
     loss_mask: torch.Tensor  # [N] bool; False rows (infrastructure failures) carry no loss
     # [N] the estimator's per-response loss weights (aggregation paper_mean); None otherwise
     loss_weights: torch.Tensor | None = None
+    images: list[list[bytes]] | None = None  # [N] encoded images of each row's prompt
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -36,6 +43,8 @@ class TrainBatch:
         sizes = {len(self.prompt_ids), len(self.rollout_logprobs), self.advantages.numel(), self.loss_mask.numel()}
         if self.loss_weights is not None:
             sizes.add(self.loss_weights.numel())
+        if self.images is not None:
+            sizes.add(len(self.images))
         if sizes != {n}:
             raise ValueError(f"TrainBatch fields disagree on the number of rows: {sizes | {n}}")
         for i, (r, lp) in enumerate(zip(self.response_ids, self.rollout_logprobs, strict=True)):
@@ -51,6 +60,8 @@ class Verdicts:
     rewards: torch.Tensor  # [P, n] float32, 0 where masked
     valid: torch.Tensor  # [P, n] bool; False: no verdict (infrastructure failure or bad input)
     statuses: list[list[str]]  # [P][n] the verifier's status of each sample
+    # [P][n] the answer the verifier read, where it reports one (Countdown: the expression)
+    answers: list[list[str | None]] | None = None
 
     @classmethod
     def from_results(cls, results: Sequence[Sequence[dict[str, Any]]]) -> Verdicts:
@@ -59,9 +70,8 @@ class Verdicts:
         rewards = [[float(r["reward"]) if ok else 0.0 for r, ok in zip(per_prompt, oks, strict=True)]
                    for per_prompt, oks in zip(results, valid, strict=True)]
         statuses = [[str(r["status"]) for r in per_prompt] for per_prompt in results]
+        answers = [[r.get("expression") for r in per_prompt] for per_prompt in results]
         width = len(results[0]) if results else 0
-    # [P][n] the answer the verifier read, where it reports one (Countdown: the expression)
-    answers: list[list[str | None]] | None = None
         if any(len(per_prompt) != width for per_prompt in results):
             raise ValueError("Verdicts need the same number of samples for every prompt")
         return cls(torch.tensor(rewards, dtype=torch.float32).reshape(len(results), width),
@@ -71,7 +81,6 @@ class Verdicts:
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
-        answers = [[r.get("expression") for r in per_prompt] for per_prompt in results]
     def select(self, prompts: Sequence[int]) -> Verdicts:
         """The verdicts of the given prompts, in that order."""
         index = torch.as_tensor(list(prompts), dtype=torch.long)
@@ -86,6 +95,9 @@ class Verdicts:
     @staticmethod
     def concat(parts: Sequence[Verdicts]) -> Verdicts:
         """The verdicts of several groups of prompts, one after another."""
+        answers = None
+        if all(p.answers is not None for p in parts):
+            answers = [a for p in parts for a in p.answers]
         return Verdicts(torch.cat([p.rewards for p in parts]), torch.cat([p.valid for p in parts]),
                         [s for p in parts for s in p.statuses], answers)
 
@@ -94,6 +106,3 @@ class Verdicts:
         low = torch.where(self.valid, self.rewards, torch.inf).amin(dim=1)
         high = torch.where(self.valid, self.rewards, -torch.inf).amax(dim=1)
         return high > low
-        answers = None
-        if all(p.answers is not None for p in parts):
-            answers = [a for p in parts for a in p.answers]

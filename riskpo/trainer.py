@@ -393,13 +393,17 @@ class Trainer:
         result = self.estimator(rewards, question_ids, None, self.run.algorithm,
                                 self.advantage_state, valid)
         samples = [s for per_prompt in rollouts.completions for s in per_prompt]
+        # image rows: every sample of a prompt shares the prompt's list of encoded images
+        row_images = [list(row.images) for row in rollouts.rows]
+        images = [row_images[p] for p, per_prompt in enumerate(rollouts.completions)
+                  for _ in per_prompt] if any(row_images) else None
         batch = TrainBatch(
             prompt_ids=[s.prompt_token_ids for s in samples],
             response_ids=[s.token_ids for s in samples],
             rollout_logprobs=[s.logprobs for s in samples],
             advantages=result.advantages.float(),
             loss_mask=valid & torch.tensor([len(s.token_ids) > 0 for s in samples]),
-            loss_weights=result.loss_weights)
+            loss_weights=result.loss_weights, images=images)
         return batch, result.metrics
 
     def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:

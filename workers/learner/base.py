@@ -3,7 +3,8 @@
 A backend (DeepSpeed today, FSDP2 later) implements the primitives below -- initialize,
 forward, backward, optimizer step, full-parameter iteration, save/load, export -- and inherits
 `prepare` and `train_step`, so adding a backend is one module. The objective itself is
-riskpo.losses.micro_batch_objective.
+riskpo.losses.micro_batch_objective. A vision-language policy's micro-batches carry the pixel
+inputs of their rows' images (workers/learner/vision.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from riskpo.batch import TrainBatch
 from riskpo.losses import TOKEN_WEIGHTED_METRICS, micro_batch_objective, token_logprobs
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import MicroBatch, RankPlan, RowLogprobs, collate, response_values
+from workers.learner.vision import ImageInputs
 from workers.weight_sync import TensorSpec
 
 
@@ -43,6 +45,7 @@ class LearnerBackend(ABC):
     pad_token_id: int
     device: torch.device
     prepared: PreparedBatch | None = None  # the current step's batch (prepare -> train_step)
+    images: ImageInputs | None = None  # set by initialize for a vision-language model
 
     # ---------------------------------------------------------------- primitives
 
@@ -90,7 +93,7 @@ class LearnerBackend(ABC):
         """Per-token log-probs of the response tokens of the planned rows (row -> [len])."""
         values: dict[int, torch.Tensor] = {}
         for rows in plan:
-            micro = collate(batch, rows, self.pad_token_id).to(self.device)
+            micro = self._collate(batch, rows).to(self.device)
             logits = self.forward(micro, reference=reference)
             if rows:
                 per_token = token_logprobs(logits, micro.input_ids, self.spec.temperature).cpu()
@@ -100,6 +103,8 @@ class LearnerBackend(ABC):
     def prepare(self, batch: TrainBatch, plan: RankPlan) -> dict[str, float]:
         """Computes and keeps the old (and reference) log-probs of this rank's rows of the
         step's batch; returns the sums behind the rollout-vs-learner log-prob gap."""
+        if self.images is not None:
+            self.images.new_batch()
         old = self.logprobs(batch, plan)
         ref = self.logprobs(batch, plan, reference=True) if self.spec.loss.uses_reference_model else None
         self.prepared = PreparedBatch(batch, old, ref)
@@ -124,8 +129,8 @@ class LearnerBackend(ABC):
         for mini_batch, (plan, units) in enumerate(zip(mini_batch_plans, loss_units, strict=True)):
             sums: dict[str, float] = dict.fromkeys(("loss", "tokens", *TOKEN_WEIGHTED_METRICS), 0.0)
             for index, rows in enumerate(plan):
-                micro = collate(prepared.batch, rows, self.pad_token_id, prepared.old_logprobs,
-                                prepared.ref_logprobs).to(self.device)
+                micro = self._collate(prepared.batch, rows, prepared.old_logprobs,
+                                      prepared.ref_logprobs).to(self.device)
                 generator = torch.Generator().manual_seed(
                     hash((self.spec.seed, step, self.rank, mini_batch, index)) % (2**63))
                 loss = self._micro_batch_loss(micro, units, sums, generator)
@@ -133,6 +138,14 @@ class LearnerBackend(ABC):
             sums.update(self.optimizer_step())
             results.append(sums)
         return results
+
+    def _collate(self, batch: TrainBatch, rows: list[int], old_logprobs: RowLogprobs | None = None,
+                 ref_logprobs: RowLogprobs | None = None) -> MicroBatch:
+        """collate, plus the rows' pixel inputs for a vision-language model."""
+        micro = collate(batch, rows, self.pad_token_id, old_logprobs, ref_logprobs)
+        if self.images is None:
+            return micro
+        return self.images.attach(micro, batch, rows, self.pad_token_id)
 
     def _micro_batch_loss(self, micro: MicroBatch, loss_units: float, sums: dict[str, float],
                           generator: torch.Generator | None = None) -> torch.Tensor:

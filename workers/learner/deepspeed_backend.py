@@ -1,5 +1,7 @@
 """DeepSpeed learner backend: ZeRO 0-3, float32 or bfloat16, gloo on CPU and NCCL on GPU,
-a torch AdamW (no JIT-built ops on CPU), optional offload and gradient checkpointing."""
+a torch AdamW (no JIT-built ops on CPU), optional offload and gradient checkpointing. A
+vision-language policy trains whole (vision tower, projector, language model), takes its
+micro-batches' pixel inputs in forward, and exports with its processor."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ from typing import Any
 import deepspeed
 import deepspeed.ops
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
+from riskpo.modeling import load_policy
+from riskpo.vlm import load_processor, mask_suppressed, suppressed_token_ids, token_type_inputs
 from workers.learner.base import LearnerBackend, ensure_directory
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import MicroBatch
+from workers.learner.vision import ImageInputs
 from workers.weight_sync import TensorSpec
 
 CHECKPOINT_TAG = "learner"
@@ -67,7 +72,10 @@ class DeepSpeedBackend(LearnerBackend):
         torch.manual_seed(spec.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = _pad_token_id(self.tokenizer)
+        self.processor = load_processor(model_path)  # a vision-language model's; else None
+        self.images = None if self.processor is None else ImageInputs(self.processor)
         model = self._load_model(model_path, torch.float32)
+        self.suppressed = suppressed_token_ids(model.config)  # never sampled (riskpo/vlm.py)
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -98,11 +106,22 @@ class DeepSpeedBackend(LearnerBackend):
             if self.reference is None:
                 raise ValueError("reference log-probs asked for, but kl_coef is 0 (no reference model)")
             model = self.reference
-        return model(
+        logits = model(
             input_ids=micro.input_ids,
             attention_mask=micro.attention_mask,
             use_cache=False,
+            **self._vision_kwargs(micro),
         ).logits
+        return mask_suppressed(logits, self.suppressed)
+
+    def _vision_kwargs(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
+        """Pixel inputs (floats in the learner's dtype) and token-type ids of a VLM's rows."""
+        if not micro.vision:
+            return {}
+        dtype = TORCH_DTYPES[self.spec.config.dtype]
+        pixels = {name: value.to(dtype) if value.is_floating_point() else value
+                  for name, value in micro.vision.items()}
+        return {**pixels, **token_type_inputs(self.engine.module, micro.input_ids)}
 
     def backward(self, loss: torch.Tensor, *, last_micro_batch: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(last_micro_batch)
@@ -156,12 +175,12 @@ class DeepSpeedBackend(LearnerBackend):
             model.save_pretrained(directory, state_dict=state)
         finally:
             model.config.use_cache = False
-        self.tokenizer.save_pretrained(directory)
+        (self.processor or self.tokenizer).save_pretrained(directory)
 
     # ---------------------------------------------------------------- helpers
 
     def _load_model(self, model_path: str, dtype: torch.dtype) -> PreTrainedModel:
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        return load_policy(model_path, dtype)
 
     def _warmup_factor(self, optimizer_step: int) -> float:
         warmup = self.spec.config.warmup_steps

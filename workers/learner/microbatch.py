@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,9 +32,11 @@ class MicroBatch:
     old_logprobs: torch.Tensor | None  # [B, L-1]
     ref_logprobs: torch.Tensor | None  # [B, L-1]
     loss_weights: torch.Tensor | None = None  # [B] the estimator's weights (paper_mean)
+    # a vision-language model's pixel inputs for the rows' images (workers/learner/vision.py)
+    vision: dict[str, torch.Tensor] | None = None
 
     def to(self, device: torch.device) -> MicroBatch:
-        moved = {name: None if value is None else value.to(device, non_blocking=True)
+        moved = {name: None if value is None else _move(value, device)
                  for name, value in vars(self).items()}
         return MicroBatch(**moved)
 
@@ -42,7 +45,15 @@ class MicroBatch:
         return not bool(self.response_mask.any())
 
 
+def _move(value: torch.Tensor | dict[str, torch.Tensor], device: torch.device) -> Any:
+    if isinstance(value, dict):
+        return {name: tensor.to(device, non_blocking=True) for name, tensor in value.items()}
+    return value.to(device, non_blocking=True)
+
+
 def row_lengths(batch: TrainBatch) -> list[int]:
+    """Tokens of each row, prompt (image tokens included: the engines' prompt ids hold them
+    expanded) plus response: what the micro-batch token budget counts."""
     return [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
 
 
