@@ -19,6 +19,7 @@ from launch.placement import ClusterConfig
 from riskpo.algorithm import AlgorithmConfig, check_step_shape, group_estimators
 from riskpo.data.loaders import CODE_SOURCES, MATH_SOURCES, DataConfig
 from riskpo.data.synthetic import SYNTHETIC_SOURCES
+from riskpo.data.visual import VISUAL_SOURCES
 from riskpo.logging import LoggerConfig
 from riskpo.messages import SamplingConfig
 from riskpo.modeling import TINY_MODEL, ModelConfig
@@ -185,14 +186,20 @@ def _check_run(run: RunConfig) -> None:
 
 
 def _check_tiny_model_inputs(run: RunConfig) -> None:
-    """The tiny character model knows only the synthetic tasks' plain prompts, and its context
-    holds the longest prompt plus the response."""
+    """The tiny character model knows only the synthetic tasks' plain prompts (the tiny VLM
+    only the visual one, drawn at its tower's image size), and its context holds the longest
+    prompt plus the response."""
     d, tiny = run.data, run.model.tiny
+    tasks = VISUAL_SOURCES if tiny.is_vision else SYNTHETIC_SOURCES
     for split in ("train", "eval"):
-        source = getattr(d, split).source
-        require(source in SYNTHETIC_SOURCES, f"data.{split}.source",
-                f"{source!r}: the tiny character model only knows the synthetic tasks",
-                f"use one of {', '.join(SYNTHETIC_SOURCES)}, or a real model (model.path=...)")
+        dataset = getattr(d, split)
+        require(dataset.source in tasks, f"data.{split}.source",
+                f"{dataset.source!r}: the tiny {tiny.arch} model only knows the tasks {tasks}",
+                f"use one of {', '.join(tasks)}, or a real model (model.path=...)")
+        if tiny.is_vision:
+            require(dataset.visual.image_size == tiny.vision.image_size, f"data.{split}.visual.cell",
+                    f"images of {dataset.visual.image_size} px, but model.tiny.vision.image_size="
+                    f"{tiny.vision.image_size}", "use 2 * cell == image_size (one digit per patch)")
     require(d.template == "plain", "data.template",
             "the tiny model is trained on plain text prompts", "use data.template=plain")
     longest = d.max_prompt_length + run.rollout.max_new_tokens
