@@ -20,8 +20,9 @@ ALLOWED_NON_ASCII = set("πθ∞√×·÷°≤≥≠∈∪∩±∓")
 HEDGES = re.compile(r"\\(?:text|mbox|textrm|mathrm)\{[^{}]*\b(?:or|and)\b[^{}]*\}|\bor\b"
                     r"|\\lor|\\vee|\\pm|\\mp|±|∓")
 # one number as a person writes it in a GSM8K answer: mixed, thousands, decimal, a/b, percent
-GSM8K_NUMBER = re.compile(r"[-+]?\s*(?:\d+\s+\d+\s*/\s*\d+|(?:\d{1,3}(?:,\d{3})+|\d+)"
+GSM8K_NUMBER = re.compile(r"(?:[-+]\s*)?(?:\d+\s+\d+\s*/\s*\d+|(?:\d{1,3}(?:,\d{3})+|\d+)"
                           r"(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)(?:\s*\\?%)?")
+TEXT_WORDS = re.compile(r"\\(?:text|mbox|textrm|mathrm)\{([A-Za-z\s]*)\}")
 WORDS_ONLY = re.compile(r"[A-Za-z\s:,.'!?()]*")
 MARKDOWN = re.compile(r"\*\*|__|`|^\s*[*_]|[*_]\s*$")
 TRAILING_PUNCTUATION = " \t.!?;:,"
@@ -63,6 +64,7 @@ def read_through(text: str) -> str:
     core = MARKDOWN.sub("", CURRENCY.sub("", unicode_plain(text))).strip()
     if "\\boxed" in core or "\\fbox" in core:
         core = last_boxed(core) or core
+    core = TEXT_WORDS.sub(r" \1 ", core)  # 29 \text{ apples}: words, as without the command
     core = core.lstrip(" \t:")
     core = core.strip() if core.endswith("...") else core.rstrip(TRAILING_PUNCTUATION)
     numbers = list(GSM8K_NUMBER.finditer(core))

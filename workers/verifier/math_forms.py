@@ -19,6 +19,7 @@ SPACE = r"(?:\s|\\[,;:! ]|~)"  # a space, or a LaTeX spacing command
 ELLIPSIS = re.compile(r"\\(?:[lcvdh]?dots[cbmio]?|mathellipsis)(?![a-zA-Z])|\.(?:\s*\.){2,}")
 CANONICAL_ELLIPSIS = "\\ldots"
 MINUS_SIGNS = dict.fromkeys(map(ord, "\u2212\u2012\u2013\u2014\u2010\u2011\ufe63\uff0d"), "-")
+MATH_MODE = re.compile(r"(?<!\\)\\[()\[\]]")  # \( \) \[ \]: math delimiters, like $
 CURRENCY = re.compile(r"\\\$|\$|[\u00a2-\u00a5\u20a0-\u20bf]|\\(?:pounds|euro|yen)(?![a-zA-Z])")
 PERCENT = re.compile(r"\\(?:text|mbox|mathrm|textrm)\{\s*(?:\\%|%|percent)\s*\}|\\%|%"
                      r"|\bpercent\b")
@@ -111,7 +112,7 @@ def canonical(text: str) -> str:
     signs, percent signs (ignored by policy), whole-answer emphasis, a trailing period,
     thousands groups (1\\,000), mixed numbers (2 2/3 = 8/3) and E-notation (1e-05 = 0.00001)."""
     text = unicode_plain(text).strip()
-    text = CURRENCY.sub("", text)
+    text = CURRENCY.sub("", MATH_MODE.sub("", text))
     text = PERCENT.sub("", text)
     text = EMPTY_TEXT.sub("", text).strip()
     for _ in range(3):
