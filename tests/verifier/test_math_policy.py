@@ -213,11 +213,33 @@ def test_a_math_worker_that_cannot_start_fails_fast():
         assert time.monotonic() - start < 30
         assert results[0]["status"] == R.INFRA_ERROR and R.is_masked(results[0])
         assert "did not start" in results[0]["message"]
-        assert "MemoryError" in results[0]["message"] and "memory_mb=40" in results[0]["message"]
+        assert "memory_mb=40 is too small?" in results[0]["message"], results[0]["message"]
         again = verifier.verify({"id": 1, "response": boxed("x+1"), "ground_truth": "1+x"})
         assert again["status"] == R.INFRA_ERROR and "did not start" in again["message"]
     finally:
         verifier.close()
+
+
+def test_an_interpreter_without_math_verify_fails_fast(tmp_path, monkeypatch):
+    from workers.verifier import math_verifier as M
+
+    interpreter = tmp_path / "python-without-math-verify"
+    interpreter.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                           "echo \"ModuleNotFoundError: No module named 'math_verify'\" >&2\n"
+                           "exit 1\n")
+    interpreter.chmod(0o755)
+    monkeypatch.setattr(M.sys, "executable", str(interpreter))
+    verifier = M.MathVerifier(M.MathLimits(workers=2))
+    try:
+        start = time.monotonic()
+        result = verifier.verify({"id": 0, "response": boxed("x+1"), "ground_truth": "1+x"},
+                                 deadline=time.monotonic() + 600)
+        assert time.monotonic() - start < 10
+    finally:
+        verifier.close()
+    assert result["status"] == R.INFRA_ERROR
+    assert result["message"] == ("math worker did not start: exit status 1: "
+                                 "ModuleNotFoundError: No module named 'math_verify'")
 
 
 @pytest.mark.slow
@@ -226,5 +248,6 @@ def test_cli_with_a_memory_cap_too_small_answers_in_seconds(tmp_path):
             {"id": 2, "response": boxed("3"), "ground_truth": "3"}]
     results, elapsed = run_cli(tmp_path, "math", rows, "--memory-mb", "40")
     assert elapsed < 60
-    assert results[0]["status"] == R.INFRA_ERROR and "MemoryError" in results[0]["message"]
+    assert results[0]["status"] == R.INFRA_ERROR
+    assert "memory_mb=40 is too small?" in results[0]["message"], results[0]["message"]
     assert results[1]["status"] == R.OK  # decided exactly, no worker needed

@@ -28,6 +28,7 @@ from workers.verifier.wire import FrameBuffer, pack_message
 
 SPAWN_TIMEOUT_S = 60.0
 MAX_START_FAILURES = 3
+OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "failed to map segment")
 CACHE_ENTRIES = 8192
 
 
@@ -178,7 +179,7 @@ class MathWorkerPool:
         self._replace(worker)
         if self.start_failures >= MAX_START_FAILURES:
             hint = f" (memory_mb={self.limits.memory_mb} is too small?)" \
-                if "MemoryError" in cause else ""
+                if any(mark in cause for mark in OUT_OF_MEMORY) else ""
             raise RuntimeError(f"math worker did not start: {cause}{hint}")
 
     def _replace(self, worker: MathWorker) -> None:
