@@ -128,6 +128,8 @@ POLICY_CASES = [
     ("18", "#### 18, no wait #### 20", GSM8K, 0.0),
     ("20", "#### 18, no wait #### 20", GSM8K, 1.0),
     ("29", "\\boxed{29} and then #### 30", GSM8K, 0.0),
+    ("29", "#### 29\n\nThat is all. ####", GSM8K, 1.0),  # a trailing mark with nothing after
+    ("29", "#### 29 ####\n####", GSM8K, 1.0),
 ]
 
 KINDS = {"ellipsis": ELLIPSIS_CASES, "digit_space": DIGIT_SPACE_CASES,

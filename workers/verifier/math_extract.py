@@ -16,6 +16,7 @@ MAX_ANSWER_CHARS = 400
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 GSM8K_MARK = "####"
 GSM8K_LINE_CHARS = 2000  # what follows the mark on its line that is read at all
+GSM8K_EMPTY_MARKS = 8  # trailing marks with nothing after them that are passed over
 ALLOWED_NON_ASCII = set("πθ∞√×·÷°≤≥≠∈∪∩±∓")
 HEDGES = re.compile(r"\\(?:text|mbox|textrm|mathrm)\{[^{}]*\b(?:or|and)\b[^{}]*\}|\bor\b"
                     r"|\\lor|\\vee|\\pm|\\mp|±|∓")
@@ -79,14 +80,19 @@ def read_through(text: str) -> str:
 
 
 def gsm8k_answer(response: str) -> str | None:
-    """What follows the last `####` (on its line, or the next non-blank one), read through;
-    None when there is no mark or nothing after it."""
-    start = response.rfind(GSM8K_MARK)
-    if start < 0:
-        return None
-    rest = response[start + len(GSM8K_MARK):start + len(GSM8K_MARK) + GSM8K_LINE_CHARS]
-    line = rest.lstrip().split("\n", 1)[0].strip()
-    return read_through(line) if line else None
+    """What follows the last `####` that is followed by anything (on its line, or the next
+    non-blank one), read through; None when there is no such mark."""
+    end = len(response)
+    for _ in range(GSM8K_EMPTY_MARKS + 1):
+        start = response.rfind(GSM8K_MARK, 0, end)
+        if start < 0:
+            return None
+        after = start + len(GSM8K_MARK)
+        line = response[after:min(after + GSM8K_LINE_CHARS, end)].lstrip().split("\n", 1)[0]
+        if line.strip():
+            return read_through(line.strip())
+        end = start
+    return None
 
 
 def final_number(response: str) -> str | None:
