@@ -33,9 +33,9 @@ def checked(code: str, test: str, entry_point: str = "f", prompt: str = "") -> d
     ("1000002", "1000000.0", False),
     ("0.0000015", "0.000001", True),  # absolute
     ("0.000003", "0.000001", False),
-    ("1000001", "1000000", False),  # integers are exact, whatever their size
-    ("3.0", "3", False),
-    ("007", "7", False),
+    ("1000001", "1000000", False),  # an integer is exactly its value, whatever its size
+    ("1" * 30 + "1", "1" * 30 + "0", False),
+    ("3.0", "3", True), ("007", "7", True), ("3.0000001", "3", False), ("-0", "0", True),
     ("-0.5000000001", "-0.5", True),
     ("+0.5", "0.5", True),
     ("inf", "inf", True), ("nan", "0.5", False), ("inf", "1e400", False),

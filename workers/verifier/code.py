@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from workers.verifier import results as R
@@ -50,13 +51,16 @@ def _lines(text: str) -> list[str]:
 
 
 def tokens_match(actual: str, expected: str) -> bool:
-    """Equal text, or two numbers where the expected one is written with a decimal point or an
-    exponent and the actual one is within FLOAT_TOLERANCE of it, absolute or relative (as
-    competitive-programming checkers compare floats). Integers and anything else: exact."""
+    """Equal text, or two numbers: where the expected one is written with a decimal point or
+    an exponent, within FLOAT_TOLERANCE of it, absolute or relative (as competitive-programming
+    checkers compare floats); where it is an integer, exactly its value (3.0 for 3, never
+    1000001 for 1000000). Anything else: exact text."""
     if actual == expected:
         return True
-    if not (FLOAT_TOKEN.fullmatch(expected) and NUMBER_TOKEN.fullmatch(actual)):
+    if not (NUMBER_TOKEN.fullmatch(expected) and NUMBER_TOKEN.fullmatch(actual)):
         return False
+    if not FLOAT_TOKEN.fullmatch(expected):
+        return Decimal(actual) == Decimal(expected)
     actual_value, expected_value = float(actual), float(expected)
     return math.isfinite(actual_value) and math.isfinite(expected_value) and math.isclose(
         actual_value, expected_value, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
