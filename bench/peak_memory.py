@@ -1,0 +1,99 @@
+"""Peak memory of a command and every process it starts (Ray's raylet, actors, verifier
+workers...), sampled from /proc: how the SmolLM2 pilot's peak memory was measured.
+
+    python bench/peak_memory.py --output mem.json -- .venv-vllm/bin/riskpo-train experiment=smollm2-pilot
+
+Every --interval seconds it reads the proportional set size (Pss, /proc/PID/smaps_rollup:
+shared pages split among the processes that map them, so the sum is not inflated by pages
+that Ray's workers share) of the command and all its descendants, and keeps the peak of the
+sum and each process's own peak (by its name: ray::RolloutActor, ray::LearnerWorker, ...).
+Writes them as JSON and exits with the command's status. Linux only; standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid (from /proc/PID/task/*/children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    seen, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo += children(pid)
+    return seen
+
+
+def pss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def name_of(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(part.decode(errors="replace") for part in args if part)
+    if text.startswith("ray::"):
+        return text.split()[0]
+    return " ".join(Path(part).name if i == 0 else part for i, part in enumerate(text.split()[:3]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    process = subprocess.Popen(command)
+    peak_total, peak_at, per_name = 0, 0.0, {}
+    start = time.monotonic()
+    while process.poll() is None:
+        total = 0
+        for pid in descendants(process.pid):
+            size = pss_bytes(pid)
+            if size is None:
+                continue
+            total += size
+            name = name_of(pid)
+            per_name[name] = max(per_name.get(name, 0), size)
+        if total > peak_total:
+            peak_total, peak_at = total, time.monotonic() - start
+        time.sleep(args.interval)
+    gib = 1024**3
+    report = {
+        "command": command, "status": process.returncode,
+        "peak_total_pss_gib": round(peak_total / gib, 2), "peak_at_s": round(peak_at, 1),
+        "peak_pss_gib_by_process": {name: round(size / gib, 2) for name, size in
+                                    sorted(per_name.items(), key=lambda item: -item[1])[:15]},
+    }
+    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report), file=sys.stderr)
+    return process.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
