@@ -8,6 +8,7 @@ the callers have already capped in length.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from fractions import Fraction
 from typing import Any
 
 SPACE = r"(?:\s|\\[,;:! ]|~)"  # a space, or a LaTeX spacing command
+SPACES = re.compile(rf"{SPACE}+")
+CACHE_ENTRIES = 8192  # references repeat across a prompt's samples; pure str -> str functions
 ELLIPSIS = re.compile(r"\\(?:[lcvdh]?dots[cbmio]?|mathellipsis)(?![a-zA-Z])|\.(?:\s*\.){2,}")
 CANONICAL_ELLIPSIS = "\\ldots"
 MINUS_SIGNS = dict.fromkeys(map(ord, "\u2212\u2012\u2013\u2014\u2010\u2011\ufe63\uff0d"), "-")
@@ -107,6 +110,7 @@ def _e_number(text: str) -> str:
         return text
 
 
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
 def canonical(text: str) -> str:
     """One spelling for what a grader reads as the same answer: math delimiters, currency
     signs, percent signs (ignored by policy), whole-answer emphasis, a trailing period,
@@ -136,13 +140,14 @@ def _keep_digit_gap(match: re.Match) -> str:
     return " " if between_digits else ""
 
 
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
 def normalize(text: str) -> str:
     """Spacing-free form for exact comparison. Whitespace between two digits is kept (as one
     space): deleting it would read "2 2/3" as 22/3."""
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = ELLIPSIS.sub(lambda _: CANONICAL_ELLIPSIS + " ", text)
     text = EMPTY_TEXT.sub("", DELIMITERS.sub("", text))
-    return re.sub(rf"{SPACE}+", _keep_digit_gap, text)
+    return SPACES.sub(_keep_digit_gap, text)
 
 
 def has_digit_gap(text: str) -> bool:
