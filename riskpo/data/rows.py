@@ -15,7 +15,9 @@ the program defines `fn_name`, called with each case's args; `stdio`: it reads e
 `check(candidate)` gets `entry_point`). `prefix` is code that goes before the response to
 make the program (a HumanEval prompt; empty when the response is the whole program). `extra_info.answer_format` tells the math verifier where the
 answer is: `final_number` (the last number in the response), `boxed` (the last \\boxed{}),
-or `gsm8k` ("#### n").
+or `gsm8k` ("#### n"). A numeric `ground_truth` becomes its exact decimal text, never exponent
+notation (jsonl keeps the file's digits, parquet a float's shortest round-trip decimal at its
+column's precision: `number_text`, `decimal_floats`); a blank one is refused.
 
 A multimodal row (verl's format) adds `images`, a list of images in the order of the
 `<image>` placeholders in its prompt text (one placeholder per image): each an encoded image
