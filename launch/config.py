@@ -172,8 +172,21 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         require(run.rollout.num_actors == run.learner.num_ranks, "cluster.colocate",
                 f"{run.rollout.num_actors} rollout actors cannot pair with {run.learner.num_ranks} "
                 "learner ranks on shared GPUs", "use rollout.num_actors == learner.num_ranks")
+        require(run.trainer.off_policy_steps == 0, "trainer.off_policy_steps",
+                f"{run.trainer.off_policy_steps} overlaps generation with training, but with "
+                "cluster.colocate=true the engines and the learner take turns on the same GPUs",
+                "use trainer.off_policy_steps=0, or cluster.colocate=false")
     run.logger.check("logger")
+    _settle_importance_correction(run)
     return run
+
+
+def _settle_importance_correction(run: RunConfig) -> None:
+    """algorithm.loss.importance_correction=auto: token-level truncated IS when the rollouts
+    are off-policy (trainer.off_policy_steps > 0), none when they are the learner's own."""
+    loss = run.algorithm.loss
+    if loss.importance_correction == "auto":
+        loss.importance_correction = "token" if run.trainer.off_policy_steps > 0 else "none"
 
 
 def _check_run(run: RunConfig) -> None:

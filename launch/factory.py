@@ -197,6 +197,8 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
     if r.engine == "vllm":
         kwargs.update(tensor_parallel_size=r.tensor_parallel_size,
                       gpu_memory_utilization=r.gpu_memory_utilization)
+        if run.cluster.colocate:  # the loop puts the engines to sleep while the learner works
+            kwargs.update(enable_sleep_mode=True, sleep_level=r.sleep_level)
     elif computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):
         kwargs["device"] = "cuda"  # Ray's CUDA_VISIBLE_DEVICES makes the actor's GPU device 0
     return kwargs

@@ -135,7 +135,8 @@ def _run_on_ray(run: RunConfig, resolved: dict[str, Any], plan: RunPlan, rows: t
         start = time.perf_counter()
         workers = build_workers(run, model_path, console)
         logger.event("startup", f"workers ready in {time.perf_counter() - start:.1f}s")
-        trainer = Trainer(run, workers, *rows, logger, plan.run_dir, checkpoint_bytes=checkpoint_bytes)
+        trainer = Trainer(run, workers, *rows, logger, plan.run_dir, checkpoint_bytes=checkpoint_bytes,
+                          colocate=run.cluster.colocate)
         if plan.checkpoint:
             trainer.load_checkpoint(plan.checkpoint)
             logger.event("resume", f"resumed from {plan.checkpoint} at step {trainer.step}",

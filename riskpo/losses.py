@@ -334,8 +334,14 @@ def micro_batch_objective(
     if config.entropy_control == "kl_cov":
         loss = loss + share(kl_cov_penalty(logprobs, old_logprobs, advantages, mask,
                                            top_fraction=config.kl_cov.fraction, coef=config.kl_cov.coef))
+    return loss, _metric_sums(loss, mask, pg_metrics, entropy, kl)
+
+
+def _metric_sums(loss: torch.Tensor, mask: torch.Tensor, pg_metrics: dict[str, float],
+                 entropy: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
+    """A micro-batch's metrics as sums (token-weighted where per token), to average later."""
     tokens = float(mask.sum().item())
-    sums = {
+    return {
         "loss": loss.item(),
         "tokens": tokens,
         "clip_fraction": pg_metrics["clip_fraction"] * tokens,
@@ -347,7 +353,6 @@ def micro_batch_objective(
         "is_mean": pg_metrics.get("is_mean", 1.0) * tokens,
         "is_truncated_fraction": pg_metrics.get("is_truncated_fraction", 0.0) * tokens,
     }
-    return loss, sums
 
 
 def _policy_term(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,

@@ -104,6 +104,9 @@ class Completion:
     model's softmax after temperature scaling and top-k/top-p filtering (the "processed"
     distribution). At temperature 1, top_p 1, top_k 0 this equals the raw model log-prob the
     learner recomputes; for greedy decoding (temperature 0) it is the raw model log-prob.
+
+    weight_version is the learner's number for the weights that sampled it (the updates they
+    had), stamped by the rollout actor; None before the first weight sync.
     """
 
     token_ids: list[int]  # response tokens only
@@ -111,6 +114,7 @@ class Completion:
     finish_reason: Literal["stop", "length"]
     text: str  # decoded response
     prompt_token_ids: list[int] = field(default_factory=list)
+    weight_version: int | None = None
 
 
 def render_prompt(prompt: Prompt, tokenizer: Any, index: int = 0) -> list[int]:

@@ -10,6 +10,11 @@ on (fewer for the first k steps), and no generation ever mixes weight versions.
 The batches still pending when a checkpoint is taken are waited for and saved with it, so a
 resumed run trains on exactly the batches the uninterrupted run would have (nothing is
 regenerated).
+
+The loop's thread owns the learner: when a generation needs the engines synced again (one
+restarted under it), it asks with request_sync and waits; the loop's thread runs the sync the
+next time it waits for the pipeline (in take or sync). Those samples are then newer than due;
+only a fault changes what a run trains on.
 """
 
 from __future__ import annotations
@@ -40,29 +45,62 @@ class RolloutPipeline(Generic[Batch]):
         self._synced = synced_version  # the version the engines hold
         self._generated = 0  # the last step whose batch is made
         self._closed = False
+        self._failed = False  # a generation raised: take() raises it, sync() stops waiting
+        self._requests: deque[tuple[Callable[[], int], Future[int]]] = deque()
 
     def take(self, step: int) -> Batch:
         """The batch for training step `step` (waiting for it if it is still being made), after
         starting the batches of the steps up to step + depth."""
         next_step = self._pending[-1][0] + 1 if self._pending else step
         while next_step <= min(step + self.depth, self.last_step):
-            self._pending.append((next_step, self._worker.submit(self._make, next_step)))
+            future = self._worker.submit(self._make, next_step)
+            future.add_done_callback(self._notify)  # a take() may be waiting for it
+            self._pending.append((next_step, future))
             next_step += 1
         made_for, future = self._pending.popleft()
         if made_for != step:
             raise RuntimeError(f"rollout pipeline out of order: batch of step {made_for} taken "
                                f"for step {step}")
+        self._wait(future.done)
         return future.result()
 
     def sync(self, version: int, action: Callable[[], Any]) -> Any:
         """Gives the engines weight version `version` (action does it) once every batch due
         from an older version is made, before any batch due from this one starts."""
+        target = min(version + self.depth, self.last_step)
+        self._wait(lambda: self._generated >= target or self._failed)
         with self._state:
-            self._state.wait_for(lambda: self._generated >= min(version + self.depth, self.last_step))
             result = action()
             self._synced = version
             self._state.notify_all()
         return result
+
+    def request_sync(self, action: Callable[[], int]) -> int:
+        """From the generating thread: has the loop's thread run `action` (a sync of the
+        learner's current weights, returning their version) and waits for it."""
+        done: Future[int] = Future()
+        with self._state:
+            if self._closed:
+                raise RuntimeError("the rollout pipeline was closed")
+            self._requests.append((action, done))
+            self._state.notify_all()
+        return done.result()
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        """Waits (on the loop's thread) until ready(), running the syncs asked for meanwhile."""
+        while True:
+            with self._state:
+                self._state.wait_for(lambda: ready() or bool(self._requests))
+                if not self._requests:
+                    return
+                action, done = self._requests.popleft()
+                try:
+                    version = action()
+                    self._synced = max(self._synced, version)
+                    done.set_result(version)
+                except BaseException as error:  # the generating thread raises it
+                    done.set_exception(error)
+                self._state.notify_all()
 
     def drain(self) -> list[tuple[int, Batch]]:
         """Waits for every batch still in production; returns them (step, batch) in step order
@@ -83,14 +121,21 @@ class RolloutPipeline(Generic[Batch]):
         return self._generated
 
     def close(self) -> None:
-        """Stops after the generation in progress; batches not started are dropped."""
+        """Drops the batches not started; a generation in progress is not waited for (its
+        thread ends with it, or with the engines it calls)."""
         for _, future in self._pending:
             future.cancel()
         with self._state:
             self._closed = True  # a generation waiting for its version gives up
+            while self._requests:  # and one waiting for a sync
+                self._requests.popleft()[1].set_exception(RuntimeError("the rollout pipeline was closed"))
             self._state.notify_all()
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._worker.shutdown(wait=False, cancel_futures=True)
         self._pending.clear()
+
+    def _notify(self, _: Any = None) -> None:
+        with self._state:
+            self._state.notify_all()
 
     def _make(self, step: int) -> Batch:
         due = max(0, step - 1 - self.depth)
@@ -98,7 +143,13 @@ class RolloutPipeline(Generic[Batch]):
             self._state.wait_for(lambda: self._synced >= due or self._closed)
             if self._closed:
                 raise RuntimeError("the rollout pipeline was closed")
-        batch = self._produce(step)
+        try:
+            batch = self._produce(step)
+        except BaseException:
+            with self._state:
+                self._failed = True
+                self._state.notify_all()
+            raise
         with self._state:
             self._generated = step
             self._state.notify_all()

@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +24,7 @@ import torch
 
 from riskpo.advantages import AdvantageState, get_advantage_estimator
 from riskpo.algorithm import AlgorithmConfig
-from riskpo.batch import TrainBatch, Verdicts
+from riskpo.batch import TrainBatch
 from riskpo.checkpoints import (
     COMPLETE_MARKER,
     HF_EXPORT_SUBDIR,
@@ -38,11 +37,12 @@ from riskpo.checkpoints import (
 from riskpo.data.loaders import DataConfig
 from riskpo.data.rows import Row
 from riskpo.data.sampler import PromptSampler
-from riskpo.evaluation import evaluate, grade, prompts_of
+from riskpo.evaluation import evaluate
 from riskpo.logging import RunLogger
 from riskpo.messages import Completion, SamplingConfig
-from riskpo.metrics import reward_statistics
 from riskpo.options import require
+from riskpo.pipeline import RolloutPipeline
+from riskpo.rollouts import PhaseTimer, RolloutBatch, RolloutCollector, Rollouts, staleness
 from riskpo.stops import (
     NonFiniteTraining,
     UpdateHealth,
@@ -53,7 +53,9 @@ from riskpo.stops import (
 
 __all__ = ["COMPLETE_MARKER", "HF_EXPORT_SUBDIR", "Trainer", "TrainerConfig", "checkpoint_meta",
            "complete_checkpoints"]
-PHASES = ("generate", "verify", "logprobs", "train", "sync")  # the worker groups' share of a step
+# the worker groups' share of a step, as the loop's thread waits on them
+PHASES = ("generate", "verify", "logprobs", "train", "sync", "sleep", "wake")
+PIPELINED_PHASES = ("wait_rollouts", "logprobs", "train", "sync")  # generation is in the background
 
 
 @dataclass
@@ -71,10 +73,13 @@ class TrainerConfig:
     # Optimizer updates in a row that were skipped or not finite (loss or gradient norm) before
     # the run stops with exit status 1; 0: never stop (each new streak is still an event).
     max_skipped_updates: int = 3
+    # Generation of the next k batches overlaps training (riskpo/pipeline.py): a step trains on
+    # rollouts k weight versions old. 0: generate, then train, in turn.
+    off_policy_steps: int = 0
 
     def check(self, key: str) -> None:
         for name in ("total_steps", "eval_every", "save_every", "keep_checkpoints",
-                     "max_skipped_updates"):
+                     "max_skipped_updates", "off_policy_steps"):
             require(getattr(self, name) >= 0, f"{key}.{name}", f"{getattr(self, name)} is negative",
                     "use >= 0")
         require(self.prompts_per_step >= 1, f"{key}.prompts_per_step", "must be >= 1")
@@ -93,9 +98,11 @@ class TrainingRun(Protocol):
 
 class RolloutWorkers(Protocol):
     def generate(self, prompts: Sequence[Any], params: Any) -> list[list[Completion]]: ...
-    def weight_versions(self) -> list[int]: ...
+    def weight_versions(self) -> list[int | None]: ...
     def metrics(self) -> dict[str, float]: ...
     def drain_events(self) -> list[dict[str, Any]]: ...
+    def sleep(self) -> None: ...  # colocated: frees the accelerator for the learner
+    def wake_up(self) -> None: ...
 
 
 class VerifierWorkers(Protocol):
@@ -106,7 +113,7 @@ class VerifierWorkers(Protocol):
 class Learner(Protocol):
     def compute_logprobs(self, batch: TrainBatch) -> dict[str, float]: ...
     def train_step(self, batch: TrainBatch) -> dict[str, float]: ...
-    def sync_weights(self, rollout: Any) -> dict[str, float]: ...
+    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]: ...
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None: ...
     def load(self, path: str) -> dict[str, Any]: ...
     def export_hf(self, path: str) -> None: ...
@@ -121,46 +128,6 @@ class Workers:
     rollout: RolloutWorkers
     verifiers: VerifierWorkers
     learner: Learner
-
-
-@dataclass
-class Rollouts:
-    """One step's sampled prompts with their completions and verdicts, in group order."""
-
-    rows: list[Row]
-    completions: list[list[Completion]]
-    verdicts: Verdicts
-    row_indices: list[int]  # each prompt's position in the training set
-
-    @classmethod
-    def empty(cls, samples: int) -> Rollouts:
-        return cls([], [], Verdicts.empty(samples), [])
-
-    def extend(self, other: Rollouts, keep: Sequence[int]) -> None:
-        self.rows.extend(other.rows[i] for i in keep)
-        self.completions.extend(other.completions[i] for i in keep)
-        self.verdicts = Verdicts.concat([self.verdicts, other.verdicts.select(keep)])
-        self.row_indices.extend(other.row_indices[i] for i in keep)
-
-    def head(self, count: int) -> Rollouts:
-        """The first `count` prompts."""
-        return Rollouts(self.rows[:count], self.completions[:count],
-                        self.verdicts.select(range(count)), self.row_indices[:count])
-
-
-class PhaseTimer:
-    """Wall-clock seconds per named phase of a step (time/<phase>)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def prompts_per_step(algorithm: AlgorithmConfig, prompts: int) -> int:
@@ -190,16 +157,26 @@ def describe_step_shape(algorithm: AlgorithmConfig, trainer: TrainerConfig) -> s
 class Trainer:
     def __init__(self, run: TrainingRun, workers: Workers, train_rows: Sequence[Row],
                  eval_rows: Sequence[Row], logger: RunLogger, run_dir: Path,
-                 checkpoint_bytes: int = 0) -> None:
-        """checkpoint_bytes: about what the first checkpoint takes (later ones: the last)."""
+                 checkpoint_bytes: int = 0, colocate: bool = False) -> None:
+        """checkpoint_bytes: about what the first checkpoint takes (later ones: the last).
+        colocate: the engines share the learner's devices, so they sleep while it works."""
         self.run, self.workers, self.logger, self.run_dir = run, workers, logger, Path(run_dir)
-        self.eval_rows = list(eval_rows)
+        self.eval_rows, self.colocate = list(eval_rows), colocate
         self.sampler = PromptSampler(
             train_rows, prompts_per_step(run.algorithm, run.trainer.prompts_per_step),
             shuffle=run.data.shuffle, seed=run.seed)
         self.estimator = get_advantage_estimator(run.algorithm.name)
-        self.group_size = run.algorithm.prompts_per_group()
         self.advantage_state = AdvantageState(seed=run.seed)
+        # weight versions count the learner's updates: the engines hold engine_version (None:
+        # the weights at model_path, never synced), the learner learner_version
+        self.engine_version: int | None = None
+        self.learner_version = 0
+        self.pipeline: RolloutPipeline[RolloutBatch] | None = None
+        self._restored_batches: tuple[list[tuple[int, RolloutBatch]], int] | None = None
+        self.collector = RolloutCollector(
+            run.algorithm, run.data, run.rollout, run.seed, run.trainer.samples_per_prompt,
+            self.sampler, workers.rollout, workers.verifiers, lambda: self.engine_version,
+            self._resync)
         self.step = 0
         self.initial_eval: dict[str, float] = {}
         self.wall_s_before = 0.0  # wall time of the run before a resume (kept in checkpoints)
@@ -219,11 +196,24 @@ class Trainer:
         """Trains for trainer.total_steps (from the resumed step), evaluating and saving on the
         configured steps; returns the summary written to summary.json. Raises RunStopped
         (riskpo/stops.py) when training stops being finite or the disk fills up."""
-        t = self.run.trainer
         self._fit_started = time.perf_counter()
-        if self.step == 0 and t.eval_before_training:
+        if self.step == 0 and self.run.trainer.eval_before_training:
             self.initial_eval = self.evaluate()
             self.logger.console.print(f"[bold]before RL[/]: {_format_eval(self.initial_eval)}")
+        self._open_pipeline()
+        try:
+            final = self._train_until_done()
+        finally:
+            self._close_pipeline()
+        self.logger.console.print(f"[bold]after RL[/]: {_format_eval(final)}")
+        wall_s = self.wall_s
+        self.logger.write_summary(self.initial_eval, final, self.step, wall_s,
+                                  algorithm=self.run.algorithm.name, seed=self.run.seed)
+        return {"initial": self.initial_eval, "final": final, "steps": self.step, "wall_s": wall_s}
+
+    def _train_until_done(self) -> dict[str, float]:
+        """The steps, their evaluations and checkpoints; returns the final evaluation."""
+        t = self.run.trainer
         last_eval: dict[str, float] = {}
         save_due = False
         while self.step < t.total_steps:
@@ -242,12 +232,24 @@ class Trainer:
                              or self.step == t.total_steps)
             if save_due or scheduled:
                 save_due = not self._save_if_healthy(healthy, say_so=scheduled)
-        final = last_eval or self.evaluate()
-        self.logger.console.print(f"[bold]after RL[/]: {_format_eval(final)}")
-        wall_s = self.wall_s
-        self.logger.write_summary(self.initial_eval, final, self.step, wall_s,
-                                  algorithm=self.run.algorithm.name, seed=self.run.seed)
-        return {"initial": self.initial_eval, "final": final, "steps": self.step, "wall_s": wall_s}
+        return last_eval or self.evaluate()
+
+    def _open_pipeline(self) -> None:
+        """With trainer.off_policy_steps = k > 0, generation runs ahead on a background thread
+        (riskpo/pipeline.py), starting from the batches a checkpoint saved, if any."""
+        depth = self.run.trainer.off_policy_steps
+        if depth == 0:
+            return
+        self.pipeline = RolloutPipeline(self.collector.collect, depth, self.run.trainer.total_steps,
+                                        synced_version=self.learner_version)
+        if self._restored_batches is not None:
+            self.pipeline.restore(*self._restored_batches)
+            self._restored_batches = None
+
+    def _close_pipeline(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
 
     def checked_train_step(self) -> tuple[dict[str, float], bool]:
         """train_step, then the check of its updates: returns (metrics, healthy). The first of a
@@ -289,27 +291,35 @@ class Trainer:
         return False
 
     def train_step(self) -> dict[str, float]:
+        """One step: its batch of rollouts (made now, or taken from the pipeline), advantages,
+        log-probs, the learner's update, and the engines' new weights."""
         timer = PhaseTimer()
         step_start = time.perf_counter()
         learner = self.workers.learner
-        with timer("sync"):
-            self.ensure_rollout_weights()
-        rollouts, rollout_metrics = self.collect_rollouts(timer)
+        made = self._rollout_batch(timer)
+        for phase, seconds in made.seconds.items():
+            timer.add(phase, seconds)
+        if self.colocate:
+            with timer("sleep"):
+                self.workers.rollout.sleep()  # the learner's phases have the devices
         with timer("advantage"):
-            batch, advantage_metrics = self.compute_advantages(rollouts)
+            batch, advantage_metrics = self.compute_advantages(made.rollouts)
         with timer("logprobs"):
             learner_metrics = learner.compute_logprobs(batch)
         with timer("train"):
             learner_metrics.update(learner.train_step(batch))
-        with timer("sync"):
-            sync_metrics = learner.sync_weights(self.workers.rollout)
-        metrics: dict[str, float] = {"step": self.step, **rollout_metrics, **advantage_metrics,
-                                     **self.workers.rollout.metrics()}
+        self.learner_version = self.step
+        if self.colocate:
+            with timer("wake"):
+                self.workers.rollout.wake_up()
+        sync_metrics = self._sync_after_step(timer)
+        metrics: dict[str, float] = {"step": self.step, **made.metrics, **advantage_metrics,
+                                     **staleness(made.rollouts, self.step - 1)}
         metrics.update({f"actor/{key}": value for key, value in learner_metrics.items()})
         metrics.update(sync_metrics)
         metrics.update({f"time/{phase}": seconds for phase, seconds in timer.seconds.items()})
         metrics["time/step"] = time.perf_counter() - step_start
-        phases = sum(timer.seconds.get(p, 0.0) for p in PHASES)
+        phases = sum(timer.seconds.get(p, 0.0) for p in (PIPELINED_PHASES if self.pipeline else PHASES))
         metrics["time/orchestration_fraction"] = 1.0 - phases / metrics["time/step"]
         metrics.update(self._worker_events())
         if metrics["train/masked_samples"]:
@@ -320,69 +330,66 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def collect_rollouts(self, timer: PhaseTimer) -> tuple[Rollouts, dict[str, float]]:
-        """Samples prompts, rolls them out and verifies the responses. With dynamic sampling
-        (DAPO), prompts whose valid rewards are all equal are dropped and refilled, and the
-        kept prompts are cut to whole estimator groups, for up to max_refill_rounds rounds."""
-        dynamic = self.run.algorithm.dynamic_sampling
-        wanted = self.sampler.prompts_per_step
-        kept, dropped, rounds = Rollouts.empty(self.samples), 0, 0
-        sampled: list[int] = []  # every row index drawn this step (refills included)
-        epoch: int | None = None  # of the step's first prompt
-        while True:
-            with timer("sample"):
-                prompts = self.sampler.next_batch()
-            sampled.extend(prompts.row_indices)
-            epoch = prompts.epoch if epoch is None else epoch
-            fresh = self._roll_out(prompts.rows, prompts.row_indices, timer)
-            keep = list(range(len(prompts)))
-            if dynamic.enabled:
-                keep = fresh.verdicts.has_signal().nonzero().flatten().tolist()
-                dropped += len(prompts) - len(keep)
-            kept.extend(fresh, keep[: wanted - len(kept.rows)])
-            if not dynamic.enabled or len(kept.rows) >= wanted or rounds >= dynamic.max_refill_rounds:
-                break
-            rounds += 1
-        if dynamic.enabled:
-            kept = kept.head(len(kept.rows) - len(kept.rows) % self.group_size)
-            if not kept.rows:
-                raise RuntimeError(
-                    f"step {self.step}: dynamic sampling kept no prompt with a reward signal after "
-                    f"{rounds} refill rounds -> raise algorithm.dynamic_sampling.max_refill_rounds "
-                    "or turn dynamic sampling off")
-        used = set(kept.row_indices)
-        self.logger.log_prompts(self.step, epoch or 0, kept.row_indices,
-                                [i for i in sampled if i not in used])
-        metrics = self._rollout_metrics(kept)
-        if dynamic.enabled:
-            metrics.update({"dynamic/dropped_prompts": float(dropped),
-                            "dynamic/refill_rounds": float(rounds),
-                            "dynamic/kept_prompts": float(len(kept.rows))})
-        return kept, metrics
+    def _rollout_batch(self, timer: PhaseTimer) -> RolloutBatch:
+        """This step's rollouts: made now, or (pipelined) taken from the ones made ahead; the
+        rows it drew and what making it had to say are logged on this step."""
+        if self.pipeline is None:
+            with timer("sync"):
+                self.ensure_rollout_weights()
+            made = self.collector.collect(self.step)
+        else:
+            with timer("wait_rollouts"):
+                made = self.pipeline.take(self.step)
+        self.logger.log_prompts(self.step, made.epoch, made.rollouts.row_indices, made.dropped)
+        for kind, message in made.events:
+            self.logger.event(kind, message, step=self.step)
+        return made
 
-    @property
-    def samples(self) -> int:
-        return self.run.trainer.samples_per_prompt
+    def _sync_after_step(self, timer: PhaseTimer) -> dict[str, float]:
+        """The engines take the weights of this step (pipelined: once the batches due from
+        older weights are made; the wait counts as wait_rollouts)."""
+        if self.pipeline is None:
+            with timer("sync"):
+                return self._sync_engines()
+        seconds: list[float] = []
 
-    def _roll_out(self, rows: list[Row], row_indices: list[int], timer: PhaseTimer) -> Rollouts:
-        params = self.run.rollout.params(
-            self.samples, self._step_seed(salt=row_indices[0] if row_indices else 0))
-        with timer("generate"):
-            completions = self.workers.rollout.generate(prompts_of(rows, self.run.data), params)
-        with timer("verify"):
-            verdicts = grade(self.workers.verifiers, rows, completions)
-        return Rollouts(list(rows), completions, verdicts, list(row_indices))
+        def sync() -> dict[str, float]:
+            begin = time.perf_counter()
+            try:
+                return self._sync_engines()
+            finally:
+                seconds.append(time.perf_counter() - begin)
+
+        begin = time.perf_counter()
+        metrics = self.pipeline.sync(self.step, sync)
+        timer.add("sync", seconds[0])
+        timer.add("wait_rollouts", time.perf_counter() - begin - seconds[0])
+        return metrics
+
+    def _sync_engines(self) -> dict[str, float]:
+        """Gives the rollout engines the learner's current weights, numbered by its updates."""
+        metrics = self.workers.learner.sync_weights(self.workers.rollout, version=self.learner_version)
+        self.engine_version = self.learner_version
+        return metrics
+
+    def _resync(self) -> None:
+        """What the collector asks for when a completion came from other weights than the
+        engines should hold: a sync of the learner's current weights (pipelined: run by the
+        loop's thread, which owns the learner)."""
+        if self.pipeline is None:
+            self._sync_engines()
+        else:
+            self.pipeline.request_sync(lambda: (self._sync_engines(), self.learner_version)[1])
 
     def ensure_rollout_weights(self) -> None:
-        """Every rollout engine must hold the learner's current weights: an engine that came
-        back from a restart holds the initial ones (a lower version) and is re-synced."""
+        """Every rollout engine must hold the weights it was last given: an engine that came
+        back from a restart holds the ones at model_path and is re-synced."""
         versions = self.workers.rollout.weight_versions()
-        expected = self.workers.learner.weight_version
-        if any(version != expected for version in versions):
-            self.logger.event("rollout/resync", f"engine weight versions {versions}, learner's "
-                              f"{expected} (an actor restarted): syncing weights again before "
-                              "rolling out", step=self.step)
-            self.workers.learner.sync_weights(self.workers.rollout)
+        if any(version != self.engine_version for version in versions):
+            self.logger.event("rollout/resync", f"engine weight versions {versions}, expected "
+                              f"{self.engine_version} (an actor restarted): syncing weights again "
+                              "before rolling out", step=self.step)
+            self._sync_engines()
 
     def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainBatch, dict[str, float]]:
         """Rewards -> advantages with the configured estimator (which groups the responses
@@ -406,26 +413,6 @@ class Trainer:
             loss_weights=result.loss_weights, images=images)
         return batch, result.metrics
 
-    def _rollout_metrics(self, rollouts: Rollouts) -> dict[str, float]:
-        verdicts = rollouts.verdicts
-        rewards, valid = verdicts.rewards.flatten(), verdicts.valid.flatten()
-        samples = [s for per_prompt in rollouts.completions for s in per_prompt]
-        stats = reward_statistics(rewards, valid)
-        metrics = {f"train/{key.replace('/', '_')}": value for key, value in stats.items()}
-        metrics["train/accuracy"] = float(((rewards >= 1.0) & valid).sum()) / max(1, int(valid.sum()))
-        metrics["train/masked_samples"] = float((~valid).sum())
-        metrics["train/prompts"] = float(len(rollouts.rows))
-        metrics["train/samples"] = float(len(samples))
-        metrics["train/response_length"] = sum(len(s.token_ids) for s in samples) / max(1, len(samples))
-        metrics["train/truncated_fraction"] = sum(
-            s.finish_reason == "length" for s in samples) / max(1, len(samples))
-        statuses: dict[str, int] = {}
-        for per_prompt in verdicts.statuses:
-            for status in per_prompt:
-                statuses[status] = statuses.get(status, 0) + 1
-        metrics.update({f"verify/status_{k}": float(v) for k, v in statuses.items()})
-        return metrics
-
     def _worker_events(self) -> dict[str, float]:
         """Faults the worker groups recovered from this step, as events and metrics."""
         counts: dict[str, float] = {}
@@ -436,9 +423,6 @@ class Trainer:
                                   **{k: v for k, v in event.items() if k not in ("kind", "message")})
                 counts[f"faults/{name}_{kind}"] = counts.get(f"faults/{name}_{kind}", 0.0) + 1.0
         return counts
-
-    def _step_seed(self, salt: int = 0) -> int:
-        return (self.run.seed * 1_000_003 + self.step * 7919 + salt) % (2**31 - 1)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -464,14 +448,30 @@ class Trainer:
             "wandb_run_id": self.logger.wandb_run_id,
             "wall_s": self.wall_s,
         }
+        if self.pipeline is not None:  # the batches made ahead are trained on after a resume
+            extra["pipeline"] = {"depth": self.pipeline.depth, "batches": self.pipeline.drain(),
+                                 "generated": self.pipeline.generated}
         return write_checkpoint(self.run_dir, self.workers.learner, extra,
                                 self.run.trainer.keep_checkpoints, self.checkpoint_bytes)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restores learner, optimizer, sampler, RNG, quantile tracker and the run's wall time,
-        then pushes the restored weights to the rollout engines."""
+        """Restores learner, optimizer, sampler, RNG, quantile tracker, the run's wall time and
+        the batches made ahead, then pushes the restored weights to the rollout engines."""
         extra = self.workers.learner.load(str(path))
-        self.step = int(extra["step"])
+        pipelined = extra.get("pipeline") or {"depth": 0}
+        if pipelined["depth"] != self.run.trainer.off_policy_steps:
+            raise ValueError(f"{path} was saved with trainer.off_policy_steps={pipelined['depth']}, "
+                             f"this run has {self.run.trainer.off_policy_steps}: resume with "
+                             f"trainer.off_policy_steps={pipelined['depth']}")
+        self.step = self.learner_version = int(extra["step"])
+        if pipelined["depth"]:
+            self._restored_batches = (pipelined["batches"], pipelined["generated"])
+            if len(pipelined["batches"]) < pipelined["depth"] and self.step < self.run.trainer.total_steps:
+                self.logger.event("pipeline/restart", f"the checkpoint holds "
+                                  f"{len(pipelined['batches'])} of the {pipelined['depth']} batches "
+                                  "made ahead (its run ended there): the next ones come from the "
+                                  "restored weights, fresher than an uninterrupted run's",
+                                  step=self.step)
         self.sampler.load_state_dict(extra["sampler"])
         self.advantage_state.load_state_dict(extra["advantage_state"])
         random.setstate(extra["rng"]["python"])
@@ -479,7 +479,7 @@ class Trainer:
         torch.set_rng_state(extra["rng"]["torch"])
         self.initial_eval = dict(extra.get("initial_eval") or {})
         self.wall_s_before = float(extra.get("wall_s", 0.0))
-        self.workers.learner.sync_weights(self.workers.rollout)
+        self._sync_engines()
 
 
 def _format_eval(metrics: dict[str, float]) -> str:

@@ -109,6 +109,23 @@ def test_validation_names_the_key_and_a_fix(overrides, key, hint):
     assert hint in str(error.value)
 
 
+def test_colocation_and_an_off_policy_pipeline_are_refused_together_naming_both_keys():
+    validate(compose_config(["cluster=1node-4gpu"]))
+    validate(compose_config(["trainer.off_policy_steps=1"]))
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["cluster=1node-4gpu", "trainer.off_policy_steps=1"]))
+    assert error.value.key == "trainer.off_policy_steps" and "cluster.colocate" in str(error.value)
+
+
+@pytest.mark.parametrize(("overrides", "settled"), [
+    ([], "none"), (["trainer.off_policy_steps=1"], "token"),
+    (["trainer.off_policy_steps=2", "algorithm.loss.importance_correction=sequence"], "sequence"),
+    (["trainer.off_policy_steps=1", "algorithm.loss.importance_correction=none"], "none"),
+])
+def test_importance_correction_auto_is_on_exactly_when_rollouts_are_off_policy(overrides, settled):
+    assert validate(compose_config(overrides)).algorithm.loss.importance_correction == settled
+
+
 def test_allowed_variants_of_rejected_settings_pass():
     validate(compose_config(["trainer.prompts_per_step=7", "algorithm.drop_last_bundle=true"]))
     validate(compose_config(["trainer.prompts_per_step=7", "algorithm.ragged_last_bundle=true"]))

@@ -78,3 +78,47 @@ def test_close_releases_a_generation_waiting_for_its_weights():
     begin = time.perf_counter()
     pipeline.close()
     assert time.perf_counter() - begin < 5
+
+
+@pytest.mark.parametrize("asked_at", [1, 4])  # while the loop waits in take (1) or in sync
+def test_a_sync_the_generation_asks_for_runs_on_the_loops_thread(asked_at):
+    import threading
+
+    engines, loop_thread, ran_on = Engines(), threading.get_ident(), []
+    pipeline: RolloutPipeline = None  # type: ignore[assignment]
+
+    def produce(step):
+        if step == asked_at:  # an engine restarted: the loop must sync its current weights
+            def resync():
+                ran_on.append(threading.get_ident())
+                engines.sync(learner_version)
+                return learner_version
+            assert pipeline.request_sync(resync) == learner_version
+        return engines.generate(step)
+
+    pipeline = RolloutPipeline(produce, 1, last_step=6)
+    learner_version = 0
+    try:
+        for step in range(1, 7):
+            assert pipeline.take(step)[0] == step
+            learner_version = step
+            pipeline.sync(step, lambda s=step: engines.sync(s))
+    finally:
+        pipeline.close()
+    assert ran_on == [loop_thread] and not engines.mixed
+
+
+def test_a_failed_generation_is_raised_by_take_not_waited_for_forever():
+    def produce(step):
+        if step == 2:
+            raise ValueError("bad row")
+        return step
+
+    pipeline = RolloutPipeline(produce, 1, last_step=5)
+    try:
+        assert pipeline.take(1) == 1
+        pipeline.sync(1, lambda: None)  # would wait for step 2's batch, which failed
+        with pytest.raises(ValueError, match="bad row"):
+            pipeline.take(2)
+    finally:
+        pipeline.close()

@@ -40,15 +40,15 @@ class FakeRollout:
     the way torch's sampler fails on a policy whose logits are not finite."""
 
     def __init__(self) -> None:
-        self.version, self.fail_from_step, self.step = 0, None, 0
+        self.version, self.fail_from_step, self.step = None, None, 0
 
     def generate(self, prompts: list[Any], params: SamplingParams) -> list[list[Completion]]:
         if self.fail_from_step is not None and self.step >= self.fail_from_step:
             raise RuntimeError(SAMPLING_ERROR)
-        return [[Completion([5], [-0.5], "stop", str(j % 3), [1, 2]) for j in range(params.n)]
-                for _ in prompts]
+        return [[Completion([5], [-0.5], "stop", str(j % 3), [1, 2], self.version)
+                 for j in range(params.n)] for _ in prompts]
 
-    def weight_versions(self) -> list[int]:
+    def weight_versions(self) -> list[int | None]:
         return [self.version]
 
     def metrics(self) -> dict[str, float]:
@@ -87,8 +87,8 @@ class FakeLearner:
                 "entropy": 0.5, "mini_batches": 1.0, "skipped_updates": float(bad),
                 "trailing_skipped_updates": float(bad)}
 
-    def sync_weights(self, rollout: Any) -> dict[str, float]:
-        self.weight_version += 1
+    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]:
+        self.weight_version = self.weight_version + 1 if version is None else version
         rollout.version = self.weight_version
         rollout.step = self.steps + 1
         return {"sync/weight_version": float(self.weight_version)}

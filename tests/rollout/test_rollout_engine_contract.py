@@ -147,11 +147,21 @@ def test_load_weights_names_the_bad_parameter(engine):
     assert engine.weight_version == version
 
 
-def test_sleep_then_wake_up_then_generate(engine):
+def test_a_sleeping_engine_refuses_to_generate_or_load_weights_until_woken(engine, tiny_model_path):
+    own_weights = load_model_and_tokenizer(tiny_model_path)[0].state_dict()
+    version = engine.weight_version
     engine.sleep()
+    assert engine.sleeping
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4, seed=0))
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.load_weights(own_weights.items())
+    assert engine.weight_version == version  # the refused weights are not counted as held
     engine.wake_up()
+    assert not engine.sleeping
+    engine.load_weights(own_weights.items())
     results = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4, seed=0))
-    assert len(results[0]) == 1
+    assert len(results[0]) == 1 and engine.weight_version == version + 1
 
 
 def test_bad_prompts_and_params_are_named(engine):

@@ -168,18 +168,24 @@ class LearnerGroup:
 
     # ---------------------------------------------------------------- weight sync
 
-    def sync_weights(self, rollout: Any) -> dict[str, float]:
+    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]:
         """Broadcasts the policy from rank 0 to every rollout actor (a RolloutGroup or a list
-        of actors) in buckets; checks they all report the same new weight version."""
+        of actors) in buckets; checks they all report the same new weight version. `version`
+        labels the weights (the driver passes the updates they have had, so a re-sync of the
+        same weights keeps its number); None: one more than the last sync's."""
         actors = rollout_actors(rollout)
-        before = ray.get([actor.weight_version.remote() for actor in actors])
+        states = ray.get([actor.sync_state.remote() for actor in actors])
+        asleep = [index for index, state in enumerate(states) if state["sleeping"]]
+        if asleep:  # refused before anything is sent: the broadcast would wait for them
+            raise RuntimeError(f"rollout actors {asleep} are asleep: wake them (wake_up) before "
+                               "syncing weights")
         # A restarted actor has lost its place in the sync group (and its weights): reopen.
-        reopen = actors != self._sync_targets or any(v != self.weight_version for v in before)
+        reopen = actors != self._sync_targets or not all(state["joined"] for state in states)
         if reopen:
             self._open_weight_sync(actors)
         manifest = self._weight_manifest()
         start = time.perf_counter()
-        self.weight_version += 1
+        self.weight_version = self.weight_version + 1 if version is None else version
         receiving = [actor.receive_weights.remote(manifest, self.weight_version) for actor in actors]
         sent = ray.get([worker.send_weights.remote(manifest) for worker in self.workers])
         versions = ray.get(receiving)

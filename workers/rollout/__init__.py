@@ -37,6 +37,9 @@ class EngineConfig:
     num_actors: int = 1
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5  # vllm only
+    # vllm, colocated (cluster.colocate): what sleeping frees. 1: the KV cache, weights kept in
+    # CPU memory; 2: weights dropped too (the weight sync after wake-up reloads them)
+    sleep_level: int = 1
 
     def check(self, key: str) -> None:
         one_of(self.engine, ENGINE_KINDS, f"{key}.engine")
@@ -47,6 +50,7 @@ class EngineConfig:
                     f"the {self.engine} engine has no tensor parallelism", f"use 1, or {key}=vllm")
         require(0.0 < self.gpu_memory_utilization <= 1.0, f"{key}.gpu_memory_utilization",
                 "outside (0, 1]")
+        one_of(self.sleep_level, (1, 2), f"{key}.sleep_level")
 
 
 def make_engine(

@@ -25,12 +25,18 @@ class RolloutActor:
         self._synced_version: int | None = None  # the learner's numbering, once it has synced
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        return self.engine.generate(prompts, params)
+        """The engine's completions, each stamped with the learner's version of the weights
+        that sampled it (None before the first sync), so the driver can check them."""
+        completions = self.engine.generate(prompts, params)
+        for samples in completions:
+            for completion in samples:
+                completion.weight_version = self._synced_version
+        return completions
 
-    def weight_version(self) -> int:
-        """The learner's version of the weights held (after a sync), else the engine's count
-        of loads (0 at start and after a restart)."""
-        return self.engine.weight_version if self._synced_version is None else self._synced_version
+    def weight_version(self) -> int | None:
+        """The learner's version of the weights held; None before the first sync (the weights
+        at model_path: at start, and after a restart)."""
+        return self._synced_version
 
     def sleep(self) -> None:
         self.engine.sleep()
@@ -46,15 +52,21 @@ class RolloutActor:
             "weight_version": self.weight_version(),
         }
 
+    def sync_state(self) -> dict[str, bool]:
+        """joined: this actor is in the learner's weight-sync group (a restarted one is not);
+        sleeping: its engine would refuse the weights."""
+        return {"joined": self._receiver is not None, "sleeping": self.engine.sleeping}
+
     def init_weight_sync(self, **transport_kwargs: Any) -> None:
         from workers.weight_sync import make_receiver
 
         self._receiver = make_receiver(**transport_kwargs)
 
     def receive_weights(self, manifest: Any, version: int | None = None) -> int:
-        """Loads the weights the sender broadcasts; `version` is the learner's number for them."""
+        """Loads the weights the sender broadcasts; `version` is the learner's number for them
+        (None: the engine's count of loads)."""
         if self._receiver is None:
             raise RuntimeError("RolloutActor.receive_weights before init_weight_sync")
         self.engine.load_weights(self._receiver.receive(manifest))
-        self._synced_version = version
-        return self.weight_version()
+        self._synced_version = self.engine.weight_version if version is None else version
+        return self._synced_version

@@ -26,8 +26,13 @@ class RolloutEngine(Protocol):
     @property
     def weight_version(self) -> int: ...
 
+    @property
+    def sleeping(self) -> bool: ...
+
     def sleep(self) -> None:
-        """Frees accelerator memory (colocated mode); a no-op where there is nothing to free."""
+        """Frees accelerator memory (colocated mode; a no-op where there is nothing to free).
+        A sleeping engine refuses generate and load_weights (RuntimeError) until wake_up: a
+        weight sync to it is refused, never lost."""
         ...
 
     def wake_up(self) -> None: ...

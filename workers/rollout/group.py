@@ -98,7 +98,7 @@ class RolloutGroup:
     model_path, **engine_kwargs). Placement: num_cpus/num_gpus per actor, or a placement
     group with one bundle per actor (bundle_indices default to 0..num_actors-1).
 
-    A restarted actor comes back with the weights at model_path (weight_version 0):
+    A restarted actor comes back with the weights at model_path (weight_version None):
     weight_versions() shows it, and the driver's next weight sync must cover it."""
 
     def __init__(
@@ -242,7 +242,7 @@ class RolloutGroup:
 
     # ---- the rest of the actor surface ------------------------------------------------
 
-    def weight_versions(self) -> list[int]:
+    def weight_versions(self) -> list[int | None]:
         return self._call_every_actor("weight_version")
 
     def sleep(self) -> None:

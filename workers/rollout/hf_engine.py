@@ -265,7 +265,10 @@ class HFEngine:
     # ---- weights and memory -----------------------------------------------------------
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copies named tensors into the model; unknown names and shape mismatches raise."""
+        """Copies named tensors into the model; unknown names and shape mismatches raise, and
+        so does a sleeping engine (wake it first: its weights are not where they run)."""
+        if self._sleeping:
+            raise RuntimeError("HFEngine.load_weights called while asleep; call wake_up() first")
         targets = self.model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name, tensor in weights:
@@ -283,6 +286,10 @@ class HFEngine:
     @property
     def weight_version(self) -> int:
         return self._weight_version
+
+    @property
+    def sleeping(self) -> bool:
+        return self._sleeping
 
     def sleep(self) -> None:
         """On a GPU, moves the weights to CPU memory and frees the cache; a no-op on CPU."""

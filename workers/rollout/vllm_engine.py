@@ -144,7 +144,10 @@ class VLLMEngine:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Checks names and shapes against the HF model, then reloads them in every worker
-        and resets the prefix cache."""
+        and resets the prefix cache; a sleeping engine refuses (wake it first: at sleep level 2
+        its weights are gone, and loading into a sleeping engine would be lost)."""
+        if self._sleeping:
+            raise RuntimeError("VLLMEngine.load_weights called while asleep; call wake_up() first")
         named = list(weights)
         for name, tensor in named:
             if name not in self.weight_shapes:
@@ -160,6 +163,10 @@ class VLLMEngine:
     @property
     def weight_version(self) -> int:
         return self._weight_version
+
+    @property
+    def sleeping(self) -> bool:
+        return self._sleeping
 
     def sleep(self) -> None:
         """vLLM sleep mode where the platform has it (level 1 keeps weights in CPU memory;
