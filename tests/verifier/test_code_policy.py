@@ -89,6 +89,16 @@ def test_an_output_over_the_cap_says_what_the_cap_was():
         executor.close()
 
 
+def test_the_run_config_sets_the_output_cap():
+    from riskpo.options import ConfigError
+    from workers.verifier.config import VerifierConfig
+
+    assert VerifierConfig().limits().sandbox.output_bytes == 64 << 20
+    assert VerifierConfig(code_output_mb=2.5).limits().sandbox.output_bytes == 5 << 19
+    with pytest.raises(ConfigError, match="verifier.code_output_mb"):
+        VerifierConfig(code_output_mb=0).check("verifier")
+
+
 @pytest.mark.slow
 def test_cli_output_limit_flag(tmp_path):
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
