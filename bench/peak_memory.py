@@ -6,7 +6,8 @@ workers...), sampled from /proc: how the SmolLM2 pilot's peak memory was measure
 Every --interval seconds it reads the proportional set size (Pss, /proc/PID/smaps_rollup:
 shared pages split among the processes that map them, so the sum is not inflated by pages
 that Ray's workers share) of the command and all its descendants, and keeps the peak of the
-sum and each process's own peak (by its name: ray::RolloutActor, ray::LearnerWorker, ...).
+sum and each process's own peak (by its name: ray::RolloutActor, ray::LearnerWorker, ...;
+processes of one name: the largest).
 Writes them as JSON and exits with the command's status. Linux only; standard library only.
 """
 
@@ -56,8 +57,8 @@ def name_of(pid: int) -> str:
     except OSError:
         return "?"
     text = " ".join(part.decode(errors="replace") for part in args if part)
-    if text.startswith("ray::"):
-        return text.split()[0]
+    if text.startswith("ray::"):  # ray::LearnerWorker.train_step while in a method: one name
+        return text.split()[0].split(".")[0]
     return " ".join(Path(part).name if i == 0 else part for i, part in enumerate(text.split()[:3]))
 
 
