@@ -26,9 +26,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from riskpo.data.loaders import DataConfig, load_dataset
-from riskpo.data.synthetic import SYNTHETIC_SOURCES, SyntheticProblem, problem_maker
-from riskpo.modeling import TINY_MODEL, ModelConfig, build_tiny_model, build_tokenizer
+from riskpo.data.loaders import DataConfig, DatasetConfig, load_dataset
+from riskpo.data.synthetic import SYNTHETIC_SOURCES, SyntheticProblem, countdown_rows, problem_maker
+from riskpo.data.visual import VISUAL_SOURCES, visual_problem_maker, visual_warmstart_maker
+from riskpo.messages import Prompt
+from riskpo.modeling import (
+    TINY_MODEL,
+    ModelConfig,
+    build_tiny_model,
+    build_tiny_processor,
+    build_tokenizer,
+    load_policy,
+)
+from riskpo.vlm import generation_inputs, is_processor, text_tokenizer, training_inputs
 
 CACHE_FORMAT_VERSION = 1  # bump when the training procedure changes meaning
 REPORT_FILE = "warmstart.json"
@@ -56,7 +66,7 @@ def settings_key(model: ModelConfig, data: DataConfig) -> str:
     warmstart = {k: v for k, v in asdict(model.warmstart).items() if k != "cache_dir"}
     payload = {
         "version": CACHE_FORMAT_VERSION,
-        "tiny": asdict(model.tiny),
+        "tiny": _model_settings(model),
         "warmstart": warmstart,
         "train": _task_settings(data.train),
         "eval": _task_settings(data.eval),
@@ -64,9 +74,24 @@ def settings_key(model: ModelConfig, data: DataConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _task_settings(dataset: Any) -> dict[str, Any]:
-    settings = asdict(dataset)
-    settings.pop("files", None)
+def _model_settings(model: ModelConfig) -> dict[str, Any]:
+    """The tiny model's architecture; the vision tower's only for a vision-language model (so
+    the text model's cache key is what it was before the VLM existed)."""
+    settings = asdict(model.tiny)
+    if not model.tiny.is_vision:
+        settings.pop("vision")
+    return settings
+
+
+def _task_settings(dataset: DatasetConfig) -> dict[str, Any]:
+    """What of a split shapes the warm start: its source, size, seed and that task's knobs."""
+    task = {"synthetic_arithmetic": "arithmetic", "synthetic_code": "code",
+            "synthetic_countdown": "countdown", "synthetic_visual": "visual"}.get(dataset.source)
+    settings = {"source": dataset.source, "size": dataset.size, "seed": dataset.seed}
+    if task:
+        settings[task] = asdict(getattr(dataset, task))
+    if task == "countdown":
+        settings["split"] = dataset.split
     return settings
 
 
@@ -78,13 +103,20 @@ def ensure_warm_start(model: ModelConfig, data: DataConfig, console: Console | N
     """The warm-started tiny model's directory: from the cache, or trained now and cached."""
     if model.path != TINY_MODEL:
         raise ValueError(f"model.path={model.path!r}: a warm start is built only for `tiny`")
-    if data.train.source not in SYNTHETIC_SOURCES:
+    tasks = VISUAL_SOURCES if model.tiny.is_vision else SYNTHETIC_SOURCES
+    if data.train.source not in tasks:
         raise ValueError(
-            f"data.train.source={data.train.source!r}: the tiny model's warm start needs a "
-            f"synthetic task ({', '.join(SYNTHETIC_SOURCES)})"
+            f"data.train.source={data.train.source!r}: the tiny {model.tiny.arch} model's warm "
+            f"start needs a synthetic task ({', '.join(tasks)})"
         )
     console = console or Console(stderr=True)
     target = warm_start_dir(model, data)
+    if (target / REPORT_FILE).is_file() and _stopped_by_clock(target):
+        # the time limit depends on how busy the machine was: that result is not reproducible,
+        # so it served its run and is trained again now
+        console.print(f"[bold]Warm start[/]: the cached one at {target} stopped at the time limit "
+                      "before its target; training it again.")
+        shutil.rmtree(target)
     if (target / REPORT_FILE).is_file():
         report = json.loads((target / REPORT_FILE).read_text())
         console.print(
@@ -107,32 +139,48 @@ def ensure_warm_start(model: ModelConfig, data: DataConfig, console: Console | N
     return target
 
 
+def _stopped_by_clock(directory: Path) -> bool:
+    report = json.loads((directory / REPORT_FILE).read_text())
+    return report.get("stop_reason") == "time" and not report.get("reached_target")
+
+
 def train_warm_start(
     model_config: ModelConfig, data: DataConfig, out_dir: Path, console: Console
 ) -> WarmstartReport:
     """Builds the tiny model in out_dir, trains it on data.train's synthetic task (never on
     an eval prompt) and saves it there; returns what happened."""
-    from transformers import AutoModelForCausalLM
-
-    settings = model_config.warmstart
-    tokenizer = build_tokenizer()
-    build_tiny_model(out_dir, **model_config.tiny.build_kwargs(), tokenizer=tokenizer)
+    settings, tiny = model_config.warmstart, model_config.tiny
+    # the tiny VLM's "tokenizer" is its processor (images in, image tokens expanded)
+    tokenizer = build_tiny_processor(tiny.vision) if tiny.is_vision else build_tokenizer()
+    build_tiny_model(out_dir, **tiny.build_kwargs(), tokenizer=text_tokenizer(tokenizer))
     if not settings.enabled:
         console.print("[bold]Warm start[/]: disabled; the tiny model stays randomly initialised.")
         return WarmstartReport(0.0, 0, 0.0, 0.0, False, "disabled")
-    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
-    make = problem_maker(data.train.source, data.train.arithmetic, data.train.code)
-    eval_prompts = {row.prompt_key for row in load_dataset(data.eval)}
+    model = load_policy(out_dir, torch.float32)
+    eval_prompts = _evaluation_prompts(data)
+    train = data.train
+    if train.source in VISUAL_SOURCES:
+        make = visual_problem_maker(train.visual)
+    else:
+        make = problem_maker(train.source, train.arithmetic, train.code, train.countdown, eval_prompts)
     held_out = _held_out_problems(make, settings.eval_problems, settings.seed + 1, eval_prompts)
     # training never sees the run's eval prompts nor the ones that decide when to stop
     excluded = eval_prompts | {problem.row.prompt_key for problem in held_out}
+    if train.source in VISUAL_SOURCES:  # sums, and readings of the same kind of images
+        make = visual_warmstart_maker(train.visual, excluded)
     console.print(
         f"[bold]Warm start[/]: supervised training of the tiny model on {data.train.source} "
         f"until held-out sampled accuracy >= {settings.target_accuracy:.2f} (usually 3-5 minutes "
         f"on 2 CPU cores; at most {settings.max_seconds:.0f} s or {settings.max_steps} steps). "
         "Done once: the result is cached."
     )
-    report = _train_loop(model, tokenizer, make, excluded, held_out, settings, console)
+    threads = torch.get_num_threads()
+    if tiny.is_vision:  # many small ops: one thread is as fast alone and far faster on a busy box
+        torch.set_num_threads(1)
+    try:
+        report = _train_loop(model, tokenizer, make, excluded, held_out, settings, console)
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     verdict = "reached" if report.reached_target else "did NOT reach"
@@ -142,6 +190,16 @@ def train_warm_start(
         f"stopped: {report.stop_reason})."
     )
     return report
+
+
+def _evaluation_prompts(data: DataConfig) -> set[str]:
+    """Prompts the warm start must never train on: the run's held-out rows (for Countdown, the
+    validation split too: it chooses learning rates)."""
+    prompts = {row.prompt_key for row in load_dataset(data.eval)}
+    if data.train.source == "synthetic_countdown":
+        for split in ("validation", "heldout"):
+            prompts |= {row.prompt_key for row in countdown_rows(data.train.countdown, split, 0)}
+    return prompts
 
 
 def _held_out_problems(
@@ -228,6 +286,11 @@ def _training_batch(make, rng: random.Random, excluded: set[str], size: int) -> 
 
 def _train_step(model, tokenizer, optimizer, batch: Sequence[SyntheticProblem]) -> float:
     """One AdamW step on prompt + reference response + EOS; the loss covers response tokens."""
+    model.train()
+    if is_processor(tokenizer):  # image prompts, through the VLM's processor
+        inputs = training_inputs(tokenizer, [_image_prompt(p) for p in batch],
+                                 [p.reference_response for p in batch], IGNORE_INDEX)
+        return _optimizer_step(model, optimizer, model(**inputs).loss)
     sequences, labels = [], []
     for problem in batch:
         prompt_ids = tokenizer.encode(problem.row.prompt, add_special_tokens=False)
@@ -240,8 +303,11 @@ def _train_step(model, tokenizer, optimizer, batch: Sequence[SyntheticProblem]) 
     input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
     attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
     targets = torch.tensor([t + [IGNORE_INDEX] * (width - len(t)) for t in labels])
-    model.train()
     loss = model(input_ids=input_ids, attention_mask=attention, labels=targets).loss
+    return _optimizer_step(model, optimizer, loss)
+
+
+def _optimizer_step(model, optimizer, loss: torch.Tensor) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -251,16 +317,27 @@ def _train_step(model, tokenizer, optimizer, batch: Sequence[SyntheticProblem]) 
 
 @torch.no_grad()
 def sampled_accuracy(model, tokenizer, problems: Sequence[SyntheticProblem]) -> float:
-    """Fraction of problems whose one sampled response (temperature 1) equals the reference."""
+    """Fraction of problems that one sampled response (temperature 1) solves: equals the
+    reference, or is accepted where several responses solve a problem (Countdown)."""
     model.eval()
-    prompts = [problem.row.prompt for problem in problems]
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    if is_processor(tokenizer):
+        encoded = generation_inputs(tokenizer, [_image_prompt(problem) for problem in problems])
+        tokenizer = text_tokenizer(tokenizer)
+    else:
+        prompts = [problem.row.prompt for problem in problems]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     longest = max(len(problem.reference_response) for problem in problems)
+    slack = 2 if all(problem.accepts is None for problem in problems) else 8  # other solutions
     output = model.generate(
         **encoded, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-        max_new_tokens=longest + 2, pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=longest + slack, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     responses = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-    correct = sum(r == p.reference_response for r, p in zip(responses, problems, strict=True))
+    correct = sum(p.solved_by(r) for r, p in zip(responses, problems, strict=True))
     return correct / len(problems)
+
+
+def _image_prompt(problem: SyntheticProblem) -> Prompt:
+    """A multimodal problem's prompt as the plain template gives it to the engines."""
+    return Prompt(text=problem.row.prompt, images=list(problem.row.images))

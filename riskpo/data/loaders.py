@@ -12,16 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from riskpo.data.countdown import CountdownConfig
 from riskpo.data.rows import Row, RowError, parse_row
-from riskpo.data.synthetic import SYNTHETIC_SOURCES, ArithmeticConfig, CodeTaskConfig
+from riskpo.data.synthetic import (
+    SYNTHETIC_SOURCES,
+    ArithmeticConfig,
+    CodeTaskConfig,
+    countdown_rows,
+    generate_rows,
+    problem_maker,
+)
 from riskpo.data.templates import TEMPLATES, check_prompt_lengths
+from riskpo.data.visual import VISUAL_SOURCES, VisualTaskConfig, visual_problem_maker
 from riskpo.options import ConfigError, one_of, require
 
 FILE_SUFFIXES = {"jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
 BUILTIN_SOURCES = ("humaneval", "champ")  # datasets shipped inside installed packages
-DATA_SOURCES = (*SYNTHETIC_SOURCES, *FILE_SUFFIXES, *BUILTIN_SOURCES)
+DATA_SOURCES = (*SYNTHETIC_SOURCES, *VISUAL_SOURCES, *FILE_SUFFIXES, *BUILTIN_SOURCES)
 CODE_SOURCES = ("synthetic_code", "humaneval")  # graded by the code verifier
-MATH_SOURCES = ("synthetic_arithmetic", "champ")  # graded by the math verifier
+MATH_SOURCES = ("synthetic_arithmetic", "champ", "synthetic_countdown",
+                *VISUAL_SOURCES)  # the math actors grade
+COUNTDOWN_SPLITS = ("train", "validation", "heldout")
 
 
 @dataclass
@@ -34,10 +45,19 @@ class DatasetConfig:
     seed: int = 0
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     code: CodeTaskConfig = field(default_factory=CodeTaskConfig)
+    countdown: CountdownConfig = field(default_factory=CountdownConfig)
+    visual: VisualTaskConfig = field(default_factory=VisualTaskConfig)  # synthetic_visual
+    split: str = "train"  # synthetic_countdown: which split of the task (COUNTDOWN_SPLITS)
 
     def check(self, key: str) -> None:
         one_of(self.source, DATA_SOURCES, f"{key}.source")
-        if self.source in SYNTHETIC_SOURCES:
+        if self.source == "synthetic_countdown":
+            self._check_countdown(key)
+        elif self.source in VISUAL_SOURCES:
+            require(self.size is not None and self.size >= 1, f"{key}.size",
+                    "a synthetic dataset needs a number of rows to generate", "e.g. 1000")
+            self.visual.check(f"{key}.visual")
+        elif self.source in SYNTHETIC_SOURCES:
             require(self.size is not None and self.size >= 1, f"{key}.size",
                     "a synthetic dataset needs a number of rows to generate", "e.g. 1000")
             if self.source == "synthetic_arithmetic":
@@ -51,6 +71,18 @@ class DatasetConfig:
                 resolve_files(self.files, self.source)
             except (ValueError, FileNotFoundError) as error:
                 raise ConfigError(f"{key}.files", str(error), "name existing files, dirs or globs") from None
+
+    def _check_countdown(self, key: str) -> None:
+        self.countdown.check(f"{key}.countdown")
+        one_of(self.split, COUNTDOWN_SPLITS, f"{key}.split")
+        if self.split == "train":
+            require(self.size is not None and self.size >= 1, f"{key}.size",
+                    "the Countdown training split needs a number of rows", "e.g. 5000")
+        else:
+            fixed = getattr(self.countdown, f"{self.split}_size")
+            require(self.size in (None, fixed), f"{key}.size",
+                    f"the {self.split} split has countdown.{self.split}_size={fixed} rows",
+                    f"set {key}.size=null (or {fixed})")
 
 
 @dataclass
@@ -82,8 +114,15 @@ class DataConfig:
             require(1 <= k <= self.eval_samples, f"{key}.eval_pass_k",
                     f"pass@{k} needs at least {k} samples but {key}.eval_samples={self.eval_samples}",
                     f"use k values in 1..{self.eval_samples}, or raise {key}.eval_samples")
+        if self.eval.source == "synthetic_countdown":
+            require(self.eval.split != "train", f"{key}.eval.split", "evaluates on training rows",
+                    "use heldout, or validation to choose learning rates")
         self.train.check(f"{key}.train")
         self.eval.check(f"{key}.eval")
+        if self.train.source == self.eval.source == "synthetic_countdown":
+            require(self.eval.countdown == self.train.countdown, f"{key}.eval.countdown",
+                    "differs from data.train.countdown, but the splits of a Countdown run come "
+                    "from one stream of the same task", "set the same knobs on both splits")
 
     @property
     def sources(self) -> set[str]:
@@ -92,9 +131,12 @@ class DataConfig:
 
 def load_dataset(config: DatasetConfig, exclude_prompts: Iterable[str] = ()) -> list[Row]:
     """All rows of one dataset config, checked; synthetic rows avoid `exclude_prompts`."""
+    if config.source == "synthetic_countdown":
+        return countdown_rows(config.countdown, config.split, config.size or 0)
+    if config.source in VISUAL_SOURCES:
+        return generate_rows(visual_problem_maker(config.visual), config.size or 0, config.seed,
+                             exclude_prompts)
     if config.source in SYNTHETIC_SOURCES:
-        from riskpo.data.synthetic import generate_rows, problem_maker
-
         if config.size is None or config.size < 1:
             raise ValueError(f"{config.source}: size must be a positive number of rows")
         make = problem_maker(config.source, config.arithmetic, config.code)
