@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cap on a code run's stdout and on its stderr, in MiB "
                         f"(default {ExecLimits.output_bytes >> 20})")
     parser.add_argument("--workers", type=int, default=2, help="sandbox slots / math workers")
+    parser.add_argument("--sandbox", choices=("auto", "strict"), default="auto",
+                        help="code: auto runs with the strongest isolation this machine has "
+                        "(a warning names missing layers); strict refuses to start without all")
     parser.add_argument("--ray", action="store_true", help="use a Ray cluster (address=auto "
                         "if one runs, else a local one)")
     parser.add_argument("--batch-deadline", type=float, default=3600.0)
@@ -91,7 +94,7 @@ def verify_local(kind: str, rows: list[dict], args: argparse.Namespace) -> list[
             return verifier.verify_many(rows, time.monotonic() + args.batch_deadline)
         finally:
             verifier.close()
-    executor = CodeExecutor(args.workers, limits["sandbox"])
+    executor = CodeExecutor(args.workers, limits["sandbox"], strict=args.sandbox == "strict")
     try:
         verifier = CodeVerifier(executor, limits["code"])
         with ThreadPoolExecutor(max_workers=args.workers) as threads:
@@ -106,8 +109,8 @@ def verify_ray(kind: str, rows: list[dict], args: argparse.Namespace) -> list[di
     from workers.verifier.ray_pool import VerifierLimits, VerifierPool
 
     _ray_init(ray)
-    pool = VerifierPool({kind: 1}, VerifierLimits(**limits_from(args),
-                                                  code_slots_per_actor=args.workers))
+    pool = VerifierPool({kind: 1}, VerifierLimits(**limits_from(args), code_slots_per_actor=args.workers,
+                                                  strict_sandbox=args.sandbox == "strict"))
     try:
         return pool.verify_batch([dict(row, kind=kind) for row in rows], args.batch_deadline)
     finally:

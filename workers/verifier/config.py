@@ -59,5 +59,6 @@ class VerifierConfig:
             math=MathLimits(timeout_s=max(1, int(self.math_timeout_s)), hard_timeout_s=2 * self.math_timeout_s,
                             memory_mb=max(self.memory_mb, 1024), workers=self.workers_per_actor),
             code_slots_per_actor=self.workers_per_actor,
+            strict_sandbox=self.sandbox == "strict",
             actor_num_cpus=actor_num_cpus,
             actor_resources=dict(actor_resources or {}))

@@ -41,6 +41,7 @@ class VerifierLimits:
     math: MathLimits = field(default_factory=MathLimits)
     countdown: CountdownLimits = field(default_factory=CountdownLimits)
     code_slots_per_actor: int = 2
+    strict_sandbox: bool = False  # refuse to start a code actor without every isolation layer
     chunk_size: int = 8
     max_in_flight_per_actor: int = 2
     max_restarts: int = 3
@@ -59,7 +60,8 @@ class VerifierActor:
             self.countdown = CountdownVerifier(limits.countdown)
             threads = 1
         else:
-            executor = CodeExecutor(limits.code_slots_per_actor, limits.sandbox)
+            executor = CodeExecutor(limits.code_slots_per_actor, limits.sandbox,
+                                    strict=limits.strict_sandbox)
             self.verifier = CodeVerifier(executor, limits.code)
             threads = limits.code_slots_per_actor
         self.kind = kind
