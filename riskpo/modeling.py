@@ -112,7 +112,8 @@ class WarmstartConfig:
 
     enabled: bool = True
     target_accuracy: float = 0.45  # stop once held-out sampled accuracy reaches it ...
-    max_seconds: float = 900.0  # ... or after this long ...
+    # ... or after this much CPU time (one thread: the same stop however busy the machine) ...
+    max_cpu_seconds: float = 900.0
     max_steps: int = 5000  # ... or this many optimizer steps
     batch_size: int = 256
     lr: float = 1e-3
@@ -126,7 +127,7 @@ class WarmstartConfig:
         require(0.0 < self.target_accuracy <= 1.0, f"{key}.target_accuracy", "outside (0, 1]")
         for name in ("max_steps", "batch_size", "eval_every", "eval_problems"):
             require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        require(self.max_seconds > 0, f"{key}.max_seconds", "must be > 0")
+        require(self.max_cpu_seconds > 0, f"{key}.max_cpu_seconds", "must be > 0")
         require(self.lr > 0, f"{key}.lr", "must be > 0")
 
 

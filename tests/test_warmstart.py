@@ -82,7 +82,7 @@ def test_stops_at_the_target_or_the_time_cap(tmp_path, monkeypatch):
     assert (report.stop_reason, report.steps, report.accuracy) == ("target", 6, 0.6)
     assert report.reached_target
     timed = replace(model, warmstart=replace(model.warmstart, target_accuracy=0.95, eval_every=50,
-                                             max_steps=100, max_seconds=1e-9))
+                                             max_steps=100, max_cpu_seconds=1e-9))
     report = warmstart.train_warm_start(timed, data, tmp_path / "b", Console(quiet=True))
     assert (report.stop_reason, report.steps, report.accuracy) == ("time", 1, 0.9)
     assert not report.reached_target
