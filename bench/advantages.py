@@ -1,5 +1,5 @@
 """Benchmark: every registered advantage estimator, vectorised, against a per-sample Python loop
-of the same math (tests/reference_impl.py, tests/reference_objectives.py), in the same run.
+of the same math (tests/riskpo/reference_impl.py, tests/riskpo/reference_objectives.py), in the same run.
 
 At 512 prompts x 10 samples (bundles of 5, 0/1 rewards with a success rate per prompt, 1% of
 rows masked) it prints, for each estimator, the loop and vectorised times (min / median of
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "riskpo"))
 from reference_impl import reference_group_baseline, reference_riskpo  # noqa: E402
 from reference_objectives import (  # noqa: E402
     loop_pkpo_closed_form,

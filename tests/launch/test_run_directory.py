@@ -253,7 +253,7 @@ def _tmpfs(path: Path, size: str) -> None:
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                              capture_output=True, check=False)
-    if mounted.returncode != 0:  # tests/test_run_stops.py pins the same by injection
+    if mounted.returncode != 0:  # tests/riskpo/test_run_stops.py pins the same by injection
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
 
 

@@ -2,7 +2,7 @@
 directory contract, exact resume, recovery from killed workers, config errors at start-up.
 
 These runs use the tiny model without its warm start (a random policy): they pin the plumbing,
-not learning. tests/test_embedded_run.py runs the README's command itself.
+not learning. tests/launch/test_embedded_run.py runs the README's command itself.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 
 from riskpo.logging import REQUIRED_STEP_KEYS, read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
