@@ -12,7 +12,7 @@ PY=.venv-vllm/bin/python
 OUT="${OUT:-runs/smollm2-pilot}"
 LRS="${LRS:-3e-6 1e-5 3e-5}"
 SWEEP_STEPS="${SWEEP_STEPS:-4}"
-STEPS="${STEPS:-30}"
+STEPS="${STEPS:-20}"  # the recorded study (docs/smollm2-pilot.md); make pilot trains 30
 mkdir -p "$OUT"
 
 run() {  # run <dir> <overrides...>: one training run under the memory sampler, unless done
