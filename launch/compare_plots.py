@@ -52,6 +52,15 @@ def _band(axis, colors, arm: str, curves: list[tuple[list[int], list[float]]]) -
                           color=colors[arm], alpha=0.18, linewidth=0)
 
 
+def _legend(axis) -> None:
+    """The arms' legend, or a note that no run logged the metric (e.g. no all-wrong question)."""
+    if axis.get_legend_handles_labels()[1]:
+        axis.legend(fontsize=8)
+    else:
+        axis.text(0.5, 0.5, "no run logged this", ha="center", va="center",
+                  transform=axis.transAxes, color="gray")
+
+
 def _smoothed(steps: list[int], values: list[float]) -> tuple[list[int], list[float]]:
     out = [statistics.fmean(values[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(values))]
     return steps, out
@@ -109,7 +118,7 @@ def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> 
         _title(axis, f"{study.title}: held-out {label} (step 0: before RL)")
         axis.set(xlabel="step", ylabel=label)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0])
     written.append(_save(figure, out / f"{study.name}_over_steps.png"))
 
     groups = [("all problems", lambda k: f"eval/pass@{k}")]
@@ -131,6 +140,6 @@ def plot_study(study: Study, grouped: dict[str, list[RunResult]], out: Path) -> 
         _title(axis, f"{study.title}: {title}")
         axis.set(xlabel="step", ylabel=key)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        _legend(axis)
         written.append(_save(figure, out / f"{study.name}_{name}.png"))
     return written
