@@ -196,7 +196,8 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
         kwargs["gguf_file"] = run.model.gguf_file
     if r.engine == "vllm":
         kwargs.update(tensor_parallel_size=r.tensor_parallel_size,
-                      gpu_memory_utilization=r.gpu_memory_utilization)
+                      gpu_memory_utilization=r.gpu_memory_utilization,
+                      enforce_eager=r.enforce_eager)
         if run.cluster.colocate:  # the loop puts the engines to sleep while the learner works
             kwargs.update(enable_sleep_mode=True, sleep_level=r.sleep_level)
     elif computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):

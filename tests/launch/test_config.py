@@ -162,3 +162,19 @@ def test_run_dir_and_run_name_outside_hydra_main(tmp_path):
     run.run_dir = None
     with pytest.raises(ConfigError, match="run_dir"):
         resolve_run_dir(run)
+
+
+def test_the_vllm_engine_gets_its_settings_from_the_run_config():
+    from launch.factory import engine_kwargs
+
+    run = validate(compose_config(["rollout=vllm", "rollout.enforce_eager=true",
+                                   "rollout.gpu_memory_utilization=0.3"]))
+    kwargs = engine_kwargs(run)
+    assert kwargs["enforce_eager"] is True and kwargs["gpu_memory_utilization"] == 0.3
+    assert "enable_sleep_mode" not in kwargs  # only colocated engines sleep
+    colocated = validate(compose_config([
+        "rollout=vllm", "cluster.colocate=true", "rollout.sleep_level=2",
+        "cluster.rollout_gpus_per_actor=0.5", "cluster.learner_gpus_per_rank=0.5"]))
+    kwargs = engine_kwargs(colocated)
+    assert kwargs["enforce_eager"] is False  # the default: compiled
+    assert kwargs["enable_sleep_mode"] is True and kwargs["sleep_level"] == 2

