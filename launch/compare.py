@@ -77,11 +77,13 @@ def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
 
 
 def _one_per_model(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
-    """One run for each distinct starting model (model and task settings)."""
+    """One run for each distinct starting model (its warm start's cache key)."""
+    from riskpo.warmstart import settings_key
+
     distinct: dict[str, PlannedRun] = {}
     for run in runs:
         c = run.config
-        key = json.dumps([asdict(c.model), asdict(c.data.train), asdict(c.data.eval)], default=str)
+        key = json.dumps([asdict(c.model), settings_key(c.model, c.data)], default=str)
         distinct.setdefault(key, run)
     return list(distinct.values())
 

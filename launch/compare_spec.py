@@ -156,7 +156,28 @@ def plan_sweeps(spec: Spec, runs_dir: Path) -> dict[str, list[PlannedRun]]:
                      runs_dir / study.name / "sweep" / arm.name / f"{sweep.key}_{value}")
             for arm in study.arms for value in sweep.values]
         check_fair(study, studies[study.name], (sweep.key,))
+        reference = _composed(PlannedRun(study.name, study.arms[0].name, study.seeds[0], [
+            *spec.common, *study.overrides, *study.arms[0].overrides, f"seed={study.seeds[0]}"],
+            runs_dir / study.name / "reference"))
+        check_same_start(study, studies[study.name], reference)
     return studies
+
+
+def check_same_start(study: Study, sweep_runs: Sequence[PlannedRun], reference: PlannedRun) -> None:
+    """Refuse a sweep whose runs would start from another model than the study's seed runs: a
+    warm start never trains on the held-out splits, so a sweep that evaluates on a split of its
+    own (data.eval.seed=...) gets a warm start of its own, and chooses for another model."""
+    from riskpo.warmstart import settings_key
+
+    def start(run: PlannedRun) -> str:
+        return f"{run.config.model.path}:{settings_key(run.config.model, run.config.data)}"
+
+    if any(start(run) != start(reference) for run in sweep_runs):
+        raise ConfigError(f"studies.{study.name}.sweep.overrides",
+                          "the sweep's runs would start from another warm-started model than the "
+                          "seed runs (their data splits differ, and the warm start never trains "
+                          "on a held-out split)", "evaluate the sweep on the task's validation "
+                          "split: data.eval_on=validation (the data config declares it)")
 
 
 def plan(spec: Spec, runs_dir: Path,

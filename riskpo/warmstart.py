@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from riskpo.data.loaders import DataConfig, DatasetConfig, load_dataset
+from riskpo.data.loaders import DataConfig, DatasetConfig, held_out_prompts, load_held_out
 from riskpo.data.synthetic import SYNTHETIC_SOURCES, SyntheticProblem, countdown_rows, problem_maker
 from riskpo.data.visual import VISUAL_SOURCES, visual_problem_maker, visual_warmstart_maker
 from riskpo.messages import Prompt
@@ -71,6 +71,8 @@ def settings_key(model: ModelConfig, data: DataConfig) -> str:
         "train": _task_settings(data.train),
         "eval": _task_settings(data.eval),
     }
+    if data.validation is not None:  # (absent otherwise: the key stays what it was before)
+        payload["validation"] = _task_settings(data.validation)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,9 +185,11 @@ def train_warm_start(
 
 
 def _evaluation_prompts(data: DataConfig) -> set[str]:
-    """Prompts the warm start must never train on: the run's held-out rows (for Countdown, the
-    validation split too: it chooses learning rates)."""
-    prompts = {row.prompt_key for row in load_dataset(data.eval)}
+    """Prompts the warm start must never train on: the held-out rows and the validation split
+    (which chooses learning rates), whichever of them the run evaluates on, so a run that
+    chooses settings and one that reports starts from the same model (for Countdown, both of
+    the task's splits, always)."""
+    prompts = held_out_prompts(load_held_out(data))
     if data.train.source == "synthetic_countdown":
         for split in ("validation", "heldout"):
             prompts |= {row.prompt_key for row in countdown_rows(data.train.countdown, split, 0)}

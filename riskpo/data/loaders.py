@@ -33,6 +33,7 @@ CODE_SOURCES = ("synthetic_code", "humaneval")  # graded by the code verifier
 MATH_SOURCES = ("synthetic_arithmetic", "champ", "synthetic_countdown",
                 *VISUAL_SOURCES)  # the math actors grade
 COUNTDOWN_SPLITS = ("train", "validation", "heldout")
+EVAL_SPLITS = ("eval", "validation")  # data.eval_on
 
 
 @dataclass
@@ -93,6 +94,10 @@ class DataConfig:
     eval: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(size=200, seed=1)
     )  # held out: synthetic eval rows never repeat a training prompt
+    # a validation split fixed in advance, for choosing settings (learning rates): never
+    # trained on, never repeats an eval prompt; null: none
+    validation: DatasetConfig | None = None
+    eval_on: str = "eval"  # the split the run evaluates on: one of EVAL_SPLITS
     template: str = "plain"  # see templates.TEMPLATES
     system_prompt: str | None = None  # chat template only
     instruction: str | None = None  # appended to each question (chat template only)
@@ -117,8 +122,14 @@ class DataConfig:
         if self.eval.source == "synthetic_countdown":
             require(self.eval.split != "train", f"{key}.eval.split", "evaluates on training rows",
                     "use heldout, or validation to choose learning rates")
+        one_of(self.eval_on, EVAL_SPLITS, f"{key}.eval_on")
+        require(self.eval_on != "validation" or self.validation is not None, f"{key}.eval_on",
+                "is validation, but the data config declares no validation split",
+                f"set {key}.validation (see conf/data/arithmetic.yaml), or use eval")
         self.train.check(f"{key}.train")
         self.eval.check(f"{key}.eval")
+        if self.validation is not None:
+            self.validation.check(f"{key}.validation")
         if self.train.source == self.eval.source == "synthetic_countdown":
             require(self.eval.countdown == self.train.countdown, f"{key}.eval.countdown",
                     "differs from data.train.countdown, but the splits of a Countdown run come "
@@ -126,7 +137,7 @@ class DataConfig:
 
     @property
     def sources(self) -> set[str]:
-        return {self.train.source, self.eval.source}
+        return {split.source for split in (self.train, self.eval, self.validation) if split}
 
 
 def load_dataset(config: DatasetConfig, exclude_prompts: Iterable[str] = ()) -> list[Row]:
@@ -156,18 +167,41 @@ def load_dataset(config: DatasetConfig, exclude_prompts: Iterable[str] = ()) -> 
     return _take(rows, config.size, config.seed)
 
 
+def load_splits(config: DataConfig) -> dict[str, list[Row]]:
+    """Every split the config declares, by name (train, eval, validation); synthetic rows
+    never repeat a prompt of the held-out splits before them (validation avoids eval's, train
+    avoids both), so the splits share no prompt."""
+    splits = load_held_out(config)
+    splits["train"] = load_dataset(config.train, exclude_prompts=held_out_prompts(splits))
+    return splits
+
+
+def load_held_out(config: DataConfig) -> dict[str, list[Row]]:
+    """The splits never trained on: eval, and validation where the config declares one."""
+    splits = {"eval": load_dataset(config.eval)}
+    if config.validation is not None:
+        splits["validation"] = load_dataset(config.validation,
+                                            exclude_prompts=held_out_prompts(splits))
+    return splits
+
+
+def held_out_prompts(splits: dict[str, list[Row]]) -> set[str]:
+    """The prompts of the splits that are not the training split."""
+    return {row.prompt_key for name, rows in splits.items() if name != "train" for row in rows}
+
+
 def load_train_and_eval(config: DataConfig) -> tuple[list[Row], list[Row]]:
-    """Training and held-out rows; synthetic training rows never repeat an eval prompt."""
-    eval_rows = load_dataset(config.eval)
-    train_rows = load_dataset(config.train, exclude_prompts=[row.prompt_key for row in eval_rows])
-    return train_rows, eval_rows
+    """Training rows and the rows the run evaluates on (data.eval_on: the held-out split, or
+    the validation split when choosing settings)."""
+    splits = load_splits(config)
+    return splits["train"], splits[config.eval_on]
 
 
 def load_checked_data(config: DataConfig, tokenizer: Any) -> tuple[list[Row], list[Row]]:
     """Training and held-out rows, every prompt checked against data.max_prompt_length with
     the engines' tokenizer: a longer prompt is a RowError naming the row and its length."""
     train_rows, eval_rows = load_train_and_eval(config)
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+    for split, rows in (("train", train_rows), (config.eval_on, eval_rows)):
         check_prompt_lengths(rows, tokenizer, config.template, config.max_prompt_length,
                              f"data.{split} ({getattr(config, split).source})",
                              config.system_prompt, config.instruction)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from riskpo.data.synthetic import (
     problem_maker,
 )
 from riskpo.data.templates import build_prompt, check_prompt_lengths
+from riskpo.options import ConfigError
 
 
 @pytest.mark.parametrize("operators", [["+"], ["+", "-", "*"]])
@@ -57,6 +59,28 @@ def test_held_out_eval_never_repeats_a_training_prompt():
     train, held_out = load_train_and_eval(data)
     assert len(train) == 3000 and len(held_out) == 300
     assert not {row.prompt for row in train} & {row.prompt for row in held_out}
+
+
+def test_validation_split_shares_no_prompt_and_is_what_eval_on_picks():
+    easy = ArithmeticConfig(min_digits=1, max_digits=2)
+    data = DataConfig(train=DatasetConfig(size=3000, arithmetic=easy),
+                      eval=DatasetConfig(size=300, seed=1, arithmetic=easy),
+                      validation=DatasetConfig(size=300, seed=1, arithmetic=easy))  # same seed
+    train, held_out = load_train_and_eval(data)
+    validation = load_train_and_eval(replace(data, eval_on="validation"))[1]
+    assert len(validation) == 300 and held_out != validation
+    prompts = [{row.prompt for row in rows} for rows in (train, held_out, validation)]
+    assert not prompts[0] & prompts[1] and not prompts[0] & prompts[2]
+    assert not prompts[1] & prompts[2]  # validation avoids eval's prompts, even on eval's seed
+
+
+def test_evaluating_on_a_validation_split_that_is_not_declared_names_the_key():
+    with pytest.raises(ConfigError, match="declares no validation split") as error:
+        DataConfig(eval_on="validation").check("data")
+    assert error.value.key == "data.eval_on"
+    with pytest.raises(ConfigError) as error:
+        DataConfig(eval_on="test").check("data")
+    assert error.value.key == "data.eval_on"
 
 
 @pytest.mark.parametrize("forms", [["linear"], ["linear", "quadratic"]])

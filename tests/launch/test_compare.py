@@ -127,8 +127,8 @@ def test_interval_is_the_student_t_95_percent_interval():
     assert interval([0.7])[0] == 0.7 and interval([0.7])[1] != interval([0.7])[1]  # NaN: one seed
 
 
-SWEPT = TWO_ARMS.replace("    arms:", """    sweep: {key: learner.lr, values: [1.0e-5, 4.0e-5], seed: 7, overrides: [data.eval.seed=5],
-            metric: eval/pass@1}
+SWEPT = TWO_ARMS.replace("    arms:", """    sweep: {key: learner.lr, values: [1.0e-5, 4.0e-5], seed: 7,
+            overrides: [data.eval_on=validation], metric: eval/pass@1}
     arms:""")
 
 
@@ -136,7 +136,7 @@ def test_a_sweep_picks_each_arms_value_on_its_own_split_then_runs_the_seeds(tmp_
     spec = load_spec(write_spec(tmp_path, SWEPT))
     sweeps = plan_sweeps(spec, tmp_path / "runs")["arith"]
     assert len(sweeps) == 4 and {run.seed for run in sweeps} == {7}
-    assert all("data.eval.seed=5" in run.overrides for run in sweeps)
+    assert all(run.config.data.eval_on == "validation" for run in sweeps)
     assert plan(spec, tmp_path / "runs", {})["arith"] == []  # nothing chosen yet: no runs
     scores = {("riskpo_paper", "learner.lr_1e-05"): 0.2, ("riskpo_paper", "learner.lr_4e-05"): 0.4,
               ("grpo", "learner.lr_1e-05"): 0.6, ("grpo", "learner.lr_4e-05"): 0.3}
@@ -150,6 +150,24 @@ def test_a_sweep_picks_each_arms_value_on_its_own_split_then_runs_the_seeds(tmp_
     assert {run.config.learner.lr for run in runs if run.arm == "grpo"} == {1.0e-5}
     table = sweep_table(spec.studies[0], sweeps, chosen)
     assert "| riskpo_paper | 0.200 | **0.400** |" in table and "| grpo | **0.600** | 0.300 |" in table
+
+
+def test_a_sweep_that_would_start_from_another_warm_start_is_refused(tmp_path):
+    """A sweep evaluating on a held-out split of its own would get a warm start of its own (the
+    warm start never trains on held-out prompts): it would choose for another model."""
+    spec = load_spec(write_spec(tmp_path, SWEPT.replace("data.eval_on=validation",
+                                                        "data.eval.seed=5")))
+    with pytest.raises(ConfigError, match="data.eval_on=validation") as error:
+        plan_sweeps(spec, tmp_path / "runs")
+    assert error.value.key == "studies.arith.sweep.overrides"
+
+
+def test_the_shipped_specs_sweep_from_the_seed_runs_model():
+    for name in ("full", "ci"):
+        spec = load_spec(ROOT / "conf" / "compare" / f"{name}.yaml")
+        sweeps = plan_sweeps(spec, ROOT / "runs" / "unused")
+        assert sweeps and all(run.config.data.eval_on == "validation"
+                              for runs in sweeps.values() for run in runs)
 
 
 def test_diagnostics_and_matched_training_reward(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from riskpo import warmstart
-from riskpo.data.loaders import DataConfig, DatasetConfig
+from riskpo.data.loaders import DataConfig, DatasetConfig, load_train_and_eval
 from riskpo.data.synthetic import ArithmeticConfig
 from riskpo.modeling import ModelConfig, TinyModelConfig, WarmstartConfig
 
@@ -62,6 +62,19 @@ def test_cache_key_follows_every_setting_but_the_cache_dir(tmp_path):
     harder = replace(data, train=replace(data.train, arithmetic=ArithmeticConfig(max_digits=4)))
     keys = {warmstart.settings_key(m, d) for m, d in ((faster, data), (wider, data), (model, harder))}
     assert key not in keys and len(keys) == 3
+
+
+def test_a_run_on_the_validation_split_starts_from_the_same_warm_start(tmp_path):
+    """The warm start never trains on either held-out split, whichever the run evaluates on: a
+    learning-rate sweep (data.eval_on=validation) and the runs it chooses for share one model."""
+    model, data = _settings(tmp_path)
+    data = replace(data, validation=replace(data.eval, seed=data.eval.seed + 1))
+    key = warmstart.settings_key(model, data)
+    assert warmstart.settings_key(model, replace(data, eval_on="validation")) == key
+    assert warmstart.settings_key(model, replace(data, validation=None)) != key
+    excluded = warmstart._evaluation_prompts(data)
+    assert excluded == {row.prompt_key for split in ("eval", "validation")
+                        for row in load_train_and_eval(replace(data, eval_on=split))[1]}
 
 
 def test_cache_root_honours_the_environment(monkeypatch, tmp_path):
