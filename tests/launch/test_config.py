@@ -13,7 +13,7 @@ from launch.config import RunConfig, compose_config, resolve_run_dir, to_datacla
 from riskpo.options import ConfigError
 from workers.rollout import ENGINE_CAPABILITIES
 
-FIXTURES = Path(__file__).parents[1] / "data" / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "riskpo" / "data" / "fixtures"
 MATH_ROWS = FIXTURES / "math_rows.jsonl"
 LOCAL_DATA = [
     "data.train.source=jsonl", f"data.train.files=[{MATH_ROWS}]",

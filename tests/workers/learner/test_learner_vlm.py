@@ -36,7 +36,7 @@ VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
 def vllm_llava_skip_reason() -> str | None:
-    """Why vLLM cannot run the tiny LLaVA here, or None (as in tests/rollout)."""
+    """Why vLLM cannot run the tiny LLaVA here, or None (as in tests/workers/rollout)."""
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not importable in this venv (runs in .venv-vllm)"
     try:

