@@ -10,6 +10,7 @@ verifier's criterion for arithmetic, a lower bound for the code task.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -113,14 +114,27 @@ def ensure_warm_start(model: ModelConfig, data: DataConfig, console: Console | N
         )
     console = console or Console(stderr=True)
     target = warm_start_dir(model, data)
-    if (target / REPORT_FILE).is_file():
-        report = json.loads((target / REPORT_FILE).read_text())
-        console.print(
-            f"[bold]Warm start[/]: cached at {target} (held-out accuracy "
-            f"{report['accuracy']:.2f} after {report['steps']} steps); skipping training."
-        )
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        if not (target / REPORT_FILE).is_file():
+            try:  # one process trains a given warm start; the others wait for it, then load it
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                console.print(f"[bold]Warm start[/]: another process is training {target}; "
+                              "waiting for it.")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / REPORT_FILE).is_file():
+            report = json.loads((target / REPORT_FILE).read_text())
+            console.print(
+                f"[bold]Warm start[/]: cached at {target} (held-out accuracy "
+                f"{report['accuracy']:.2f} after {report['steps']} steps); skipping training."
+            )
+            return target
+        return _train_into(target, model, data, console)
+
+
+def _train_into(target: Path, model: ModelConfig, data: DataConfig, console: Console) -> Path:
+    """Trains the warm start in a staging directory beside target, then renames it into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         report = train_warm_start(model, data, staging, console)

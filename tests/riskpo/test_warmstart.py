@@ -4,6 +4,7 @@ a few steps of a very small model)."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -50,6 +51,35 @@ def test_trains_saves_and_reuses_the_cache(tmp_path, monkeypatch):
     again = Console(record=True, width=200)
     assert warmstart.ensure_warm_start(model, data, console=again) == path
     assert "skipping training" in again.export_text()
+
+
+def test_processes_starting_together_train_one_warm_start_and_share_it(tmp_path, monkeypatch):
+    """Two runs needing the same uncached warm start (riskpo-compare's jobs, a CI's parallel
+    tests): one trains it, the other waits and loads it instead of training it again."""
+    import threading
+
+    model, data = _settings(tmp_path)
+    trained, started = [], threading.Event()
+    real = warmstart.train_warm_start
+
+    def slow_train(*args, **kwargs):
+        trained.append(1)
+        started.set()
+        time.sleep(1.0)  # long enough for the second caller to find the lock taken
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(warmstart, "train_warm_start", slow_train)
+    consoles = [Console(record=True, width=200) for _ in range(2)]
+    paths: list = []
+    first = threading.Thread(target=lambda: paths.append(
+        warmstart.ensure_warm_start(model, data, console=consoles[0])))
+    first.start()
+    assert started.wait(30)
+    paths.append(warmstart.ensure_warm_start(model, data, console=consoles[1]))
+    first.join()
+    assert len(trained) == 1 and paths[0] == paths[1]
+    said = consoles[1].export_text()
+    assert "waiting for it" in said and "skipping training" in said
 
 
 def test_cache_key_follows_every_setting_but_the_cache_dir(tmp_path):
