@@ -88,6 +88,11 @@ def shutdown_ray() -> None:
     import ray
 
     ray.shutdown()
+    remove_started_dirs()
+
+
+def remove_started_dirs() -> None:
+    """Removes the temp directories of the local clusters started here."""
     while _STARTED_DIRS:
         path = _STARTED_DIRS.pop()
         for _ in range(3):  # Ray's processes may still be closing their logs

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import sys
@@ -42,6 +43,8 @@ from riskpo.stops import (
     error_line,
 )
 
+STOP_LIMIT_S = 60.0  # an interrupted run's process is gone within this (cleanup takes seconds)
+
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
@@ -50,7 +53,8 @@ def main(cfg: DictConfig) -> None:
     console = Console(stderr=True)
     try:
         run = validate(cfg)
-        train(run, OmegaConf.to_container(cfg, resolve=True), resolve_run_dir(run))
+        train(run, OmegaConf.to_container(cfg, resolve=True), resolve_run_dir(run),
+              stop_limit_s=STOP_LIMIT_S)
     except ConfigError as error:
         _stop(console, 2, f"[bold red]config error[/]: {error}")
     except RowError as error:
@@ -65,10 +69,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
-          console: Console | None = None) -> dict[str, Any]:
+          console: Console | None = None, stop_limit_s: float | None = None) -> dict[str, Any]:
     """One run, end to end; returns the summary also written to run_dir/summary.json. Raises
     ConfigError/RowError before anything starts, RunFinished when a resume has nothing to do,
-    RunStopped when the run stops early (an interrupt is RunStopped with status 130/143)."""
+    RunStopped when the run stops early (an interrupt is RunStopped with status 130/143).
+    stop_limit_s (the command line's): after an interrupt the process exits within it."""
     from launch.factory import check_reachable, prepare_model
     from launch.run_dir import apply_plan, check_output_paths, plan_run
     from riskpo.checkpoints import (
@@ -104,7 +109,7 @@ def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
     if problem and run.trainer.total_steps:
         raise ConfigError("run_dir", problem, "free some space or choose a run_dir on another disk")
     summary = _run_on_ray(run, resolved, plan, (train_rows, eval_rows), model_path,
-                          checkpoint_bytes, changes, console)
+                          checkpoint_bytes, changes, console, stop_limit_s)
     if run.logger.plots:
         plots = plot_run(plan.run_dir)
         console.print(f"plots: {', '.join(str(p) for p in plots)}")
@@ -114,7 +119,7 @@ def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
 
 def _run_on_ray(run: RunConfig, resolved: dict[str, Any], plan: RunPlan, rows: tuple[list, list],
                 model_path: str, checkpoint_bytes: int, changes: list[str],
-                console: Console) -> dict[str, Any]:
+                console: Console, stop_limit_s: float | None) -> dict[str, Any]:
     """Connects to Ray, builds the workers, trains; whatever happens, the workers stop and a
     local cluster started here is shut down and its temp directory removed."""
     from launch.factory import build_workers, connect_ray, shutdown_ray
@@ -145,6 +150,8 @@ def _run_on_ray(run: RunConfig, resolved: dict[str, Any], plan: RunPlan, rows: t
     except KeyboardInterrupt as error:
         stop: RunStopped = _interrupted(error, trainer.step if trainer else 0, plan)
         _record(logger, "interrupted", stop)
+        if stop_limit_s is not None:
+            _exit_within(stop_limit_s, stop, plan.run_dir)
         raise stop from None
     except RunStopped as error:
         _record(logger, "stopped", error)
@@ -158,6 +165,31 @@ def _run_on_ray(run: RunConfig, resolved: dict[str, Any], plan: RunPlan, rows: t
     finally:
         _close(logger, workers, started_ray, shutdown_ray)
         _set_handler(signal.SIGTERM, sigterm)
+
+
+def _exit_within(limit_s: float, stop: RunStopped, run_dir: Path) -> None:
+    """An interrupted run is gone within limit_s, however its cleanup goes: if the process is
+    still here then (a worker or Ray's shutdown stuck), where each thread was goes to
+    events.jsonl, the local cluster's temp directory is removed, the stop line is said and the
+    process exits with the interrupt's status (Ray's own processes die with it)."""
+    def watchdog() -> None:
+        time.sleep(limit_s)
+        from launch.factory import remove_started_dirs
+        from riskpo.logging import EVENTS_FILE
+
+        stacks = "".join(f"thread {ident}:\n{''.join(traceback.format_stack(frame))}"
+                         for ident, frame in sys._current_frames().items())
+        event = {"time": time.time(), "step": stop.step or None, "kind": "stop/slow_cleanup",
+                 "message": f"still cleaning up {limit_s:.0f} s after the interrupt; exited",
+                 "traceback": stacks}
+        with contextlib.suppress(OSError), open(run_dir / EVENTS_FILE, "a") as events:
+            events.write(json.dumps(event) + "\n")
+        with contextlib.suppress(Exception):
+            remove_started_dirs()
+        print(str(stop), file=sys.stderr, flush=True)
+        os._exit(stop.exit_status)
+
+    threading.Thread(target=watchdog, name="stop-watchdog", daemon=True).start()
 
 
 def _interrupted(error: KeyboardInterrupt, step: int, plan: RunPlan) -> RunStopped:

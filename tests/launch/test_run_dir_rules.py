@@ -159,3 +159,30 @@ def test_a_checkpoint_resumed_into_another_run_is_refused(tmp_path):
     run, config = resolved(f"run_dir={fresh}", f"resume={source}/checkpoints/step_000003",
                            "trainer.total_steps=6")
     assert plan_run(run, config, fresh).resume_step == 3  # a fresh directory may start from it
+
+
+def test_an_interrupted_run_whose_cleanup_is_stuck_still_exits_with_its_status(tmp_path):
+    """riskpo-train arms a watchdog when interrupted: if stopping the workers or Ray hangs, the
+    process still exits (with the interrupt's status and its one line), and events.jsonl says
+    where each thread was."""
+    import subprocess
+    import sys
+    import time
+
+    code = f"""
+import time
+from pathlib import Path
+from launch.train import _exit_within
+from riskpo.stops import RunStopped
+stop = RunStopped("interrupted at step 3; last complete checkpoint: none", 3)
+stop.exit_status = 130
+_exit_within(0.5, stop, Path({str(tmp_path)!r}))
+time.sleep(60)  # a cleanup that never ends
+"""
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert done.returncode == 130 and time.monotonic() - began < 40
+    assert done.stderr.strip().splitlines()[-1] == "interrupted at step 3; last complete checkpoint: none"
+    event = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
+    assert event["kind"] == "stop/slow_cleanup" and event["step"] == 3
+    assert "time.sleep(60)" in event["traceback"] or "<module>" in event["traceback"]
