@@ -125,7 +125,8 @@ class DataConfig:
         one_of(self.eval_on, EVAL_SPLITS, f"{key}.eval_on")
         require(self.eval_on != "validation" or self.validation is not None, f"{key}.eval_on",
                 "is validation, but the data config declares no validation split",
-                f"set {key}.validation (see conf/data/arithmetic.yaml), or use eval")
+                "use a data config that declares one (data=arithmetic_with_validation, "
+                "countdown, code), or eval")
         self.train.check(f"{key}.train")
         self.eval.check(f"{key}.eval")
         if self.validation is not None:

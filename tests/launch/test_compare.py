@@ -129,7 +129,7 @@ def test_interval_is_the_student_t_95_percent_interval():
 
 SWEPT = TWO_ARMS.replace("    arms:", """    sweep: {key: learner.lr, values: [1.0e-5, 4.0e-5], seed: 7,
             overrides: [data.eval_on=validation], metric: eval/pass@1}
-    arms:""")
+    arms:""").replace("[trainer.total_steps=4]", "[data=arithmetic_with_validation, trainer.total_steps=4]")
 
 
 def test_a_sweep_picks_each_arms_value_on_its_own_split_then_runs_the_seeds(tmp_path):
