@@ -134,6 +134,14 @@ def matched_reward(study: Study, grouped: dict[str, list[RunResult]]) -> list[st
     return lines
 
 
+def run_time(results: Sequence[RunResult], sweep_results: Sequence[RunResult]) -> str:
+    """One sentence: how long the study's finished runs trained, summed (each run's own wall
+    time from its summary; the comparison runs several at a time, so its wall time is less)."""
+    minutes = [sum(r.wall_s for r in rs if number(r.wall_s)) / 60 for rs in (sweep_results, results)]
+    return (f"**Run time**: {len(sweep_results)} sweep runs ({minutes[0]:.0f} min) and "
+            f"{len(results)} seed runs ({minutes[1]:.0f} min), summing each run's own wall time.\n")
+
+
 def config_differences(runs: Sequence[PlannedRun]) -> str:
     """A table of the resolved config values that differ between the study's arms."""
     first_of_arm: dict[str, dict[str, Any]] = {}
@@ -230,6 +238,7 @@ def _study_sections(study: Study, runs: list[PlannedRun], figures: Path,
                      f"{study.sweep.seed}); the value in bold is the one each arm then ran with:\n",
                      sweep_table(study, sweep_runs, chosen) + "\n"]
     sections += [
+        run_time(results, [r for r in (load_result(run) for run in sweep_runs) if r is not None]),
         f"{len(results)} of {len(runs)} runs finished; seeds {study.seeds}; final held-out "
         "metrics as mean ± half-width of the 95% Student t interval over seeds. avg@1 is the "
         "mean accuracy of the samples; training reward and entropy are means over the last tenth "
@@ -245,6 +254,9 @@ def _study_sections(study: Study, runs: list[PlannedRun], figures: Path,
     if claims:
         sections += ["**The paper's claims on this task** (\"holds\" needs the arm's 95% interval "
                      "above the baseline's):\n", claims + "\n"]
+    if study.notes:
+        sections += ["**What was tried, and how we read it** (the spec's notes, written after the "
+                     "runs):\n", study.notes + "\n"]
     return sections + [
         "**What differs between the arms** (resolved configs; everything else is equal):\n",
         config_differences(runs) + "\n",

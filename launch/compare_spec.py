@@ -54,6 +54,7 @@ class Study:
     arms: list[Arm]
     baseline: str | None = None  # the arm the others are compared with in the findings
     sweep: Sweep | None = None
+    notes: str = ""  # written by hand once the numbers are in: what was tried, how to read them
 
 
 @dataclass
@@ -117,6 +118,7 @@ def _study(path: Path, name: str, body: Any) -> Study:
         seeds=seeds, target=float(body.get("target", 0.5)),
         arms=[Arm(arm, _str_list(path, f"studies.{name}.arms.{arm}", o)) for arm, o in arms.items()],
         baseline=baseline, sweep=_sweep(path, name, body.get("sweep")),
+        notes=str(body.get("notes", "")).strip(),
     )
 
 

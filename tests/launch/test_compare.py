@@ -117,8 +117,18 @@ def test_report_numbers_from_known_runs(tmp_path):
     report = write_report(spec, studies, tmp_path / "out" / "results.md", "riskpo-compare")
     text = report.read_text()
     assert "4 of 4 runs finished" in text and "`algorithm.name`" in text
+    assert "What was tried" not in text  # the spec has no notes
+    assert "**Run time**: 0 sweep runs (0 min) and 4 seed runs (1 min)" in text  # 4 x 10 s
     assert "The paper's claims on this task" in text
     assert (tmp_path / "out" / "results" / "arith_over_steps.png").is_file()
+
+
+def test_a_studys_notes_go_into_its_section_of_the_report(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TWO_ARMS + "    notes: |\n      Tried a higher rate.\n"))
+    assert spec.studies[0].notes == "Tried a higher rate."
+    text = write_report(spec, plan(spec, tmp_path / "runs"), tmp_path / "r.md", "riskpo-compare").read_text()
+    assert "**What was tried, and how we read it**" in text and "Tried a higher rate." in text
+    assert "0 of 4 runs finished" in text
 
 
 def test_interval_is_the_student_t_95_percent_interval():
