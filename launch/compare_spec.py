@@ -80,7 +80,8 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.study}/{self.arm}/seed{self.seed}"
+        """study/arm/seed<N>, or study/arm/<key>_<value> for a sweep's run (its directory)."""
+        return f"{self.study}/{self.arm}/{self.run_dir.name}"
 
     def finished(self) -> bool:
         return (self.run_dir / "summary.json").is_file()

@@ -146,6 +146,7 @@ def test_a_sweep_picks_each_arms_value_on_its_own_split_then_runs_the_seeds(tmp_
     spec = load_spec(write_spec(tmp_path, SWEPT))
     sweeps = plan_sweeps(spec, tmp_path / "runs")["arith"]
     assert len(sweeps) == 4 and {run.seed for run in sweeps} == {7}
+    assert sweeps[0].label == "arith/riskpo_paper/learner.lr_1e-05"  # progress names the value
     assert all(run.config.data.eval_on == "validation" for run in sweeps)
     assert plan(spec, tmp_path / "runs", {})["arith"] == []  # nothing chosen yet: no runs
     scores = {("riskpo_paper", "learner.lr_1e-05"): 0.2, ("riskpo_paper", "learner.lr_4e-05"): 0.4,
