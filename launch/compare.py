@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ from riskpo.options import ConfigError
 
 CONSOLE_LOG = "console.log"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_WAIT_S = 90  # riskpo-train exits within 60 s of an interrupt
 
 
 def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
@@ -92,7 +94,32 @@ def _run_all(todo: Sequence[PlannedRun], console: Console, jobs: int,
              env: dict[str, str]) -> list[str]:
     failures: list[str] = []
     pending, running = list(todo), []
-    began, done = time.perf_counter(), 0
+    try:
+        _loop(pending, running, failures, console, jobs, env)
+    except KeyboardInterrupt:
+        _stop(running, console)
+        raise
+    return failures
+
+
+def _stop(running: list, console: Console) -> None:
+    """Interrupts the runs in flight (each exits within a minute: riskpo-train's own limit)
+    and waits for them; their directories are unfinished, so the next invocation redoes them."""
+    for run, process, _, _ in running:
+        console.print(f"interrupting {run.label}")
+        process.send_signal(signal.SIGINT)
+    for _, process, log, _ in running:
+        try:
+            process.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _loop(pending: list[PlannedRun], running: list, failures: list[str], console: Console,
+          jobs: int, env: dict[str, str]) -> None:
+    began, done, total = time.perf_counter(), 0, len(pending)
     while pending or running:
         while pending and len(running) < jobs:
             run = pending.pop(0)
@@ -104,7 +131,7 @@ def _run_all(todo: Sequence[PlannedRun], console: Console, jobs: int,
             run, process, log, start = item
             log.close()
             done += 1
-            prefix = f"[{done}/{len(todo)}] {run.label}"
+            prefix = f"[{done}/{total}] {run.label}"
             if process.returncode != 0 or not run.finished():
                 failures.append(f"{run.label}: exit {process.returncode} "
                                 f"(see {run.run_dir / CONSOLE_LOG})")
@@ -113,8 +140,7 @@ def _run_all(todo: Sequence[PlannedRun], console: Console, jobs: int,
                 continue
             final = json.loads((run.run_dir / "summary.json").read_text()).get("final", {})
             console.print(f"{prefix}: avg@1 {final.get('eval/pass@1', math.nan):.3f} in "
-                          f"{time.perf_counter() - start:.0f}s; {_eta(began, done, len(todo))}")
-    return failures
+                          f"{time.perf_counter() - start:.0f}s; {_eta(began, done, total)}")
 
 
 def _start(run: PlannedRun, env: dict[str, str]) -> tuple[subprocess.Popen, IO[str]]:
@@ -124,8 +150,9 @@ def _start(run: PlannedRun, env: dict[str, str]) -> tuple[subprocess.Popen, IO[s
     run.run_dir.mkdir(parents=True)
     log = open(run.run_dir / CONSOLE_LOG, "w")  # noqa: SIM115 (closed when the run ends)
     command = [sys.executable, "-m", "launch.train", *run.overrides, f"run_dir={run.run_dir}"]
+    # its own session: a Ctrl-C reaches only riskpo-compare, which interrupts each run once
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               cwd=REPO_ROOT)
+                               cwd=REPO_ROOT, start_new_session=True)
     return process, log
 
 
@@ -167,15 +194,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         console.print(f"[bold red]config error[/]: {error}")
         return 2
-    failures = [] if args.report_only else execute(unique_runs(sweeps), console, args.fresh, args.jobs)
     try:
+        failures = [] if args.report_only else execute(unique_runs(sweeps), console, args.fresh, args.jobs)
         chosen = chosen_values(spec, sweeps, console)
         studies = plan(spec, Path(args.runs_dir), chosen)
+        if not args.report_only:
+            failures += execute(unique_runs(studies), console, args.fresh, args.jobs)
     except ConfigError as error:
         console.print(f"[bold red]config error[/]: {error}")
         return 2
-    if not args.report_only:
-        failures += execute(unique_runs(studies), console, args.fresh, args.jobs)
+    except KeyboardInterrupt:
+        console.print(f"[bold yellow]interrupted[/]: finished runs are kept under {args.runs_dir}; "
+                      f"the runs in flight start over when you run `{command_line(args)}` again")
+        return 130
     report = write_report(spec, studies, Path(args.output), command_line(args), sweeps, chosen)
     console.print(f"[bold green]report[/]: {report}")
     if failures:

@@ -4,8 +4,10 @@ and the CI comparison itself (2 algorithms x 2 seeds, 3 steps) through the comma
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,31 @@ def test_ci_comparison_through_the_command_line(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                            check=False)
     assert again.returncode == 0 and again.stderr.count(" 0 to run") == 2  # sweep and seeds reused
+
+
+@pytest.mark.slow
+def test_an_interrupted_comparison_stops_its_runs_and_says_how_to_resume(tmp_path):
+    spec = write_spec(tmp_path, """\
+  long:
+    overrides: [model.warmstart.enabled=false, trainer.total_steps=100000, trainer.eval_every=0]
+    seeds: [0]
+    arms:
+      grpo: [algorithm=grpo]
+""")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "launch.compare", "--spec", str(spec), "--runs-dir", str(tmp_path / "runs"),
+         "--output", str(tmp_path / "report.md")],
+        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    run_dir = tmp_path / "runs" / "long" / "grpo" / "seed0"
+    deadline = time.monotonic() + 600
+    while not (run_dir / "metrics.jsonl").is_file():  # the run is training
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+        time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=150) == 130
+    stderr = process.stderr.read()
+    assert "interrupting long/grpo/seed0" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted" in stderr and f"--runs-dir {tmp_path / 'runs'}" in stderr
+    assert not (run_dir / "summary.json").exists()
+    survivors = subprocess.run(["pgrep", "-f", f"run_dir={run_dir}"], capture_output=True, text=True)
+    assert survivors.stdout == "", "the interrupted run is still there"
