@@ -115,7 +115,9 @@ def test_report_numbers_from_known_runs(tmp_path):
     claims = paper_claims(study, grouped)
     assert "| higher entropy at the end | riskpo_paper | 0.300 ± 0.000 | 0.100 ± 0.000 | holds |" in claims
     assert "| higher pass@2 | riskpo_paper | 0.700 ± 1.271 | 0.700 ± 0.000 | does not hold |" in claims
-    assert "gap +0.000 at k=1, +0.000 at k=2 | 0 | does not hold |" in claims
+    # widening, per run pass@2 - avg@1: 0.2 for every run of both arms
+    assert ("| a wider pass@k spread (pass@2 − avg@1) | riskpo_paper | 0.200 ± 0.000 | 0.200 ± 0.000 "
+            "| does not hold |") in claims
     report = write_report(spec, studies, tmp_path / "out" / "results.md", "riskpo-compare")
     text = report.read_text()
     assert "4 of 4 runs finished" in text and "`algorithm.name`" in text
