@@ -41,6 +41,7 @@ from launch.compare_spec import (
     plan_sweeps,
     unique_runs,
 )
+from riskpo.logging import message_console
 from riskpo.options import ConfigError
 
 CONSOLE_LOG = "console.log"
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs at a time (each mostly uses one core; default 2)")
     args = parser.parse_args(argv)
-    console = Console(stderr=True)
+    console = message_console()
     from launch.compare_report import write_report
 
     try:

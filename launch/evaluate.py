@@ -19,6 +19,8 @@ from typing import Any
 
 from rich.console import Console
 
+from riskpo.logging import message_console
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="riskpo-eval", description=__doc__.split("\n\n")[0])
@@ -82,7 +84,7 @@ def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(stderr=True)
+    console = message_console()
     report = evaluate_model(resolve_model_dir(args.model), args.overrides, console)
     text = json.dumps(report, indent=2)
     print(text)

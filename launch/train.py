@@ -33,6 +33,7 @@ from rich.console import Console
 from launch.config import CONF_DIR, RunConfig, resolve_run_dir, validate
 from launch.run_dir import RunFinished, RunPlan
 from riskpo.data.rows import RowError
+from riskpo.logging import message_console
 from riskpo.options import ConfigError
 from riskpo.stops import (
     INTERRUPTED,
@@ -50,7 +51,7 @@ STOP_LIMIT_S = 60.0  # an interrupted run's process is gone within this (cleanup
 def main(cfg: DictConfig) -> None:
     """Console entry point: runs one training run and exits with the status the module
     docstring lists, saying in one line why a run did not finish."""
-    console = Console(stderr=True)
+    console = message_console()
     try:
         run = validate(cfg)
         train(run, OmegaConf.to_container(cfg, resolve=True), resolve_run_dir(run),
@@ -87,7 +88,7 @@ def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
     from riskpo.plots import plot_run
     from riskpo.trainer import describe_step_shape
 
-    console = console or Console(stderr=True)
+    console = console or message_console()
     plan = plan_run(run, resolved, Path(run_dir))  # reads only: a refusal leaves run_dir as it was
     console.print(f"[bold]RiskPO-RL[/]: {run.algorithm.name} on {run.data.train.source}, "
                   f"{run.trainer.total_steps} steps -> {plan.run_dir}")

@@ -45,6 +45,13 @@ BACKENDS = ("wandb", "none")
 PROGRESS_STYLES = ("rich", "tqdm", "plain", "none")
 
 
+def message_console() -> Console:
+    """The console our programs tell the user things on (stderr). Soft wrap: a line is never
+    broken by rich (which wraps at 80 columns when stderr is a file or a pipe), so the paths
+    and commands it prints can be copied from a log; the terminal wraps long lines itself."""
+    return Console(stderr=True, soft_wrap=True)
+
+
 @dataclass
 class LoggerConfig:
     """Where a run's metrics go besides metrics.jsonl, and what the user sees meanwhile."""
@@ -128,7 +135,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self.console = console or Console(stderr=True)
+        self.console = console or message_console()
         (self.run_dir / CONFIG_FILE).write_text(config_text(resolved_config))
         if resume_step is not None:
             for name in STEP_FILES:

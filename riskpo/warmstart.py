@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from riskpo.data.loaders import DataConfig, DatasetConfig, held_out_prompts, load_held_out
 from riskpo.data.synthetic import SYNTHETIC_SOURCES, SyntheticProblem, countdown_rows, problem_maker
 from riskpo.data.visual import VISUAL_SOURCES, visual_problem_maker, visual_warmstart_maker
+from riskpo.logging import message_console
 from riskpo.messages import Prompt
 from riskpo.modeling import (
     TINY_MODEL,
@@ -112,7 +113,7 @@ def ensure_warm_start(model: ModelConfig, data: DataConfig, console: Console | N
             f"data.train.source={data.train.source!r}: the tiny {model.tiny.arch} model's warm "
             f"start needs a synthetic task ({', '.join(tasks)})"
         )
-    console = console or Console(stderr=True)
+    console = console or message_console()
     target = warm_start_dir(model, data)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:

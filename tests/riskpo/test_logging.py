@@ -14,6 +14,7 @@ from riskpo.logging import (
     RunLogger,
     format_step,
     json_value,
+    message_console,
     read_metrics,
     truncate_metrics,
 )
@@ -140,3 +141,11 @@ def test_run_plots_of_held_out_metrics_start_at_step_0(tmp_path, monkeypatch):
     plots.plot_run(tmp_path)
     assert drawn["eval_avg_at_k.png"] == drawn["eval_pass_at_k.png"] == [0, 1, 2]
     assert drawn["reward.png"] == [1, 2]
+
+
+def test_the_message_console_never_breaks_a_long_line_into_a_log(capfd):
+    """A path or command printed to a file or a pipe (stderr redirected into a log, a parent
+    process reading it) stays on one line, so it can be copied; rich alone wraps at 80 columns."""
+    command = "riskpo-compare --runs-dir " + "/tmp/" + "deep/" * 30 + "runs --output report.md"
+    message_console().print(f"[bold yellow]interrupted[/]: run `{command}` again")
+    assert f"interrupted: run `{command}` again\n" == capfd.readouterr().err
