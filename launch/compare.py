@@ -11,6 +11,9 @@ Within a study the arms' resolved configs may differ only under `algorithm.`: an
 would make the comparison unfair, and the spec is refused before any run starts. Finished runs
 (a summary.json) are kept and reused, so an interrupted comparison resumes where it stopped;
 an identical run asked by two studies (same overrides and seed) runs once.
+
+Ctrl-C (or SIGTERM, as a scheduler stops a job) interrupts the runs in flight, waits for them,
+says what is kept and how to resume, and exits 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from launch.compare_spec import (
 )
 from riskpo.logging import message_console
 from riskpo.options import ConfigError
+from riskpo.stops import INTERRUPTED, Interrupted
 
 CONSOLE_LOG = "console.log"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,13 +70,14 @@ def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
         return []
     for run in _one_per_model(todo):  # warm starts now, one at a time, before runs share them
         prepare_model(run.config, console)
-    address = os.environ.get("RAY_ADDRESS")
+    address, on_sigterm = os.environ.get("RAY_ADDRESS"), signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         start_local_ray(max(os.cpu_count() or 1,
                             jobs * max(math.ceil(required_resources(run.config)["CPU"]) for run in todo)))
         address = ray.get_runtime_context().gcs_address
+    signal.signal(signal.SIGTERM, on_sigterm)  # ray.init sets its own, which exits at once
     try:
         return _run_all(todo, console, jobs, {**os.environ, "RAY_ADDRESS": address})
     finally:
@@ -151,10 +156,19 @@ def _start(run: PlannedRun, env: dict[str, str]) -> tuple[subprocess.Popen, IO[s
     run.run_dir.mkdir(parents=True)
     log = open(run.run_dir / CONSOLE_LOG, "w")  # noqa: SIM115 (closed when the run ends)
     command = [sys.executable, "-m", "launch.train", *run.overrides, f"run_dir={run.run_dir}"]
-    # its own session: a Ctrl-C reaches only riskpo-compare, which interrupts each run once
+    # its own session: a Ctrl-C reaches only riskpo-compare, which interrupts each run once;
+    # and SIGINT's default action, which a background start (nohup, `&`) would leave ignored
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               cwd=REPO_ROOT, start_new_session=True)
+                               cwd=REPO_ROOT, start_new_session=True, preexec_fn=_interruptible)
     return process, log
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def _eta(began: float, done: int, total: int) -> str:
@@ -187,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="runs at a time (each mostly uses one core; default 2)")
     args = parser.parse_args(argv)
     console = message_console()
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stops like Ctrl-C
     from launch.compare_report import write_report
 
     try:
@@ -204,10 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         console.print(f"[bold red]config error[/]: {error}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         console.print(f"[bold yellow]interrupted[/]: finished runs are kept under {args.runs_dir}; "
                       f"the runs in flight start over when you run `{command_line(args)}` again")
-        return 130
+        return INTERRUPTED[getattr(error, "signal_name", "SIGINT")]
     report = write_report(spec, studies, Path(args.output), command_line(args), sweeps, chosen)
     console.print(f"[bold green]report[/]: {report}")
     if failures:

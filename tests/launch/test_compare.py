@@ -231,7 +231,15 @@ def test_ci_comparison_through_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_comparison_stops_its_runs_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize(("sent", "inherited", "status"), [
+    (signal.SIGINT, signal.SIG_DFL, 130),  # Ctrl-C in a terminal
+    (signal.SIGTERM, signal.SIG_IGN, 143),  # a scheduler stopping a background (`&`, nohup) job
+])
+def test_an_interrupted_comparison_stops_its_runs_and_says_how_to_resume(tmp_path, sent, inherited,
+                                                                         status):
+    """The runs in flight are interrupted (each says so in its console.log), none survives,
+    and the line to resume is whole; also when riskpo-compare was started with SIGINT ignored,
+    as a shell does for a background job (its runs must still take the interrupt it sends)."""
     spec = write_spec(tmp_path, """\
   long:
     overrides: [model.warmstart.enabled=false, trainer.total_steps=100000, trainer.eval_every=0]
@@ -242,17 +250,20 @@ def test_an_interrupted_comparison_stops_its_runs_and_says_how_to_resume(tmp_pat
     process = subprocess.Popen(
         [sys.executable, "-m", "launch.compare", "--spec", str(spec), "--runs-dir", str(tmp_path / "runs"),
          "--output", str(tmp_path / "report.md")],
-        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     run_dir = tmp_path / "runs" / "long" / "grpo" / "seed0"
     deadline = time.monotonic() + 600
     while not (run_dir / "metrics.jsonl").is_file():  # the run is training
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
         time.sleep(1)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=150) == 130
+    process.send_signal(sent)
+    assert process.wait(timeout=150) == status
     stderr = process.stderr.read()
     assert "interrupting long/grpo/seed0" in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert "interrupted" in stderr and f"--runs-dir {tmp_path / 'runs'}" in stderr
+    last = (run_dir / "console.log").read_text().splitlines()[-1]
+    assert last.startswith("interrupted ") and "resume=auto" in last, last  # it was not killed
     assert not (run_dir / "summary.json").exists()
     survivors = subprocess.run(["pgrep", "-f", f"run_dir={run_dir}"], capture_output=True, text=True)
     assert survivors.stdout == "", "the interrupted run is still there"
