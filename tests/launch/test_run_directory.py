@@ -334,7 +334,8 @@ def test_an_interrupt_says_what_was_kept_and_resume_continues(tmp_path, signal_n
         [sys.executable, "-m", "launch.train", *FAST, "trainer.total_steps=500",
          "trainer.save_every=2", f"run_dir={run_dir}"],
         cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own process group, as a terminal's foreground job
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job has
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "checkpoints" / "step_000004" / "COMPLETE").exists():
