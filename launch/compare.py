@@ -46,7 +46,7 @@ from launch.compare_spec import (
 )
 from riskpo.logging import message_console
 from riskpo.options import ConfigError
-from riskpo.stops import INTERRUPTED, Interrupted
+from riskpo.stops import interrupt_status, raise_interrupt
 
 CONSOLE_LOG = "console.log"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -167,10 +167,6 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def _eta(began: float, done: int, total: int) -> str:
     elapsed = time.perf_counter() - began
     return f"elapsed {elapsed / 60:.1f} min, about {elapsed / done * (total - done) / 60:.1f} min left"
@@ -201,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="runs at a time (each mostly uses one core; default 2)")
     args = parser.parse_args(argv)
     console = message_console()
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # stops like Ctrl-C
+    signal.signal(signal.SIGTERM, raise_interrupt)  # stops like Ctrl-C
     from launch.compare_report import write_report
 
     try:
@@ -222,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as error:
         console.print(f"[bold yellow]interrupted[/]: finished runs are kept under {args.runs_dir}; "
                       f"the runs in flight start over when you run `{command_line(args)}` again")
-        return INTERRUPTED[getattr(error, "signal_name", "SIGINT")]
+        return interrupt_status(error)
     report = write_report(spec, studies, Path(args.output), command_line(args), sweeps, chosen)
     console.print(f"[bold green]report[/]: {report}")
     if failures:

@@ -37,11 +37,12 @@ from riskpo.logging import message_console
 from riskpo.options import ConfigError
 from riskpo.stops import (
     INTERRUPTED,
-    Interrupted,
     NoSpaceLeft,
     RunStopped,
     checkpoint_note,
     error_line,
+    interrupt_status,
+    raise_interrupt,
 )
 
 STOP_LIMIT_S = 60.0  # an interrupted run's process is gone within this (cleanup takes seconds)
@@ -66,7 +67,7 @@ def main(cfg: DictConfig) -> None:
         interrupted = error.exit_status in INTERRUPTED.values()
         _stop(console, error.exit_status, str(error) if interrupted else f"[bold red]stopped[/]: {error}")
     except KeyboardInterrupt as error:  # before the run started
-        _stop(console, _interrupt_status(error), "[bold yellow]interrupted[/] before the run started")
+        _stop(console, interrupt_status(error), "[bold yellow]interrupted[/] before the run started")
 
 
 def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
@@ -132,7 +133,7 @@ def _run_on_ray(run: RunConfig, resolved: dict[str, Any], plan: RunPlan, rows: t
     started_ray, workers, trainer, logger, sigterm = False, None, None, None, None
     try:
         started_ray = connect_ray(run, console)
-        sigterm = _set_handler(signal.SIGTERM, _raise_interrupt)  # after ray.init, which sets one
+        sigterm = _set_handler(signal.SIGTERM, raise_interrupt)  # after ray.init, which sets one
         logger = RunLogger(plan.run_dir, run.logger, resolved, run.trainer.total_steps, run.name,
                            wandb_run_id=meta.get("wandb_run_id"), resume_step=plan.resume_step,
                            console=console)
@@ -200,7 +201,7 @@ def _interrupted(error: KeyboardInterrupt, step: int, plan: RunPlan) -> RunStopp
     stop = RunStopped(f"interrupted {where}; last complete checkpoint: "
                       f"{checkpoint_note(last_complete_checkpoint(plan.run_dir))}; continue with "
                       f"resume=auto run_dir={plan.run_dir}", step)
-    stop.exit_status = _interrupt_status(error)
+    stop.exit_status = interrupt_status(error)
     return stop
 
 
@@ -248,14 +249,6 @@ def _set_handler(sig: signal.Signals, handler: Any) -> Any:
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(sig, handler)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def _interrupt_status(error: BaseException) -> int:
-    return INTERRUPTED.get(getattr(error, "signal_name", "SIGINT"), 130)
 
 
 def _stop(console: Console, status: int, line: str) -> None:

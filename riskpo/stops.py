@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,16 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signal_name: str = "SIGINT") -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """A signal handler (for SIGTERM): the signal stops the program the way Ctrl-C does."""
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def interrupt_status(error: BaseException) -> int:
+    """The exit status for an interrupt: 130 for Ctrl-C, 143 for SIGTERM."""
+    return INTERRUPTED.get(getattr(error, "signal_name", "SIGINT"), 130)
 
 
 def checkpoint_note(checkpoint: Path | None) -> str:
