@@ -1,5 +1,5 @@
 """Benchmark: every registered advantage estimator, vectorised, against a per-sample Python loop
-of the same math (tests/riskpo/reference_impl.py, tests/riskpo/reference_objectives.py), in the same run.
+of the same math (tests/riskpo/algo/reference_impl.py, tests/riskpo/algo/reference_objectives.py), in the same run.
 
 At 512 prompts x 10 samples (bundles of 5, 0/1 rewards with a success rate per prompt, 1% of
 rows masked) it prints, for each estimator, the loop and vectorised times (min / median of
@@ -30,13 +30,13 @@ from reference_objectives import (  # noqa: E402
     reference_w_reinforce,
 )
 
-from riskpo.advantages import (  # noqa: E402
+from riskpo.algo.registry import (  # noqa: E402
     ADVANTAGE_ESTIMATORS,
     AdvantageConfig,
     AdvantageState,
     riskpo_advantages,
 )
-from riskpo.risk_estimator import riskpo_step  # noqa: E402
+from riskpo.algo.riskpo import riskpo_step  # noqa: E402
 
 BUNDLE = 5
 RELEASE = dict(alpha=0.2, beta=0.8, w_mix=1.5, credit="std")

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from riskpo.batch import TrainBatch
-from riskpo.modeling import build_tokenizer
+from riskpo.models.tiny import build_tokenizer
 from workers.learner.config import LearnerConfig
 from workers.learner.microbatch import plan_micro_batches, row_lengths
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from riskpo.logging import read_metrics
+from riskpo.run.record import read_metrics
 
 PHASES = ("wait_rollouts", "generate", "verify", "advantage", "logprobs", "train", "sync")
 QUIET = ["logger.backend=none", "logger.progress=none", "logger.plots=false", "trainer.save_every=0"]

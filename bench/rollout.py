@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from riskpo.messages import Prompt, SamplingParams
-from riskpo.modeling import build_tokenizer  # noqa: E402
+from riskpo.models.tiny import build_tokenizer  # noqa: E402
 from workers.rollout import make_engine  # noqa: E402
 
 # Qwen2-0.5B-class shapes (hidden 896, 24 layers, 14 heads of 64, 2 KV heads, MLP 4864).
@@ -42,7 +42,7 @@ QWEN2_05B = dict(
 def build_model(out_dir: Path, model_size: str, dtype: torch.dtype) -> Path:
     """The tiny character model, or a random Qwen2-0.5B-class model with a 32k vocabulary
     (the character tokenizer padded: speed depends on vocabulary size, not on the tokens)."""
-    from riskpo.modeling import build_tiny_model
+    from riskpo.models.tiny import build_tiny_model
 
     if model_size == "tiny":
         return build_tiny_model(out_dir)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from riskpo.data.templates import build_prompt  # noqa: E402
 from riskpo.data.word_problems import OPERATIONS, WordProblemConfig, word_problem_rows  # noqa: E402
 from riskpo.messages import SamplingParams, verification_request  # noqa: E402
-from riskpo.modeling import convert_smollm2_gguf  # noqa: E402
-from riskpo.warmstart import cache_root  # noqa: E402
+from riskpo.models.loading import convert_smollm2_gguf  # noqa: E402
+from riskpo.models.warmstart import cache_root  # noqa: E402
 from workers.rollout import make_engine  # noqa: E402
 from workers.verifier.math_verifier import MathVerifier  # noqa: E402
 

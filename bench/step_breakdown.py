@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from riskpo.logging import read_metrics
+from riskpo.run.record import read_metrics
 
 PHASES = ("generate", "verify", "advantage", "train", "sync")
 WORK = ("generate", "verify", "train", "sync")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from riskpo.modeling import build_tiny_model
+from riskpo.models.tiny import build_tiny_model
 from workers.rollout import make_engine
 from workers.weight_sync import (
     TensorSpec,

@@ -44,9 +44,9 @@ from launch.compare_spec import (
     plan_sweeps,
     unique_runs,
 )
-from riskpo.logging import message_console
 from riskpo.options import ConfigError
-from riskpo.stops import interrupt_status, raise_interrupt
+from riskpo.run.record import message_console
+from riskpo.run.stops import interrupt_status, raise_interrupt
 
 CONSOLE_LOG = "console.log"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def execute(runs: Sequence[PlannedRun], console: Console, fresh: bool = False,
 
 def _one_per_model(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
     """One run for each distinct starting model (its warm start's cache key)."""
-    from riskpo.warmstart import settings_key
+    from riskpo.models.warmstart import settings_key
 
     distinct: dict[str, PlannedRun] = {}
     for run in runs:

@@ -16,7 +16,7 @@ from typing import Any
 from scipy import stats
 
 from launch.compare_spec import PlannedRun, Study
-from riskpo.logging import read_metrics
+from riskpo.run.record import read_metrics
 
 PASS_KEY = re.compile(r"^eval/pass@(\d+)$")
 KIND_KEY = re.compile(r"^eval/([a-z_]+)/pass@\d+$")

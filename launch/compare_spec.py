@@ -170,7 +170,7 @@ def check_same_start(study: Study, sweep_runs: Sequence[PlannedRun], reference: 
     """Refuse a sweep whose runs would start from another model than the study's seed runs: a
     warm start never trains on the held-out splits, so a sweep that evaluates on a split of its
     own (data.eval.seed=...) gets a warm start of its own, and chooses for another model."""
-    from riskpo.warmstart import settings_key
+    from riskpo.models.warmstart import settings_key
 
     def start(run: PlannedRun) -> str:
         return f"{run.config.model.path}:{settings_key(run.config.model, run.config.data)}"

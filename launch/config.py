@@ -16,15 +16,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from launch.placement import ClusterConfig
-from riskpo.algorithm import AlgorithmConfig, check_step_shape, group_estimators
+from riskpo.algo.config import AlgorithmConfig, check_step_shape, group_estimators
 from riskpo.data.loaders import CODE_SOURCES, MATH_SOURCES, DataConfig
 from riskpo.data.synthetic import SYNTHETIC_SOURCES
 from riskpo.data.visual import VISUAL_SOURCES
-from riskpo.logging import LoggerConfig
+from riskpo.loop.trainer import TrainerConfig
 from riskpo.messages import SamplingConfig
-from riskpo.modeling import TINY_MODEL, ModelConfig
+from riskpo.models.config import TINY_MODEL, ModelConfig
 from riskpo.options import ConfigError, one_of, require
-from riskpo.trainer import TrainerConfig
+from riskpo.run.record import LoggerConfig
 from workers.learner.config import LearnerConfig
 from workers.rollout import ENGINE_CAPABILITIES, EngineConfig
 from workers.verifier.config import VerifierConfig

@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from riskpo.logging import message_console
+from riskpo.run.record import message_console
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_model_dir(path: str) -> Path:
     """An HF directory from a HF directory, a checkpoint, or a run directory's newest checkpoint."""
-    from riskpo.trainer import HF_EXPORT_SUBDIR, complete_checkpoints
+    from riskpo.loop.trainer import HF_EXPORT_SUBDIR, complete_checkpoints
 
     candidate = Path(path).expanduser()
     if (candidate / "config.json").is_file():
@@ -52,7 +52,7 @@ def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> d
     from launch.config import compose_config, validate
     from launch.factory import connect_ray, verifier_limits
     from riskpo.data.loaders import load_train_and_eval
-    from riskpo.evaluation import evaluate
+    from riskpo.loop.evaluation import evaluate
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
 

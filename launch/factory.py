@@ -24,7 +24,7 @@ from launch.placement import (
     reserve_placement,
 )
 from launch.reachability import unreachable
-from riskpo.modeling import TINY_MODEL
+from riskpo.models.config import TINY_MODEL
 from riskpo.options import ConfigError
 from workers.learner.config import LearnerSpec
 
@@ -41,8 +41,8 @@ def prepare_model(run: RunConfig, console: Console) -> str:
     cached), or model.path as given (a local HF directory or a hub id)."""
     if run.model.path != TINY_MODEL:
         return run.model.path
-    from riskpo.modeling import build_tiny_model
-    from riskpo.warmstart import cache_root, ensure_warm_start
+    from riskpo.models.tiny import build_tiny_model
+    from riskpo.models.warmstart import cache_root, ensure_warm_start
 
     if run.model.warmstart.enabled:
         return str(ensure_warm_start(run.model, run.data, console))

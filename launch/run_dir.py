@@ -21,14 +21,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from launch.config import RunConfig
-from riskpo.checkpoints import (
+from riskpo.options import ConfigError
+from riskpo.run.checkpoints import (
     CHECKPOINTS_SUBDIR,
     COMPLETE_MARKER,
     checkpoint_meta,
     complete_checkpoints,
     remove_checkpoints_after,
 )
-from riskpo.logging import (
+from riskpo.run.record import (
     CONFIG_FILE,
     EVENTS_FILE,
     METRICS_FILE,
@@ -39,7 +40,6 @@ from riskpo.logging import (
     config_text,
     read_jsonl,
 )
-from riskpo.options import ConfigError
 
 # Any of these in a directory means it holds a run (checkpoints/ when not empty).
 RUN_RECORDS = (CONFIG_FILE, METRICS_FILE, EVENTS_FILE, SUMMARY_FILE, PROMPTS_FILE, CHECKPOINTS_SUBDIR)

@@ -13,11 +13,11 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from riskpo.logging import CONFIG_FILE, SUMMARY_FILE
+from riskpo.run.record import CONFIG_FILE, SUMMARY_FILE
 
 SUMMARY_TABLE_FILE = "sweep_summary.md"
 # Where a run directory keeps its resolved config, in order of preference: the driver's own
-# copy (riskpo/logging.py), then the one Hydra writes beside it.
+# copy (riskpo/run/record.py), then the one Hydra writes beside it.
 RESOLVED_CONFIG_FILES = (CONFIG_FILE, ".hydra/config.yaml")
 # Keys that differ between runs by construction and say nothing about the experiment.
 IGNORED_CONFIG_KEYS = ("run_dir", "hydra", "resume")

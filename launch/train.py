@@ -33,9 +33,9 @@ from rich.console import Console
 from launch.config import CONF_DIR, RunConfig, resolve_run_dir, validate
 from launch.run_dir import RunFinished, RunPlan
 from riskpo.data.rows import RowError
-from riskpo.logging import message_console
 from riskpo.options import ConfigError
-from riskpo.stops import (
+from riskpo.run.record import message_console
+from riskpo.run.stops import (
     INTERRUPTED,
     NoSpaceLeft,
     RunStopped,
@@ -78,22 +78,22 @@ def train(run: RunConfig, resolved: dict[str, Any], run_dir: Path,
     stop_limit_s (the command line's): after an interrupt the process exits within it."""
     from launch.factory import check_reachable, prepare_model
     from launch.run_dir import apply_plan, check_output_paths, plan_run
-    from riskpo.checkpoints import (
+    from riskpo.data.loaders import load_checked_data
+    from riskpo.loop.trainer import describe_step_shape
+    from riskpo.models.loading import prompt_length_counter, prompt_tokenizer
+    from riskpo.run.checkpoints import (
         CHECKPOINTS_SUBDIR,
         checkpoint_bytes_needed,
         model_checkpoint_bytes,
         space_problem,
     )
-    from riskpo.data.loaders import load_checked_data
-    from riskpo.modeling import prompt_tokenizer
-    from riskpo.plots import plot_run
-    from riskpo.trainer import describe_step_shape
+    from riskpo.run.plots import plot_run
 
     console = console or message_console()
     plan = plan_run(run, resolved, Path(run_dir))  # reads only: a refusal leaves run_dir as it was
     console.print(f"[bold]RiskPO-RL[/]: {run.algorithm.name} on {run.data.train.source}, "
                   f"{run.trainer.total_steps} steps -> {plan.run_dir}")
-    train_rows, eval_rows = load_checked_data(run.data, prompt_tokenizer(run.model))
+    train_rows, eval_rows = load_checked_data(run.data, prompt_length_counter(prompt_tokenizer(run.model)))
     console.print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows; "
                   f"{describe_step_shape(run.algorithm, run.trainer)}", soft_wrap=True, highlight=False)
     check_reachable(run)
@@ -125,9 +125,9 @@ def _run_on_ray(run: RunConfig, resolved: dict[str, Any], plan: RunPlan, rows: t
     """Connects to Ray, builds the workers, trains; whatever happens, the workers stop and a
     local cluster started here is shut down and its temp directory removed."""
     from launch.factory import build_workers, connect_ray, shutdown_ray
-    from riskpo.checkpoints import checkpoint_meta
-    from riskpo.logging import RunLogger
-    from riskpo.trainer import Trainer
+    from riskpo.loop.trainer import Trainer
+    from riskpo.run.checkpoints import checkpoint_meta
+    from riskpo.run.record import RunLogger
 
     meta = checkpoint_meta(plan.checkpoint) if plan.checkpoint else {}
     started_ray, workers, trainer, logger, sigterm = False, None, None, None, None
@@ -177,7 +177,7 @@ def _exit_within(limit_s: float, stop: RunStopped, run_dir: Path) -> None:
     def watchdog() -> None:
         time.sleep(limit_s)
         from launch.factory import remove_started_dirs
-        from riskpo.logging import EVENTS_FILE
+        from riskpo.run.record import EVENTS_FILE
 
         stacks = "".join(f"thread {ident}:\n{''.join(traceback.format_stack(frame))}"
                          for ident, frame in sys._current_frames().items())
@@ -195,7 +195,7 @@ def _exit_within(limit_s: float, stop: RunStopped, run_dir: Path) -> None:
 
 
 def _interrupted(error: KeyboardInterrupt, step: int, plan: RunPlan) -> RunStopped:
-    from riskpo.checkpoints import last_complete_checkpoint
+    from riskpo.run.checkpoints import last_complete_checkpoint
 
     where = f"at step {step}" if step else "before the first step"
     stop = RunStopped(f"interrupted {where}; last complete checkpoint: "
@@ -208,8 +208,8 @@ def _interrupted(error: KeyboardInterrupt, step: int, plan: RunPlan) -> RunStopp
 def _failed(error: Exception, step: int, plan: RunPlan) -> RunStopped:
     """One line for a failure nothing else named: a full disk where the run writes its
     records, or an error in a step (its traceback goes to events.jsonl)."""
-    from riskpo.checkpoints import last_complete_checkpoint
-    from riskpo.logging import EVENTS_FILE
+    from riskpo.run.checkpoints import last_complete_checkpoint
+    from riskpo.run.record import EVENTS_FILE
 
     kept = f"last complete checkpoint: {checkpoint_note(last_complete_checkpoint(plan.run_dir))}"
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:

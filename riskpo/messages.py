@@ -81,7 +81,7 @@ class Prompt:
 
     images: encoded images (PNG, JPEG, ...) of a multimodal prompt, one per "<image>"
     placeholder (riskpo.data.rows.IMAGE_PLACEHOLDER) in its text or messages, in order; the
-    engines render such a prompt with the model's processor (riskpo/vlm.py), which puts the
+    engines render such a prompt with the model's processor (riskpo/models/vlm.py), which puts the
     model's image tokens where the placeholders are. Encoded bytes keep the message small and
     free of tensors."""
 
@@ -130,7 +130,7 @@ def render_prompt(prompt: Prompt, tokenizer: Any, index: int = 0) -> list[int]:
         )
     if prompt.images:
         raise ValueError(f"prompt {index} has images: a text tokenizer cannot render it (the "
-                         "model's processor does: riskpo.vlm.render_image_prompt)")
+                         "model's processor does: riskpo.models.vlm.render_image_prompt)")
     if prompt.token_ids is not None:
         token_ids = list(prompt.token_ids)
     elif prompt.text is not None:

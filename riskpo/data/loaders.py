@@ -7,7 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from riskpo.data.synthetic import (
 )
 from riskpo.data.templates import TEMPLATES, check_prompt_lengths
 from riskpo.data.visual import VISUAL_SOURCES, VisualTaskConfig, visual_problem_maker
+from riskpo.messages import Prompt
 from riskpo.options import ConfigError, one_of, require
 
 FILE_SUFFIXES = {"jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
@@ -198,12 +199,14 @@ def load_train_and_eval(config: DataConfig) -> tuple[list[Row], list[Row]]:
     return splits["train"], splits[config.eval_on]
 
 
-def load_checked_data(config: DataConfig, tokenizer: Any) -> tuple[list[Row], list[Row]]:
-    """Training and held-out rows, every prompt checked against data.max_prompt_length with
-    the engines' tokenizer: a longer prompt is a RowError naming the row and its length."""
+def load_checked_data(config: DataConfig, prompt_length: Callable[[Prompt, int], int]
+                      ) -> tuple[list[Row], list[Row]]:
+    """Training and held-out rows, every prompt checked against data.max_prompt_length as
+    prompt_length counts it (the engines' tokenizer: riskpo.models.loading.prompt_length_counter):
+    a longer prompt is a RowError naming the row and its length."""
     train_rows, eval_rows = load_train_and_eval(config)
     for split, rows in (("train", train_rows), (config.eval_on, eval_rows)):
-        check_prompt_lengths(rows, tokenizer, config.template, config.max_prompt_length,
+        check_prompt_lengths(rows, prompt_length, config.template, config.max_prompt_length,
                              f"data.{split} ({getattr(config, split).source})",
                              config.system_prompt, config.instruction)
     return train_rows, eval_rows

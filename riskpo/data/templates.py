@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from riskpo.data.rows import Row, RowError
 from riskpo.messages import Prompt
@@ -56,7 +55,7 @@ def chat_messages(
 
 def check_prompt_lengths(
     rows: Sequence[Row],
-    tokenizer: Any,
+    prompt_length: Callable[[Prompt, int], int],
     template: str,
     max_prompt_length: int,
     origin: str,
@@ -65,13 +64,12 @@ def check_prompt_lengths(
 ) -> None:
     """Raises RowError naming the first row whose rendered prompt is longer than
     max_prompt_length tokens (its file and row when it came from a file, else `origin` and its
-    position), and that length. `tokenizer` is the model's processor where rows have images:
-    a prompt's length counts the image tokens each image expands to."""
-    from riskpo.vlm import render_any_prompt  # torch and PIL: only where lengths are checked
-
+    position), and that length. prompt_length(prompt, number) counts a prompt's tokens as the
+    engines render it (riskpo.models.loading.prompt_length_counter: with a vision-language
+    model's processor it counts the image tokens each image expands to)."""
     for number, row in enumerate(rows, start=1):
         prompt = build_prompt(row, template, system_prompt, instruction)
-        length = len(render_any_prompt(prompt, tokenizer, number))
+        length = prompt_length(prompt, number)
         if length > max_prompt_length:
             raise RowError(row.origin or origin, row.row_number or number, "prompt",
                            f"renders to {length} tokens{_image_note(row)}, more than "

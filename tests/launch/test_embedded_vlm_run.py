@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from riskpo.logging import REQUIRED_STEP_KEYS, read_metrics
+from riskpo.run.record import REQUIRED_STEP_KEYS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -243,8 +243,8 @@ def test_colocated_rollout_and_learner_share_bundles_and_gpus(cluster, placed):
 @pytest.mark.slow
 def test_losing_a_verifier_node_does_not_stop_the_run(cluster, placed, run_dir):
     from riskpo.data.loaders import load_train_and_eval
-    from riskpo.logging import RunLogger
-    from riskpo.trainer import Trainer
+    from riskpo.loop.trainer import Trainer
+    from riskpo.run.record import RunLogger
 
     run, workers = placed
     console = Console(stderr=True, quiet=True)

@@ -21,8 +21,8 @@ from launch.run_dir import (
     plan_run,
     resumable,
 )
-from riskpo.logging import config_text
 from riskpo.options import ConfigError
+from riskpo.run.record import config_text
 
 
 def resolved(*overrides: str) -> tuple:
@@ -173,7 +173,7 @@ def test_an_interrupted_run_whose_cleanup_is_stuck_still_exits_with_its_status(t
 import time
 from pathlib import Path
 from launch.train import _exit_within
-from riskpo.stops import RunStopped
+from riskpo.run.stops import RunStopped
 stop = RunStopped("interrupted at step 3; last complete checkpoint: none", 3)
 stop.exit_status = 130
 _exit_within(0.5, stop, Path({str(tmp_path)!r}))

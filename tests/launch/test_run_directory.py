@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from riskpo.checkpoints import checkpoint_meta, complete_checkpoints
-from riskpo.logging import read_jsonl, read_metrics
+from riskpo.run.checkpoints import checkpoint_meta, complete_checkpoints
+from riskpo.run.record import read_jsonl, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -253,7 +253,7 @@ def _tmpfs(path: Path, size: str) -> None:
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                              capture_output=True, check=False)
-    if mounted.returncode != 0:  # tests/riskpo/test_run_stops.py pins the same by injection
+    if mounted.returncode != 0:  # tests/riskpo/run/test_stops.py pins the same by injection
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
 
 
@@ -299,8 +299,8 @@ def test_running_out_of_space_inside_a_save_keeps_the_last_complete_checkpoint(
 
     from launch.config import compose_config, validate
     from launch.train import train
-    from riskpo import checkpoints
-    from riskpo.stops import NoSpaceLeft
+    from riskpo.run import checkpoints
+    from riskpo.run.stops import NoSpaceLeft
 
     disk = tmp_path / "disk"
     _tmpfs(disk, "24m")

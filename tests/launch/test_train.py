@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from launch.config import compose_config, validate
 from launch.train import train
-from riskpo.logging import REQUIRED_STEP_KEYS, RunLogger, read_metrics
+from riskpo.run.record import REQUIRED_STEP_KEYS, RunLogger, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_riskpo_eval_on_a_run_directory(ray_cluster, tmp_path, capsys):
 def test_killed_workers_do_not_stop_the_run(ray_cluster, tmp_path, depth):
     from launch.factory import build_workers, prepare_model
     from riskpo.data.loaders import load_train_and_eval
-    from riskpo.trainer import Trainer
+    from riskpo.loop.trainer import Trainer
 
     run_dir = tmp_path / "faults"
     cfg = compose_config([*FAST, "trainer.total_steps=3", f"trainer.off_policy_steps={depth}",

@@ -3,7 +3,7 @@
 A backend (DeepSpeed today, FSDP2 later) implements the primitives below -- initialize,
 forward, backward, optimizer step, full-parameter iteration, save/load, export -- and inherits
 `prepare` and `train_step`, so adding a backend is one module. The objective itself is
-riskpo.losses.micro_batch_objective. A vision-language policy's micro-batches carry the pixel
+riskpo.algo.losses.micro_batch_objective. A vision-language policy's micro-batches carry the pixel
 inputs of their rows' images (workers/learner/vision.py).
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from riskpo.algo.losses import TOKEN_WEIGHTED_METRICS, micro_batch_objective, token_logprobs
 from riskpo.batch import TrainBatch
-from riskpo.losses import TOKEN_WEIGHTED_METRICS, micro_batch_objective, token_logprobs
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import MicroBatch, RankPlan, RowLogprobs, collate, response_values
 from workers.learner.vision import ImageInputs

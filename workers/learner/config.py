@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from riskpo.losses import LossConfig
+from riskpo.algo.losses import LossConfig
 from riskpo.options import one_of, require
 
 STRATEGIES = ("deepspeed",)  # learner backends; an FSDP2 module would add "fsdp2"

@@ -14,8 +14,13 @@ import deepspeed.ops
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
-from riskpo.modeling import load_policy
-from riskpo.vlm import load_processor, mask_suppressed, suppressed_token_ids, token_type_inputs
+from riskpo.models.loading import load_policy
+from riskpo.models.vlm import (
+    load_processor,
+    mask_suppressed,
+    suppressed_token_ids,
+    token_type_inputs,
+)
 from workers.learner.base import LearnerBackend, ensure_directory
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import MicroBatch
@@ -75,7 +80,7 @@ class DeepSpeedBackend(LearnerBackend):
         self.processor = load_processor(model_path)  # a vision-language model's; else None
         self.images = None if self.processor is None else ImageInputs(self.processor)
         model = self._load_model(model_path, torch.float32)
-        self.suppressed = suppressed_token_ids(model.config)  # never sampled (riskpo/vlm.py)
+        self.suppressed = suppressed_token_ids(model.config)  # never sampled (riskpo/models/vlm.py)
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

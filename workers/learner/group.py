@@ -14,8 +14,8 @@ import torch
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from riskpo.algo.losses import TOKEN_WEIGHTED_METRICS
 from riskpo.batch import TrainBatch
-from riskpo.losses import TOKEN_WEIGHTED_METRICS
 from workers.learner.actor import LearnerWorker
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import RankPlan, plan_micro_batches, row_lengths, split_rows
@@ -260,7 +260,7 @@ def rollout_actors(rollout: Any) -> list[Any]:
 
 def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: str) -> float:
     """The global normaliser of one mini-batch: loss tokens (token_mean), rows (seq_mean_*) or
-    the loss rows' weights (paper_mean), matching riskpo.losses.aggregate (masked rows count as
+    the loss rows' weights (paper_mean), matching riskpo.algo.losses.aggregate (masked rows count as
     sequences with no tokens)."""
     if aggregation == "token_mean":
         return float(sum(len(batch.response_ids[r]) for r in rows if batch.loss_mask[r]))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from riskpo.batch import TrainBatch
-from riskpo.vlm import concat_image_inputs, decode_image, image_inputs, image_text
+from riskpo.models.vlm import concat_image_inputs, decode_image, image_inputs, image_text
 from workers.learner.microbatch import MicroBatch
 
 BLANK_IMAGE_SIZE = 32  # pixels; the processor resizes it to what the tower takes

@@ -1,6 +1,6 @@
 """The transformers rollout engine: `generate` with left padding and batching by prompt
 length, seeded sampling, and the log-prob of every sampled token (the CPU default engine).
-Image prompts go through the model's processor (riskpo/vlm.py): their token ids carry the
+Image prompts go through the model's processor (riskpo/models/vlm.py): their token ids carry the
 expanded image tokens, and each batch's pixel inputs go to `generate` beside them.
 """
 
@@ -14,8 +14,9 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
-from riskpo.modeling import MODEL_DTYPES, load_model_and_tokenizer
-from riskpo.vlm import (
+from riskpo.models.config import MODEL_DTYPES
+from riskpo.models.loading import load_model_and_tokenizer
+from riskpo.models.vlm import (
     concat_image_inputs,
     load_processor,
     render_image_prompt,

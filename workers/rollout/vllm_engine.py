@@ -15,8 +15,8 @@ import torch
 from transformers import AutoConfig
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
-from riskpo.modeling import load_tokenizer
-from riskpo.vlm import (
+from riskpo.models.loading import load_tokenizer
+from riskpo.models.vlm import (
     decode_image,
     image_text,
     load_processor,
@@ -70,7 +70,7 @@ class VLLMEngine:
         self.sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
         self.tokenizer = load_tokenizer(model_path)
         self.processor = load_processor(model_path)  # a vision-language model's; else None
-        # a VLM never writes its image token (riskpo/vlm.py): banned as a bad word
+        # a VLM never writes its image token (riskpo/models/vlm.py): banned as a bad word
         self.banned_words = [] if self.processor is None else [image_text(self.processor)]
         self.weight_shapes = expected_weight_shapes(model_path)
         self.llm = vllm_api.create_llm(

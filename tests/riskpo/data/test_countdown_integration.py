@@ -13,7 +13,7 @@ from launch.config import compose_config, validate
 from riskpo.data.countdown import CountdownConfig, solves
 from riskpo.data.loaders import DataConfig, DatasetConfig, load_dataset
 from riskpo.data.synthetic import problem_maker
-from riskpo.evaluation import evaluate
+from riskpo.loop.evaluation import evaluate
 from riskpo.messages import Completion, verification_request
 from riskpo.options import ConfigError
 

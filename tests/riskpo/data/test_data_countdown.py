@@ -351,7 +351,7 @@ def test_streamed_warmstart_examples_keep_the_rare_fraction():
 
 
 def test_tiny_tokenizer_covers_prompts_and_answers():
-    from riskpo.modeling import DEFAULT_CHARS, build_tokenizer
+    from riskpo.models.tiny import DEFAULT_CHARS, build_tokenizer
 
     tokenizer = build_tokenizer()
     config = C.CountdownConfig()

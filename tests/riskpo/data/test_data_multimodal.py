@@ -19,8 +19,10 @@ from riskpo.data import RowError, read_rows
 from riskpo.data.loaders import DataConfig, DatasetConfig, load_train_and_eval
 from riskpo.data.templates import build_prompt, check_prompt_lengths
 from riskpo.data.visual import VisualTaskConfig, render_numbers, visual_problem
-from riskpo.modeling import TinyVisionConfig, build_tiny_processor, build_tokenizer
-from riskpo.vlm import decode_image, render_image_prompt
+from riskpo.models.config import TinyVisionConfig
+from riskpo.models.loading import prompt_length_counter
+from riskpo.models.tiny import build_tiny_processor, build_tokenizer
+from riskpo.models.vlm import decode_image, render_image_prompt
 
 
 def png(color: str = "red", size: tuple[int, int] = (8, 6)) -> bytes:
@@ -105,11 +107,11 @@ def test_prompt_length_counts_image_tokens():
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert tokens.count(image_token) == vision.image_tokens == 4
     assert len(tokens) == vision.image_tokens + len("sum=")
-    check_prompt_lengths([row], processor, "plain", len(tokens), "visual")  # fits exactly
+    check_prompt_lengths([row], prompt_length_counter(processor), "plain", len(tokens), "visual")  # fits exactly
     with pytest.raises(RowError, match="renders to 8 tokens .image tokens of its 1 image"):
-        check_prompt_lengths([row], processor, "plain", len(tokens) - 1, "visual")
+        check_prompt_lengths([row], prompt_length_counter(processor), "plain", len(tokens) - 1, "visual")
     with pytest.raises(ValueError, match="not a vision-language model"):
-        check_prompt_lengths([row], build_tokenizer(), "plain", 64, "visual")
+        check_prompt_lengths([row], prompt_length_counter(build_tokenizer()), "plain", 64, "visual")
 
 
 def test_visual_task_rows_are_drawings_and_the_held_out_drawings_are_new():

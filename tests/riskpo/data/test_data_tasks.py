@@ -19,6 +19,7 @@ from riskpo.data.synthetic import (
     problem_maker,
 )
 from riskpo.data.templates import build_prompt, check_prompt_lengths
+from riskpo.models.loading import prompt_length_counter
 from riskpo.options import ConfigError
 
 
@@ -100,7 +101,7 @@ def test_code_reference_solutions_pass_their_own_tests(forms):
 
 
 def test_code_prompts_fit_the_character_tokenizer():
-    from riskpo.modeling import build_tokenizer
+    from riskpo.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     rng = random.Random(2)
@@ -159,14 +160,14 @@ def test_templates():
 
 
 def test_prompt_length_check_names_the_row():
-    from riskpo.modeling import build_tokenizer
+    from riskpo.models.tiny import build_tokenizer
 
     rows = [Row(prompt="1+2=", data_source="t", reward_model={"ground_truth": "3"}),
             Row(prompt="123456+654321=", data_source="t", reward_model={"ground_truth": "0"})]
-    check_prompt_lengths(rows[:1], build_tokenizer(), "plain", 8, "train")
+    check_prompt_lengths(rows[:1], prompt_length_counter(build_tokenizer()), "plain", 8, "train")
     with pytest.raises(RowError, match="train, row 2, field 'prompt': renders to 14 tokens"):
-        check_prompt_lengths(rows, build_tokenizer(), "plain", 8, "train")
+        check_prompt_lengths(rows, prompt_length_counter(build_tokenizer()), "plain", 8, "train")
     from_file = Row(prompt="123456+654321=", data_source="t", reward_model={"ground_truth": "0"},
                     origin="data/train.jsonl", row_number=7)
     with pytest.raises(RowError, match="data/train.jsonl, row 7, field 'prompt': renders to 14"):
-        check_prompt_lengths([from_file], build_tokenizer(), "plain", 8, "train")
+        check_prompt_lengths([from_file], prompt_length_counter(build_tokenizer()), "plain", 8, "train")

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from riskpo.batch import TrainBatch
-from riskpo.modeling import build_tiny_model
+from riskpo.models.tiny import build_tiny_model
 from workers.learner.config import LearnerConfig, LearnerSpec
 from workers.learner.group import LearnerGroup
 

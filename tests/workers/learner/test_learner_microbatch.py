@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from riskpo.algo.losses import token_logprobs
 from riskpo.batch import TrainBatch
-from riskpo.losses import token_logprobs
 from riskpo.options import ConfigError
 from workers.learner.config import LearnerConfig
 from workers.learner.microbatch import (

@@ -1,6 +1,6 @@
 """The learner's skipped-update signal with real DeepSpeed ranks: a mini-batch whose gradients
 are not finite is skipped by DeepSpeed (the parameters stay as they were) and reported as
-skipped_updates, the count the driver stops a diverging run on (riskpo/stops.py)."""
+skipped_updates, the count the driver stops a diverging run on (riskpo/run/stops.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from riskpo.batch import TrainBatch
-from riskpo.modeling import build_tiny_model
+from riskpo.models.tiny import build_tiny_model
 from workers.learner.config import LearnerConfig, LearnerSpec
 from workers.learner.group import LearnerGroup
 

@@ -20,8 +20,9 @@ from riskpo.batch import TrainBatch
 from riskpo.data.templates import build_prompt
 from riskpo.data.visual import VisualTaskConfig, visual_problem
 from riskpo.messages import Prompt, SamplingParams
-from riskpo.modeling import build_tiny_model, load_policy
-from riskpo.vlm import (
+from riskpo.models.loading import load_policy
+from riskpo.models.tiny import build_tiny_model
+from riskpo.models.vlm import (
     image_inputs,
     load_processor,
     mask_suppressed,

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from riskpo.modeling import build_tiny_model, load_model_and_tokenizer
+from riskpo.models.loading import load_model_and_tokenizer
+from riskpo.models.tiny import build_tiny_model
 from workers.rollout.hf_engine import cpu_threads
 
 

@@ -8,7 +8,7 @@ import torch
 from rollout_test_support import ENGINE_KINDS, ENGINE_KWARGS
 
 from riskpo.messages import Prompt, SamplingParams, render_prompt
-from riskpo.modeling import load_model_and_tokenizer
+from riskpo.models.loading import load_model_and_tokenizer
 from workers.rollout import RolloutEngine, make_engine
 
 PROMPTS = [

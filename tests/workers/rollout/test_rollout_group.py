@@ -80,7 +80,7 @@ def test_chunks_carry_estimated_work():
 
 
 def test_actor_weight_sync_entry_points_feed_the_engine(tiny_model_path, other_tiny_model_path):
-    from riskpo.modeling import load_model_and_tokenizer
+    from riskpo.models.loading import load_model_and_tokenizer
     from workers.rollout.actor import RolloutActor
 
     actor = RolloutActor("hf", tiny_model_path, ENGINE_KWARGS["hf"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from riskpo.modeling import build_tiny_model, build_tokenizer, load_model_and_tokenizer
+from riskpo.models.loading import load_model_and_tokenizer
+from riskpo.models.tiny import build_tiny_model, build_tokenizer
 
 
 def test_character_tokenizer_round_trips_text_with_spaces_and_newlines():

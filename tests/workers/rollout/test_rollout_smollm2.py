@@ -10,7 +10,7 @@ import pytest
 from rollout_test_support import ENGINE_KINDS, ENGINE_KWARGS
 
 from riskpo.messages import Prompt, SamplingParams
-from riskpo.modeling import convert_smollm2_gguf, load_tokenizer
+from riskpo.models.loading import convert_smollm2_gguf, load_tokenizer
 from workers.rollout import make_engine
 
 pytestmark = [
