@@ -14,18 +14,55 @@ merged into verl as loss_mode clip_cov / kl_cov): Clip-Cov clip ratio 2e-4 with 
 KL-Cov k = 2e-3 (the release's k_percent = 0.2, in percent; the paper uses 2e-4 for its 32B
 model) and coefficient 1.
 
+The registered losses clip_cov and kl_cov (riskpo/algo/losses.py) take their options from
+ClipCovOptions and KLCovOptions below (`algorithm.loss.options.*`) and select over the whole
+mini-batch of a rank, as the release does, in a no-grad pass before its micro-batches, so the
+selection does not depend on the micro-batch split.
+
 Shapes: logprobs, old_logprobs, response_mask [B, T]; advantages [B] (one per response,
 broadcast to its tokens) or [B, T]. Scores are computed on detached float64 copies, centred
-over the masked tokens of the tensors given (pass a whole mini-batch to match the release).
+over the masked tokens of the tensors given.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-LOG_RATIO_CLAMP = 20.0  # as riskpo.algo.losses: exp() arguments clamped to [-20, 20]
+from riskpo.options import require
+
+LOG_RATIO_CLAMP = 20.0  # as riskpo.algo.ppo: exp() arguments clamped to [-20, 20]
+
+
+@dataclass
+class ClipCovOptions:
+    """Clip-Cov's options (`algorithm.loss.options` with `algorithm.loss.name=clip_cov`): a
+    random `fraction` of the tokens whose log-prob/advantage covariance lies in [low, high] get
+    no policy gradient. Defaults: the paper's r = 2e-4, bounds 1 and 5."""
+
+    fraction: float = 2e-4
+    low: float = 1.0
+    high: float = 5.0
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.fraction <= 1.0, f"{key}.fraction", "must lie in [0, 1]")
+        require(self.low <= self.high, f"{key}.low", f"low {self.low} > high {self.high}")
+
+
+@dataclass
+class KLCovOptions:
+    """KL-Cov's options (`algorithm.loss.options` with `algorithm.loss.name=kl_cov`): the top
+    `fraction` of tokens by covariance get a penalty coef * |log-prob - old log-prob|.
+    Defaults: the release's k = 2e-3 (k_percent 0.2) and coefficient 1."""
+
+    fraction: float = 2e-3
+    coef: float = 1.0
+
+    def check(self, key: str) -> None:
+        require(0.0 <= self.fraction <= 1.0, f"{key}.fraction", "must lie in [0, 1]")
+        require(0.0 <= self.coef < math.inf, f"{key}.coef", "must be finite and >= 0")
 
 
 def _token_advantages(advantages: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
@@ -161,20 +198,17 @@ def kl_cov_mask(logprobs: torch.Tensor, advantages: torch.Tensor, response_mask:
     return chosen.view(mask.shape)
 
 
-def kl_cov_penalty(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                   response_mask: torch.Tensor, *, top_fraction: float = 2e-3,
+def kl_cov_penalty(logprobs: torch.Tensor, old_logprobs: torch.Tensor, selected: torch.Tensor, *,
                    coef: float = 1.0) -> torch.Tensor:
     """KL-Cov (Cui et al. 2025, arXiv 2505.22617): per-token penalty coef * |logprob -
-    old_logprob| on the kl_cov_mask tokens, 0 elsewhere, [B, T] in logprobs' dtype and
-    differentiable in logprobs. Add it to the per-token policy loss before aggregation.
-    Defaults: k = 2e-3 (release k_percent = 0.2), coefficient 1 (paper and release).
-
-    Note for the loss: in the release, KL-Cov replaces PPO's clipped surrogate by the unclipped
-    -A * ratio on every token; the penalty is the only trust region.
+    old_logprob| on the selected tokens (kl_cov_mask), 0 elsewhere, [B, T] in logprobs' dtype
+    and differentiable in logprobs. In the release, and in the registered kl_cov loss, it is
+    added to the unclipped surrogate -A * ratio: the penalty is the only trust region.
     """
     if not 0.0 <= coef < math.inf:
         raise ValueError(f"KL-Cov coef must be finite and >= 0, got {coef}")
-    _check_tokens(logprobs, response_mask, old_logprobs)
-    selected = kl_cov_mask(logprobs, advantages, response_mask, top_fraction=top_fraction)
+    if selected.shape != logprobs.shape or old_logprobs.shape != logprobs.shape:
+        raise ValueError(f"logprobs, old_logprobs, selected must share one [B, T] shape, got "
+                         f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(selected.shape)}")
     penalty = coef * (logprobs - old_logprobs.detach()).abs()
     return torch.where(selected, penalty, torch.zeros_like(penalty))

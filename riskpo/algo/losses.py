@@ -1,78 +1,69 @@
-"""Policy losses on token log-probs (docs/algorithm.md section 7): PPO clipped surrogate with
-separate low/high clip, dual clip, truncated importance sampling, loss aggregation modes, KL
-estimators and entropy; the loss options (`algorithm.loss.*`) and the objective of one
-micro-batch that the learner minimises.
+"""The policy loss (docs/algorithm.md section 7): a registry of losses on token log-probs -- the
+PPO clipped surrogate ("ppo") and the covariance-based entropy controls Clip-Cov ("clip_cov")
+and KL-Cov ("kl_cov") -- with what each needs from the learner; the options they share
+(`algorithm.loss.*`: clip, dual clip, aggregation, ratio level, truncated importance sampling,
+KL to a reference, entropy bonus, PPO epochs); and the objective of one micro-batch that the
+learner minimises. Adding a loss is one class decorated with register_policy_loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from difflib import get_close_matches
+from typing import Any, ClassVar
 
 import torch
 
-from riskpo.algo.entropy_control import clip_cov_mask, kl_cov_penalty
-from riskpo.options import join, one_of, require
+from riskpo.algo.aggregation import AGGREGATIONS, get_aggregation
+from riskpo.algo.entropy_control import (
+    ClipCovOptions,
+    KLCovOptions,
+    clip_cov_mask,
+    kl_cov_mask,
+    kl_cov_penalty,
+)
+from riskpo.algo.kl import DEFAULT_KL_KIND, KL_KINDS, kl_penalty, kl_term
+from riskpo.algo.ppo import (
+    RATIO_LEVELS,
+    importance_weights,
+    masked_mean,
+    ppo_token_losses,
+    unclipped_token_losses,
+)
+from riskpo.options import ConfigError, join, one_of, require
 
-# paper_mean: the mean over papers of the mean over each paper's responses (RiskPO, ICLR paper),
-# with per-response weights from the estimator.
-AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "paper_mean")
-RATIO_LEVELS = ("token", "sequence")  # PPO's token ratio, or GSPO's length-normalised sequence one
 # Importance sampling between the policy that sampled (the rollout engine's log-probs) and the
 # learner's old policy: none, per token, or per response; truncated at importance_cap. auto:
 # token when the loop trains on rollouts of older weights (trainer.off_policy_steps > 0).
 IMPORTANCE_CORRECTIONS = ("auto", "none", "token", "sequence")
-ENTROPY_CONTROLS = ("none", "clip_cov", "kl_cov")
-KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
-LOG_RATIO_CLAMP = 20.0  # exp() arguments are clamped to [-20, 20], as verl does
-
-
-@dataclass
-class ClipCovConfig:
-    """Clip-Cov (Cui et al. 2025, arXiv 2505.22617): a random `fraction` of the tokens whose
-    log-prob/advantage covariance lies in [low, high] get no policy gradient."""
-
-    fraction: float = 2e-4
-    low: float = 1.0
-    high: float = 5.0
-
-    def check(self, key: str) -> None:
-        require(0.0 <= self.fraction <= 1.0, f"{key}.fraction", "must lie in [0, 1]")
-        require(self.low <= self.high, f"{key}.low", f"low {self.low} > high {self.high}")
-
-
-@dataclass
-class KLCovConfig:
-    """KL-Cov (same paper): the top `fraction` of tokens by covariance get a penalty
-    coef * |log-prob - old log-prob|."""
-
-    fraction: float = 2e-3
-    coef: float = 1.0
-
-    def check(self, key: str) -> None:
-        require(0.0 <= self.fraction <= 1.0, f"{key}.fraction", "must lie in [0, 1]")
-        require(self.coef >= 0.0, f"{key}.coef", "must be >= 0")
 
 
 @dataclass
 class LossConfig:
-    """The policy-gradient loss (`algorithm.loss`): one PPO term, optional KL and entropy."""
+    """The policy-gradient loss (`algorithm.loss`): the registered loss `name` with its own
+    options (`options`: an instance of the options class it registered, or its fields as a
+    mapping; None: its defaults), the PPO options every loss shares, and the optional KL and
+    entropy terms. check() leaves `options` typed."""
 
+    name: str = "ppo"  # a key of POLICY_LOSSES
+    options: Any = None  # the loss's own options (its options_class; launch/config.py registers
+    # each as the config group algorithm/loss/options/<name>, which a preset selects)
     clip_low: float = 0.2  # PPO ratio clip below 1 (eps_low)
     clip_high: float = 0.2  # above 1 (eps_high; DAPO's clip-higher raises it)
     dual_clip: float | None = 3.0  # c of dual-clip PPO; null disables
-    aggregation: str = "token_mean"  # see AGGREGATIONS
+    aggregation: str = "token_mean"  # a key of riskpo.algo.aggregation.AGGREGATIONS
     kl_coef: float = 0.0  # 0: no reference model is loaded
-    kl_kind: str = "low_var_kl"  # see KL_KINDS
+    kl_kind: str = DEFAULT_KL_KIND  # see riskpo.algo.kl
     entropy_coef: float = 0.0
     importance_correction: str = "auto"  # see IMPORTANCE_CORRECTIONS
     importance_cap: float = 2.0  # truncation of the importance weights
     ppo_epochs: int = 1
-    ratio: str = "token"  # see RATIO_LEVELS
-    entropy_control: str = "none"  # see ENTROPY_CONTROLS
-    clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
-    kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
+    ratio: str = "token"  # see riskpo.algo.ppo.RATIO_LEVELS
 
     def check(self, key: str) -> None:
+        one_of(self.name, POLICY_LOSSES, f"{key}.name")
         require(0.0 <= self.clip_low < 1.0, f"{key}.clip_low", f"{self.clip_low} outside [0, 1)")
         require(self.clip_high >= 0.0, f"{key}.clip_high", "must be >= 0")
         require(self.dual_clip is None or self.dual_clip > 1.0, f"{key}.dual_clip",
@@ -87,196 +78,225 @@ class LossConfig:
                 "use >= 1 (e.g. 2.0)")
         require(self.ppo_epochs >= 1, f"{key}.ppo_epochs", "must be >= 1")
         one_of(self.ratio, RATIO_LEVELS, f"{key}.ratio")
-        one_of(self.entropy_control, ENTROPY_CONTROLS, f"{key}.entropy_control")
-        self.clip_cov.check(join(key, "clip_cov"))
-        self.kl_cov.check(join(key, "kl_cov"))
+        self.options = loss_options(self, key)
 
     @property
     def uses_reference_model(self) -> bool:
         return self.kl_coef > 0
 
+    @property
+    def needs(self) -> LearnerNeeds:
+        """What the learner computes for this loss besides the training forwards."""
+        loss_class = POLICY_LOSSES[self.name]
+        return LearnerNeeds(old_logprobs_from_training_forward=loss_class.old_logprobs_from_training_forward,
+                            mini_batch_pre_pass=loss_class.mini_batch_pre_pass,
+                            reference_model=self.uses_reference_model)
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
-              denominator: float | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Reduce per-token values [B, T] under a response mask [B, T] to a scalar.
 
-    token_mean: sum over all tokens / number of tokens. seq_mean_token_sum: per-sequence token
-    sum, averaged over sequences. seq_mean_token_mean: per-sequence token mean, averaged over
-    sequences. paper_mean: per-sequence token means weighted by `weights` [B] (the estimator's
-    loss weights), divided by their sum. Sequences with no tokens count in the sequence
-    average with 0. `denominator` overrides the token count (token_mean), sequence count
-    (seq_*) or weight sum (paper_mean) -- for normalising by a global count across
-    micro-batches or ranks.
+@dataclass(frozen=True)
+class LearnerNeeds:
+    """The passes a loss needs from the learner (workers/learner plans a step from these).
+
+    old_logprobs_from_training_forward: whether an on-policy step with a single update could
+    take the old log-probs from its own (detached) training forward instead of a separate
+    no-grad pass (issue 25); the learner runs the separate pass today in every case.
+    mini_batch_pre_pass: a no-grad forward over each mini-batch (per rank) before its
+    micro-batches, whose log-probs the loss selects tokens from (PolicyLoss.select); such a
+    loss reads old log-probs before any training forward, so they come from a separate pass.
+    reference_model: the frozen reference's log-probs (the KL term is on).
     """
-    if values.shape != mask.shape or values.dim() != 2:
-        raise ValueError(f"aggregate needs equal [B, T] shapes, got {tuple(values.shape)} and {tuple(mask.shape)}")
-    mask = mask.to(values.dtype)
-    token_sums = (values * mask).sum(dim=-1)  # [B]
-    if mode == "token_mean":
-        count = mask.sum() if denominator is None else torch.as_tensor(denominator, dtype=values.dtype)
-        return token_sums.sum() / count.clamp(min=1)
-    if mode == "seq_mean_token_sum":
-        per_sequence = token_sums
-    elif mode == "seq_mean_token_mean":
-        per_sequence = token_sums / mask.sum(dim=-1).clamp(min=1)
-    elif mode == "paper_mean":
-        if weights is None:
-            raise ValueError("aggregation paper_mean needs per-sequence weights")
-        weights = weights.to(values.dtype)
-        per_sequence = weights * token_sums / mask.sum(dim=-1).clamp(min=1)
-        total = weights.sum() if denominator is None else torch.as_tensor(denominator, dtype=values.dtype)
-        return per_sequence.sum() / total.clamp(min=torch.finfo(values.dtype).tiny)
-    else:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
-    count = values.shape[0] if denominator is None else denominator
-    return per_sequence.sum() / max(float(count), 1.0)
+
+    old_logprobs_from_training_forward: bool
+    mini_batch_pre_pass: bool
+    reference_model: bool
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+class PolicyLoss(ABC):
+    """A registered policy loss: per-token losses [B, T] of the sampled tokens from the policy's
+    log-probs, the old policy's and the advantages (aggregated, importance-weighted and joined
+    with the KL and entropy terms by micro_batch_objective), and what it needs from the learner.
+    `options_class`: its own options dataclass (None: it has none)."""
+
+    name: ClassVar[str]
+    options_class: ClassVar[type | None] = None
+    mini_batch_pre_pass: ClassVar[bool] = False
+    old_logprobs_from_training_forward: ClassVar[bool] = True
+
+    def __init__(self, config: LossConfig, options: Any = None) -> None:
+        self.config, self.options = config, options
+        self.aggregation = get_aggregation(config.aggregation)
+
+    def select(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+               response_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The pre-pass's token selection [B, T] bool over a whole mini-batch (of a rank), from
+        the log-probs of the policy as it trains on that mini-batch. Only for losses that
+        declare mini_batch_pre_pass."""
+        raise TypeError(f"policy loss {self.name} declares no mini-batch pre-pass")
+
+    @abstractmethod
+    def token_losses(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                     response_mask: torch.Tensor,
+                     selected: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-token losses [B, T] and metrics (clip_fraction, dual_clip_fraction, approx_kl;
+        cov_detached_fraction: the number of tokens a selection acted on). `selected`: this
+        micro-batch's rows of the pre-pass selection (None without a pre-pass)."""
 
 
-def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, response_mask: torch.Tensor,
-                     level: str = "token") -> torch.Tensor:
-    """pi / pi_old per token [B, T]: token level (PPO), or the response's length-normalised
-    sequence ratio (pi(y) / pi_old(y))^(1/|y|) = exp(mean log-ratio over its tokens), broadcast
-    to its tokens (GSPO, and the RiskPO paper)."""
-    log_ratio = logprobs - old_logprobs
-    if level == "sequence":
-        mask = response_mask.to(log_ratio.dtype)
-        per_sequence = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-        log_ratio = per_sequence.expand_as(logprobs)
-    elif level != "token":
-        raise ValueError(f"ratio level must be one of {RATIO_LEVELS}, got {level!r}")
-    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+POLICY_LOSSES: dict[str, type[PolicyLoss]] = {}
 
 
-def importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
-                       response_mask: torch.Tensor, level: str,
-                       cap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated importance weights [B, T] of the learner's old policy against the policy that
-    sampled (detached), and where the truncation bit: per token min(pi_old/pi_rollout, cap),
-    or per response min(prod_t pi_old/pi_rollout, cap) broadcast to its tokens."""
-    log_ratio = (old_logprobs - rollout_logprobs) * response_mask
-    if level == "sequence":
-        log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(old_logprobs)
-    elif level != "token":
-        raise ValueError(f"importance correction must be token or sequence, got {level!r}")
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
-    return ratio.clamp(max=cap), ratio > cap
+def register_policy_loss(loss_class: type[PolicyLoss]) -> type[PolicyLoss]:
+    """Class decorator: makes the loss available as `algorithm.loss.name=<its name>`."""
+    if loss_class.name in POLICY_LOSSES:
+        raise ValueError(f"policy loss {loss_class.name!r} is registered twice")
+    POLICY_LOSSES[loss_class.name] = loss_class
+    return loss_class
 
 
-def _checked_advantages(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        response_mask: torch.Tensor) -> torch.Tensor:
-    """Advantages as [B, 1] or [B, T] in the log-probs' dtype, after the shapes are checked."""
-    if logprobs.shape != old_logprobs.shape or logprobs.shape != response_mask.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)}, "
-                         f"response_mask {tuple(response_mask.shape)} must agree")
-    if advantages.dim() == 1:
-        advantages = advantages[:, None]
-    if advantages.shape[0] != logprobs.shape[0]:
-        raise ValueError(f"advantages {tuple(advantages.shape)} do not match batch {logprobs.shape[0]}")
-    return advantages.to(logprobs.dtype)
+def loss_options(config: LossConfig, key: str = "algorithm.loss") -> Any:
+    """The loss's options as an instance of its options class, checked (None for a loss without
+    options). config.options may be that instance, a mapping of its fields, or None (the
+    class's defaults); ConfigError names a field the class does not declare (and the nearest
+    one that it does), a value of the wrong type, or options of another loss."""
+    loss_class = POLICY_LOSSES[config.name]
+    options_class, given = loss_class.options_class, config.options
+    if isinstance(given, Mapping) and not given:
+        given = None
+    if options_class is None or isinstance(given, options_class):
+        require(given is None or options_class is not None, join(key, "options"),
+                f"policy loss {config.name} has no options, got {given!r}", f"remove {key}.options")
+        if given is not None:
+            given.check(join(key, "options"))
+        return given
+    if given is None:
+        return options_class()
+    require(isinstance(given, Mapping), join(key, "options"),
+            f"{type(given).__name__}, but {key}.name={config.name} takes {options_class.__name__}",
+            f"select its options with {key.replace('.', '/')}/options={config.name}")
+    declared = {f.name: f for f in fields(options_class)}
+    for name, value in given.items():
+        if name not in declared:
+            nearest = get_close_matches(str(name), list(declared), n=1)
+            raise ConfigError(join(key, f"options.{name}"), f"policy loss {config.name} has no option {name!r}",
+                              f"did you mean {key}.options.{nearest[0]}?" if nearest
+                              else f"its options: {', '.join(declared)}")
+        _require_type(value, declared[name].type, join(key, f"options.{name}"))
+    options = options_class(**given)
+    options.check(join(key, "options"))
+    return options
 
 
-def policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = 3.0,
-    aggregation: str = "token_mean",
-    rollout_logprobs: torch.Tensor | None = None,
-    correction: str = "none",
-    correction_cap: float = 2.0,
-    ratio_level: str = "token",
-    weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate, dual-clipped for negative advantages.
-
-    logprobs, old_logprobs, response_mask: [B, T]; advantages: [B] (broadcast to tokens) or
-    [B, T]. Per token: ratio = importance_ratio (token or sequence level); loss = max(-A*ratio,
-    -A*clip(ratio, 1-clip_low, 1+clip_high)); where A < 0 it is further capped at -A*dual_clip
-    (dual_clip None disables). correction "token" / "sequence" weighs each token loss by the
-    truncated importance weight importance_weights() gives (rollout_logprobs needed).
-    weights: per-sequence weights for paper_mean. Metrics: clip_fraction (share of tokens
-    where the clipped term is taken), dual_clip_fraction, approx_kl (mean old - new), and with
-    a correction is_mean and is_truncated_fraction.
-    """
-    advantages = _checked_advantages(logprobs, old_logprobs, advantages, response_mask)
-    ratio = importance_ratio(logprobs, old_logprobs, response_mask, ratio_level)
-    unclipped = -advantages * ratio
-    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    clipped = torch.maximum(unclipped, -advantages * clipped_ratio)
-    token_loss = clipped
-    dual_clipped = torch.zeros_like(clipped, dtype=torch.bool)
-    if dual_clip is not None:
-        cap = -advantages * dual_clip
-        dual_clipped = (advantages < 0) & (clipped > cap)
-        token_loss = torch.where(advantages < 0, torch.minimum(clipped, cap), clipped)
-    metrics: dict[str, float] = {}
-    if correction != "none":
-        if rollout_logprobs is None:
-            raise ValueError(f"importance correction {correction!r} needs the rollout log-probs")
-        weight, truncated = importance_weights(old_logprobs, rollout_logprobs, response_mask,
-                                               correction, correction_cap)
-        token_loss = token_loss * weight
-        metrics["is_mean"] = _masked_mean(weight, response_mask).item()
-        metrics["is_truncated_fraction"] = _masked_mean(truncated.to(weight.dtype), response_mask).item()
-    loss = aggregate(token_loss, response_mask, aggregation, weights=weights)
-    with torch.no_grad():
-        clip_taken = (-advantages * clipped_ratio > unclipped).to(logprobs.dtype)
-        metrics.update({
-            "clip_fraction": _masked_mean(clip_taken, response_mask).item(),
-            "dual_clip_fraction": _masked_mean(dual_clipped.to(logprobs.dtype), response_mask).item(),
-            "approx_kl": _masked_mean(old_logprobs - logprobs, response_mask).item(),
-        })
-    return loss, metrics
+def _require_type(value: Any, declared: Any, key: str) -> None:
+    """value fits a field declared float, int, bool or str (an int is a float)."""
+    kinds = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+    name = declared if isinstance(declared, str) else getattr(declared, "__name__", "")
+    if name in kinds:
+        fits = isinstance(value, kinds[name]) and (name == "bool" or not isinstance(value, bool))
+        require(fits, key, f"{value!r} is not a {name}")
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    """Per-token KL(policy || reference) estimate [B, T] from sampled-token log-probs.
+def build_policy_loss(config: LossConfig) -> PolicyLoss:
+    """The registered loss config.name with its typed options."""
+    one_of(config.name, POLICY_LOSSES, "algorithm.loss.name")
+    return POLICY_LOSSES[config.name](config, loss_options(config))
 
-    k1 ("kl"): log p - log r. k2 ("mse"): (log p - log r)^2 / 2. k3 ("low_var_kl"):
-    exp(log r - log p) - (log r - log p) - 1 with the log ratio clamped to [-20, 20] and the
-    result to [-10, 10], as verl does.
-    """
-    if kind not in KL_KINDS:
-        raise ValueError(f"KL kind must be one of {sorted(KL_KINDS)}, got {kind!r}")
-    log_ratio = logprobs - ref_logprobs
-    estimator = KL_KINDS[kind]
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio.square()
-    reverse = (-log_ratio).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    return (torch.exp(reverse) - reverse - 1.0).clamp(-10.0, 10.0)
+
+@register_policy_loss
+class PPOLoss(PolicyLoss):
+    """PPO's clipped surrogate with separate low/high clip and dual clip (riskpo.algo.ppo)."""
+
+    name = "ppo"
+
+    def token_losses(self, logprobs, old_logprobs, advantages, response_mask, selected):
+        config = self.config
+        return ppo_token_losses(logprobs, old_logprobs, advantages, response_mask,
+                                clip_low=config.clip_low, clip_high=config.clip_high,
+                                dual_clip=config.dual_clip, ratio_level=config.ratio)
+
+
+@register_policy_loss
+class ClipCovLoss(PPOLoss):
+    """Clip-Cov (Cui et al. 2025, riskpo.algo.entropy_control): PPO, with a random few of the
+    tokens whose covariance lies in [low, high] detached (no policy gradient). The draw is over
+    the rank's whole mini-batch, from a generator the learner seeds by (seed, step, rank,
+    mini-batch)."""
+
+    name = "clip_cov"
+    options_class = ClipCovOptions
+    mini_batch_pre_pass = True
+    old_logprobs_from_training_forward = False
+
+    def select(self, logprobs, old_logprobs, advantages, response_mask, generator):
+        options, config = self.options, self.config
+        return clip_cov_mask(logprobs, old_logprobs, advantages, response_mask, generator=generator,
+                             clip_fraction=options.fraction, cov_low=options.low, cov_high=options.high,
+                             clip_low=config.clip_low, clip_high=config.clip_high)
+
+    def token_losses(self, logprobs, old_logprobs, advantages, response_mask, selected):
+        selected = _required_selection(self.name, selected, response_mask)
+        logprobs = torch.where(selected, logprobs.detach(), logprobs)
+        losses, metrics = super().token_losses(logprobs, old_logprobs, advantages, response_mask, None)
+        return losses, {**metrics, "cov_detached_fraction": float(selected.sum())}
+
+
+@register_policy_loss
+class KLCovLoss(PolicyLoss):
+    """KL-Cov (Cui et al. 2025, riskpo.algo.entropy_control) in the published form: the
+    unclipped surrogate -A * ratio on every token, plus coef * |log pi - log pi_old| on the top
+    fraction of the rank's mini-batch by covariance (clip_low, clip_high and dual_clip do not
+    apply: the penalty is the trust region)."""
+
+    name = "kl_cov"
+    options_class = KLCovOptions
+    mini_batch_pre_pass = True
+    old_logprobs_from_training_forward = False
+
+    def select(self, logprobs, old_logprobs, advantages, response_mask, generator):
+        return kl_cov_mask(logprobs, advantages, response_mask, top_fraction=self.options.fraction)
+
+    def token_losses(self, logprobs, old_logprobs, advantages, response_mask, selected):
+        selected = _required_selection(self.name, selected, response_mask)
+        losses, metrics = unclipped_token_losses(logprobs, old_logprobs, advantages, response_mask,
+                                                 ratio_level=self.config.ratio)
+        penalty = kl_cov_penalty(logprobs, old_logprobs, selected, coef=self.options.coef)
+        return losses + penalty, {**metrics, "cov_detached_fraction": float(selected.sum())}
+
+
+def _required_selection(name: str, selected: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    if selected is None:
+        raise ValueError(f"policy loss {name} needs the mini-batch pre-pass's selection")
+    if selected.shape != mask.shape:
+        raise ValueError(f"selection {tuple(selected.shape)} does not match the tokens {tuple(mask.shape)}")
+    return selected.bool() & mask.bool()
+
+
+# ----------------------------------------------------------------------------- the objective
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last axis, [B, T, V] -> [B, T].
 
-    logsumexp(z) - E_p[z] on max-shifted logits z, so large logits lose no precision.
+    logsumexp(z) - E_p[z] on max-shifted logits z, so large logits lose no precision. Entries
+    at -inf (masked vocabulary: probability 0) drop out, value and gradient.
     """
     shifted = logits - logits.amax(dim=-1, keepdim=True).detach()
     probabilities = torch.softmax(shifted, dim=-1)
-    return torch.logsumexp(shifted, dim=-1) - (probabilities * shifted).sum(dim=-1)
+    finite = torch.where(torch.isneginf(shifted), torch.zeros_like(shifted), shifted)
+    return torch.logsumexp(shifted, dim=-1) - (probabilities * finite).sum(dim=-1)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """log p(input_ids[:, t+1] | prefix) for every t from logits [B, L, V]: [B, L-1], in float32,
-    at the sampling temperature (logits are divided by it, as the rollout engine sampled)."""
+    at the sampling temperature (logits are divided by it, as the rollout engine sampled).
+    Masked vocabulary entries (-inf logits) have probability 0; a target that is one is -inf."""
     scaled = logits[:, :-1].float() / temperature
     targets = input_ids[:, 1:].unsqueeze(-1)
     return torch.log_softmax(scaled, dim=-1).gather(-1, targets).squeeze(-1)
 
 
 # Per-micro-batch sums the objective reports; the learner adds them over micro-batches and
-# ranks and divides the token-weighted ones by "tokens".
+# ranks and divides the token-weighted ones by "tokens" (cov_detached_fraction: the count of
+# tokens a covariance control acted on -- Clip-Cov detached, KL-Cov penalised -- a share then).
 TOKEN_WEIGHTED_METRICS = ("clip_fraction", "approx_kl", "entropy", "kl", "cov_detached_fraction",
                           "is_mean", "is_truncated_fraction")
 
@@ -293,97 +313,91 @@ def micro_batch_objective(
     response_mask: torch.Tensor,
     advantages: torch.Tensor,
     old_logprobs: torch.Tensor,
-    config: LossConfig,
+    loss: PolicyLoss,
     *,
     loss_units: float,
     temperature: float,
     rollout_logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
     loss_weights: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    selected: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the objective of its whole mini-batch, and its metric sums.
 
     logits [B, L, V] of the policy on input_ids [B, L]; response_mask, old/rollout/ref
-    log-probs [B, L-1] aligned with the targets input_ids[:, 1:]; advantages [B]; loss_weights
-    [B] (paper_mean). loss_units is the mini-batch's global normaliser (loss tokens for
-    token_mean, rows for seq_mean_*, the weight sum for paper_mean, over all micro-batches and
-    ranks), so the shares of all micro-batches add up to
-        PPO term (+ KL-Cov penalty) - entropy_coef * entropy + kl_coef * KL
-    of the whole mini-batch, each term aggregated as config.aggregation says. Clip-Cov leaves
-    the selected tokens out of the PPO term (generator draws them); both covariance methods
-    score the tokens of this micro-batch.
+    log-probs and the pre-pass selection [B, L-1] aligned with the targets input_ids[:, 1:];
+    advantages [B]; loss_weights [B] (paper_mean). loss_units is the mini-batch's normaliser
+    (the aggregation's units over all micro-batches and ranks), so the shares of all
+    micro-batches add up to
+        policy term - entropy_coef * entropy + kl_coef * KL
+    of the whole mini-batch, each aggregated as config.aggregation says; the policy and KL
+    terms are weighted by the truncated importance weights when a correction is on.
     """
-    mask = response_mask
-    logprobs = token_logprobs(logits, input_ids, temperature)
-    loss, pg_metrics = _policy_term(logprobs, mask, advantages, old_logprobs, config, loss_units,
-                                    rollout_logprobs, loss_weights, generator)
+    config = loss.config
+    mask = response_mask.bool()
+    # a masked vocabulary entry may be a target outside the loss (a VLM's image token in its
+    # prompt): its -inf log-prob must not reach the sums
+    logprobs = torch.where(mask, token_logprobs(logits, input_ids, temperature), 0.0)
+    token_loss, metrics = loss.token_losses(logprobs, old_logprobs, advantages, mask, selected)
+    sample_weight = _importance_weight(old_logprobs, rollout_logprobs, mask, config, metrics)
+    if sample_weight is not None:
+        token_loss = token_loss * sample_weight
 
     def share(values: torch.Tensor) -> torch.Tensor:
-        return aggregate(values, mask, config.aggregation, loss_units, loss_weights)
+        return loss.aggregation.share(values, mask, loss_weights, loss_units)
 
+    objective = share(token_loss)
     entropy = entropy_from_logits(logits[:, :-1].float() / temperature)
     if config.entropy_coef > 0:
-        loss = loss - config.entropy_coef * share(entropy)
+        objective = objective - config.entropy_coef * share(entropy)
     kl = torch.zeros_like(logprobs)
     if config.uses_reference_model:
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 but no reference log-probs were given")
-        kl = kl_penalty(logprobs, ref_logprobs, config.kl_kind)
-        loss = loss + config.kl_coef * share(kl)
-    if config.entropy_control == "kl_cov":
-        loss = loss + share(kl_cov_penalty(logprobs, old_logprobs, advantages, mask,
-                                           top_fraction=config.kl_cov.fraction, coef=config.kl_cov.coef))
-    return loss, _metric_sums(loss, mask, pg_metrics, entropy, kl)
+        kl_loss = kl_term(logprobs, ref_logprobs, old_logprobs, config.kl_kind)
+        if sample_weight is not None:
+            kl_loss = kl_loss * sample_weight
+        objective = objective + config.kl_coef * share(kl_loss)
+        kl = kl_penalty(logprobs, ref_logprobs, "k3")
+    return objective, _metric_sums(objective, mask, metrics, entropy, kl)
 
 
-def _metric_sums(loss: torch.Tensor, mask: torch.Tensor, pg_metrics: dict[str, float],
+def _importance_weight(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor | None,
+                       mask: torch.Tensor, config: LossConfig,
+                       metrics: dict[str, float]) -> torch.Tensor | None:
+    """The truncated importance weights of the configured correction (None without one); adds
+    is_mean and is_truncated_fraction to metrics."""
+    correction = resolved_correction(config)
+    if correction == "none":
+        return None
+    if rollout_logprobs is None:
+        raise ValueError(f"importance correction {correction!r} needs the rollout log-probs")
+    weight, truncated = importance_weights(old_logprobs, rollout_logprobs, mask, correction,
+                                           config.importance_cap)
+    metrics["is_mean"] = masked_mean(weight, mask).item()
+    metrics["is_truncated_fraction"] = masked_mean(truncated.to(weight.dtype), mask).item()
+    return weight
+
+
+def _metric_sums(loss: torch.Tensor, mask: torch.Tensor, metrics: dict[str, float],
                  entropy: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
-    """A micro-batch's metrics as sums (token-weighted where per token), to average later."""
+    """A micro-batch's metrics as sums (token-weighted where per token), to average later.
+    kl: the k3 estimate of KL(pi || ref) (unbiased in value), whatever kind the loss uses."""
     tokens = float(mask.sum().item())
     return {
         "loss": loss.item(),
         "tokens": tokens,
-        "clip_fraction": pg_metrics["clip_fraction"] * tokens,
-        "approx_kl": pg_metrics["approx_kl"] * tokens,
+        "clip_fraction": metrics["clip_fraction"] * tokens,
+        "approx_kl": metrics["approx_kl"] * tokens,
         "entropy": _masked_sum(entropy.detach(), mask),
         "kl": _masked_sum(kl.detach(), mask),
-        "cov_detached_fraction": pg_metrics.get("cov_detached_fraction", 0.0),
+        "cov_detached_fraction": metrics.get("cov_detached_fraction", 0.0),
         # importance weights (1 and none truncated without a correction), token-weighted
-        "is_mean": pg_metrics.get("is_mean", 1.0) * tokens,
-        "is_truncated_fraction": pg_metrics.get("is_truncated_fraction", 0.0) * tokens,
+        "is_mean": metrics.get("is_mean", 1.0) * tokens,
+        "is_truncated_fraction": metrics.get("is_truncated_fraction", 0.0) * tokens,
     }
-
-
-def _policy_term(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
-                 old_logprobs: torch.Tensor, config: LossConfig, loss_units: float,
-                 rollout_logprobs: torch.Tensor | None, loss_weights: torch.Tensor | None,
-                 generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The PPO term's share of the mini-batch loss (Clip-Cov's tokens detached first)."""
-    detached = 0.0
-    if config.entropy_control == "clip_cov":
-        chosen = clip_cov_mask(logprobs, old_logprobs, advantages, mask, generator=generator,
-                               clip_fraction=config.clip_cov.fraction, cov_low=config.clip_cov.low,
-                               cov_high=config.clip_cov.high, clip_low=config.clip_low,
-                               clip_high=config.clip_high)
-        logprobs = torch.where(chosen, logprobs.detach(), logprobs)
-        detached = float(chosen.sum())
-    pg_loss, metrics = policy_loss(
-        logprobs, old_logprobs, advantages, mask,
-        clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
-        aggregation=config.aggregation,
-        rollout_logprobs=rollout_logprobs, correction=resolved_correction(config),
-        correction_cap=config.importance_cap, ratio_level=config.ratio, weights=loss_weights,
-    )
-    if config.aggregation == "token_mean":
-        micro_units = mask.sum().item()
-    elif config.aggregation == "paper_mean":
-        micro_units = float(loss_weights.sum()) if loss_weights is not None else 0.0
-    else:
-        micro_units = mask.shape[0]
-    metrics["cov_detached_fraction"] = detached
-    return pg_loss * (micro_units / loss_units), metrics
 
 
 def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum().item())
+

@@ -251,12 +251,15 @@ def suppressed_token_ids(config: Any) -> list[int]:
 
 
 def mask_suppressed(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
-    """Logits [..., V] with the suppressed tokens at the dtype's lowest value (probability 0,
-    finite log-probs and entropy), out of place."""
+    """Logits [..., V] with the suppressed tokens at -inf, out of place: probability exactly 0
+    in every precision and at any temperature (as the engines' suppression sets them). The
+    dtype's lowest finite value would overflow to -inf anyway once divided by a temperature
+    below 1; the learner's log-probs and entropy leave -inf entries out
+    (riskpo.algo.losses)."""
     if not token_ids:
         return logits
     index = torch.tensor(list(token_ids), device=logits.device)
-    return logits.index_fill(-1, index, torch.finfo(logits.dtype).min)
+    return logits.index_fill(-1, index, float("-inf"))
 
 
 @lru_cache(maxsize=16)

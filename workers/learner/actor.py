@@ -11,6 +11,7 @@ from typing import Any
 import ray
 import torch
 
+from riskpo.algo.losses import LearnerNeeds
 from riskpo.batch import TrainBatch
 from workers.learner.base import LearnerBackend
 from workers.learner.config import LearnerSpec
@@ -68,11 +69,12 @@ class LearnerWorker:
         self.backend = getattr(importlib.import_module(module_name), class_name)()
         self.backend.initialize(model_path, self.spec, self.rank, self.world_size)
 
-    def prepare(self, batch: TrainBatch, plan: RankPlan) -> dict[str, float]:
-        return self._backend().prepare(batch, plan)
+    def prepare(self, batch: TrainBatch, plan: RankPlan, needs: LearnerNeeds) -> dict[str, float]:
+        return self._backend().prepare(batch, plan, needs)
 
-    def train_step(self, plans: list[RankPlan], loss_units: list[float], step: int) -> list[dict[str, float]]:
-        return self._backend().train_step(plans, loss_units, step)
+    def train_step(self, plans: list[RankPlan], loss_units: list[float], step: int,
+                   needs: LearnerNeeds) -> list[dict[str, float]]:
+        return self._backend().train_step(plans, loss_units, step, needs)
 
     def save(self, path: str, extra: dict[str, Any]) -> None:
         self._backend().save(path, extra)

@@ -3,8 +3,11 @@
 A backend (DeepSpeed today, FSDP2 later) implements the primitives below -- initialize,
 forward, backward, optimizer step, full-parameter iteration, save/load, export -- and inherits
 `prepare` and `train_step`, so adding a backend is one module. The objective itself is
-riskpo.algo.losses.micro_batch_objective. A vision-language policy's micro-batches carry the pixel
-inputs of their rows' images (workers/learner/vision.py).
+riskpo.algo.losses.micro_batch_objective, and the passes a step runs are those the policy loss
+declares (riskpo.algo.losses.LearnerNeeds): the old log-probs, the reference's when the KL term
+is on, and for Clip-Cov and KL-Cov a no-grad pre-pass over each mini-batch whose token
+selection the micro-batches then share. A vision-language policy's micro-batches carry the
+pixel inputs of their rows' images (workers/learner/vision.py).
 """
 
 from __future__ import annotations
@@ -17,10 +20,24 @@ from typing import Any
 
 import torch
 
-from riskpo.algo.losses import TOKEN_WEIGHTED_METRICS, micro_batch_objective, token_logprobs
+from riskpo.algo.losses import (
+    TOKEN_WEIGHTED_METRICS,
+    LearnerNeeds,
+    PolicyLoss,
+    build_policy_loss,
+    micro_batch_objective,
+    token_logprobs,
+)
 from riskpo.batch import TrainBatch
 from workers.learner.config import LearnerSpec
-from workers.learner.microbatch import MicroBatch, RankPlan, RowLogprobs, collate, response_values
+from workers.learner.microbatch import (
+    MicroBatch,
+    RankPlan,
+    RowLogprobs,
+    RowTokenMask,
+    collate,
+    response_values,
+)
 from workers.learner.vision import ImageInputs
 from workers.weight_sync import TensorSpec
 
@@ -51,7 +68,7 @@ class LearnerBackend(ABC):
 
     @abstractmethod
     def initialize(self, model_path: str, spec: LearnerSpec, rank: int, world_size: int) -> None:
-        """Loads the policy (and the reference model when spec.loss.kl_coef > 0), builds the
+        """Loads the policy (and the reference model when the loss needs one), builds the
         optimizer; the distributed default group is already up."""
 
     @abstractmethod
@@ -64,7 +81,8 @@ class LearnerBackend(ABC):
 
     @abstractmethod
     def optimizer_step(self) -> dict[str, float]:
-        """Clips, steps the optimizer and the scheduler; returns {"grad_norm", "lr"}."""
+        """Clips, steps the optimizer and the scheduler; returns {"grad_norm", "lr": the rate
+        this update used, "skipped"}."""
 
     @abstractmethod
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -100,13 +118,15 @@ class LearnerBackend(ABC):
                 values.update(response_values(batch, rows, per_token))
         return values
 
-    def prepare(self, batch: TrainBatch, plan: RankPlan) -> dict[str, float]:
-        """Computes and keeps the old (and reference) log-probs of this rank's rows of the
-        step's batch; returns the sums behind the rollout-vs-learner log-prob gap."""
+    def prepare(self, batch: TrainBatch, plan: RankPlan, needs: LearnerNeeds) -> dict[str, float]:
+        """Computes and keeps the old log-probs of this rank's rows of the step's batch (a
+        separate no-grad pass; issue 25 may take them from the training forward where
+        needs.old_logprobs_from_training_forward allows), and the reference's when the loss
+        needs them; returns the sums behind the rollout-vs-learner log-prob gap."""
         if self.images is not None:
             self.images.new_batch()
         old = self.logprobs(batch, plan)
-        ref = self.logprobs(batch, plan, reference=True) if self.spec.loss.uses_reference_model else None
+        ref = self.logprobs(batch, plan, reference=True) if needs.reference_model else None
         self.prepared = PreparedBatch(batch, old, ref)
         gap, tokens = 0.0, 0
         for row in sorted(old):
@@ -116,52 +136,80 @@ class LearnerBackend(ABC):
                 tokens += len(rollout)
         return {"gap_sum": gap, "gap_tokens": float(tokens)}
 
-    def train_step(self, mini_batch_plans: list[RankPlan], loss_units: list[float],
-                   step: int = 0) -> list[dict[str, float]]:
+    def train_step(self, mini_batch_plans: list[RankPlan], loss_units: list[float], step: int,
+                   needs: LearnerNeeds) -> list[dict[str, float]]:
         """One optimizer step per mini-batch of the prepared batch; loss_units[m] is mini-batch
-        m's global count of tokens (token_mean), rows (seq_mean_*) or weight (paper_mean) so
-        micro-batch losses add up to the loss of the whole mini-batch over all ranks. `step`
-        (the group's train_step count) seeds Clip-Cov's draws. Returns per-mini-batch sums."""
+        m's normaliser (its aggregation's units over all ranks) so micro-batch losses add up to
+        the loss of the whole mini-batch. With needs.mini_batch_pre_pass the loss first selects
+        tokens over the rank's whole mini-batch (`step`, the group's train_step count, seeds
+        Clip-Cov's draw). Returns per-mini-batch sums."""
         prepared = self.prepared
         if prepared is None:
             raise ValueError("train_step before prepare: the step's log-probs are not computed")
+        loss = build_policy_loss(self.spec.loss)
         results = []
         for mini_batch, (plan, units) in enumerate(zip(mini_batch_plans, loss_units, strict=True)):
+            selection = (self._pre_pass_selection(loss, plan, step, mini_batch)
+                         if needs.mini_batch_pre_pass else None)
             sums: dict[str, float] = dict.fromkeys(("loss", "tokens", *TOKEN_WEIGHTED_METRICS), 0.0)
             for index, rows in enumerate(plan):
                 micro = self._collate(prepared.batch, rows, prepared.old_logprobs,
-                                      prepared.ref_logprobs).to(self.device)
-                generator = torch.Generator().manual_seed(
-                    hash((self.spec.seed, step, self.rank, mini_batch, index)) % (2**63))
-                loss = self._micro_batch_loss(micro, units, sums, generator)
-                self.backward(loss, last_micro_batch=index == len(plan) - 1)
+                                      prepared.ref_logprobs, selection).to(self.device)
+                micro_loss = self._micro_batch_loss(loss, micro, units, sums)
+                self.backward(micro_loss, last_micro_batch=index == len(plan) - 1)
             sums.update(self.optimizer_step())
             results.append(sums)
         return results
 
+    @torch.no_grad()
+    def _pre_pass_selection(self, loss: PolicyLoss, plan: RankPlan, step: int,
+                            mini_batch: int) -> RowTokenMask:
+        """The loss's token selection over this rank's rows of one mini-batch: the policy's
+        log-probs from a no-grad forward of each planned micro-batch (the weights the
+        mini-batch trains), then one selection over all the rows at once, in row order, so the
+        micro-batch split cannot change it. The generator is seeded by (seed, step, rank,
+        mini-batch)."""
+        batch, old = self.prepared.batch, self.prepared.old_logprobs
+        current = self.logprobs(batch, plan)
+        rows = sorted(current)
+        width = max((len(current[row]) for row in rows), default=0)
+        logprobs = torch.zeros((len(rows), width))
+        old_logprobs = torch.zeros((len(rows), width))
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for slot, row in enumerate(rows):
+            length = len(current[row])
+            logprobs[slot, :length] = current[row]
+            old_logprobs[slot, :length] = old[row]
+            mask[slot, :length] = bool(batch.loss_mask[row])
+        generator = torch.Generator().manual_seed(
+            hash((self.spec.seed, step, self.rank, mini_batch)) % (2**63))
+        chosen = loss.select(logprobs, old_logprobs, batch.advantages[rows].float(), mask, generator)
+        return {row: chosen[slot, :len(current[row])].clone() for slot, row in enumerate(rows)}
+
     def _collate(self, batch: TrainBatch, rows: list[int], old_logprobs: RowLogprobs | None = None,
-                 ref_logprobs: RowLogprobs | None = None) -> MicroBatch:
+                 ref_logprobs: RowLogprobs | None = None,
+                 selected: RowTokenMask | None = None) -> MicroBatch:
         """collate, plus the rows' pixel inputs for a vision-language model."""
-        micro = collate(batch, rows, self.pad_token_id, old_logprobs, ref_logprobs)
+        micro = collate(batch, rows, self.pad_token_id, old_logprobs, ref_logprobs, selected)
         if self.images is None:
             return micro
         return self.images.attach(micro, batch, rows, self.pad_token_id)
 
-    def _micro_batch_loss(self, micro: MicroBatch, loss_units: float, sums: dict[str, float],
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+    def _micro_batch_loss(self, loss: PolicyLoss, micro: MicroBatch, loss_units: float,
+                          sums: dict[str, float]) -> torch.Tensor:
         """This micro-batch's share of the mini-batch loss, times world_size (data-parallel
         gradient averaging divides by it again); adds its metric sums into `sums`."""
         logits = self.forward(micro)
         if micro.is_empty:
             return logits.float().sum() * 0.0  # keeps the collectives of this micro-step in step
-        loss, micro_sums = micro_batch_objective(
+        objective, micro_sums = micro_batch_objective(
             logits, micro.input_ids, micro.response_mask, micro.advantages, micro.old_logprobs,
-            self.spec.loss, loss_units=loss_units, temperature=self.spec.temperature,
+            loss, loss_units=loss_units, temperature=self.spec.temperature,
             rollout_logprobs=micro.rollout_logprobs, ref_logprobs=micro.ref_logprobs,
-            loss_weights=micro.loss_weights, generator=generator)
+            loss_weights=micro.loss_weights, selected=micro.selected)
         for key, value in micro_sums.items():
             sums[key] += value
-        return loss * self.world_size
+        return objective * self.world_size
 
 
 def ensure_directory(path: str) -> Path:

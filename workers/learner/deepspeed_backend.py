@@ -101,7 +101,7 @@ class DeepSpeedBackend(LearnerBackend):
             config=deepspeed_config(spec, world_size),
         )
         self.reference = None
-        if spec.loss.uses_reference_model:
+        if spec.loss.needs.reference_model:
             self.reference = self._load_model(model_path, TORCH_DTYPES[config.dtype]).to(self.device)
             self.reference.requires_grad_(False)
 
@@ -133,14 +133,17 @@ class DeepSpeedBackend(LearnerBackend):
         self.engine.backward(loss)
 
     def optimizer_step(self) -> dict[str, float]:
-        """Also reports whether DeepSpeed skipped the update: its ZeRO optimizer does when the
-        gradient norm is not finite (overflow), and counts it in engine.skipped_steps."""
+        """lr is the rate this update used, read before the step moves the scheduler on to the
+        next update's. Also reports whether DeepSpeed skipped the update: its ZeRO optimizer
+        does when the gradient norm is not finite (overflow), and counts it in
+        engine.skipped_steps."""
         skipped_before = self.engine.skipped_steps
+        lr = float(self.engine.get_lr()[0])
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         return {
             "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-            "lr": float(self.engine.get_lr()[0]),
+            "lr": lr,
             "skipped": float(self.engine.skipped_steps > skipped_before),
         }
 

@@ -14,7 +14,8 @@ import torch
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from riskpo.algo.losses import TOKEN_WEIGHTED_METRICS
+from riskpo.algo.aggregation import Aggregation, get_aggregation
+from riskpo.algo.losses import TOKEN_WEIGHTED_METRICS, LearnerNeeds
 from riskpo.batch import TrainBatch
 from workers.learner.actor import LearnerWorker
 from workers.learner.config import LearnerSpec
@@ -26,10 +27,13 @@ GROUP_STATE_KEY = "learner_group"  # the group's own entry beside the driver's i
 
 @dataclass
 class StepPlan:
-    """How one step's rows are spread: rank r computes log-probs for its shard in the
-    micro-batches logprob_plans[r] and trains mini-batch m on mini_batch_plans[r][m]."""
+    """How one step's rows are spread and which passes run: rank r computes log-probs for its
+    shard in the micro-batches logprob_plans[r] (the reference's too when needs says so) and
+    trains mini-batch m on mini_batch_plans[r][m], normalised by loss_units[m] (after the
+    loss's pre-pass over that mini-batch when it declares one)."""
 
     step: int
+    needs: LearnerNeeds
     logprob_plans: list[RankPlan]
     mini_batch_plans: list[list[RankPlan]]
     loss_units: list[float]
@@ -96,7 +100,7 @@ class LearnerGroup:
         plan = self._plan_step(batch)
         batch_ref = ray.put(batch)
         sums = ray.get([
-            worker.prepare.remote(batch_ref, shard)
+            worker.prepare.remote(batch_ref, shard, plan.needs)
             for worker, shard in zip(self.workers, plan.logprob_plans, strict=True)
         ])
         self._prepared = (batch, plan)
@@ -114,7 +118,7 @@ class LearnerGroup:
         if self.steps != plan.step:  # the same batch trained again: a new shuffle
             plan = self._plan_step(batch)
         per_rank = ray.get([
-            worker.train_step.remote(plans, plan.loss_units, plan.step)
+            worker.train_step.remote(plans, plan.loss_units, plan.step, plan.needs)
             for worker, plans in zip(self.workers, plan.mini_batch_plans, strict=True)
         ])
         self.steps += 1
@@ -123,20 +127,23 @@ class LearnerGroup:
     def _plan_step(self, batch: TrainBatch) -> StepPlan:
         """Rows split over ranks once per step (rank r keeps the log-probs of its shard), then
         each PPO epoch shuffles every shard and cuts it into num_mini_batches mini-batches;
-        mini-batch m is the m-th slice of every shard."""
+        mini-batch m is the m-th slice of every shard. The passes are those the loss declares;
+        each mini-batch's normaliser is its aggregation's units."""
         config, loss = self.spec.config, self.spec.loss
+        aggregation = get_aggregation(loss.aggregation)
         lengths = row_lengths(batch)
         budget = config.micro_batch_token_budget
         shards = split_rows(range(len(batch)), config.num_ranks)
         generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + self.steps)
-        plan = StepPlan(step=self.steps, logprob_plans=plan_micro_batches(shards, lengths, budget),
+        plan = StepPlan(step=self.steps, needs=loss.needs,
+                        logprob_plans=plan_micro_batches(shards, lengths, budget),
                         mini_batch_plans=[[] for _ in self.workers], loss_units=[])
         for _ in range(loss.ppo_epochs):
             orders = [[shard[i] for i in torch.randperm(len(shard), generator=generator).tolist()]
                       for shard in shards]
             slices = [split_rows(order, config.num_mini_batches) for order in orders]
             for mini_batch in zip(*slices, strict=True):
-                units = _loss_units(batch, [row for rows in mini_batch for row in rows], loss.aggregation)
+                units = _loss_units(batch, [row for rows in mini_batch for row in rows], aggregation)
                 if units == 0:
                     continue  # nothing to learn from (all rows masked): no optimizer step
                 for rank, rank_plan in enumerate(plan_micro_batches(mini_batch, lengths, budget)):
@@ -258,22 +265,17 @@ def rollout_actors(rollout: Any) -> list[Any]:
     return actors
 
 
-def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: str) -> float:
-    """The global normaliser of one mini-batch: loss tokens (token_mean), rows (seq_mean_*) or
-    the loss rows' weights (paper_mean), matching riskpo.algo.losses.aggregate (masked rows count as
-    sequences with no tokens)."""
-    if aggregation == "token_mean":
-        return float(sum(len(batch.response_ids[r]) for r in rows if batch.loss_mask[r]))
-    if aggregation == "paper_mean":
-        if batch.loss_weights is None:
-            raise ValueError("aggregation paper_mean needs the estimator's loss weights in the batch")
-        return float(sum(float(batch.loss_weights[r]) for r in rows if batch.loss_mask[r]))
-    return float(len(rows)) if any(bool(batch.loss_mask[r]) for r in rows) else 0.0
+def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: Aggregation) -> float:
+    """The normaliser of one mini-batch, over all its ranks: the aggregation's units of its rows
+    (loss tokens, rows or loss weights; a row outside the loss has no loss tokens)."""
+    loss_tokens = [len(batch.response_ids[row]) if batch.loss_mask[row] else 0 for row in rows]
+    weights = None if batch.loss_weights is None else [float(batch.loss_weights[row]) for row in rows]
+    return aggregation.units(loss_tokens, weights)
 
 
 def _combine_mini_batch_metrics(per_rank: list[list[dict[str, float]]]) -> dict[str, float]:
-    """Adds each mini-batch's sums over ranks, normalises, and averages over mini-batches
-    (the learning rate is the last one's)."""
+    """Adds each mini-batch's sums over ranks, normalises, and averages over mini-batches;
+    lr is the rate the step's last update used."""
     per_mini_batch = []
     for rank_results in zip(*per_rank, strict=True):
         tokens = sum(result["tokens"] for result in rank_results)

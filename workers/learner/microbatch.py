@@ -17,6 +17,7 @@ from riskpo.batch import TrainBatch
 
 RankPlan = list[list[int]]  # [micro-batch][row index into the TrainBatch]
 RowLogprobs = Mapping[int, torch.Tensor]  # row index -> log-prob of each response token [len]
+RowTokenMask = Mapping[int, torch.Tensor]  # row index -> bool per response token [len]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class MicroBatch:
     old_logprobs: torch.Tensor | None  # [B, L-1]
     ref_logprobs: torch.Tensor | None  # [B, L-1]
     loss_weights: torch.Tensor | None = None  # [B] the estimator's weights (paper_mean)
+    selected: torch.Tensor | None = None  # [B, L-1] bool: the loss's mini-batch pre-pass selection
     # a vision-language model's pixel inputs for the rows' images (workers/learner/vision.py)
     vision: dict[str, torch.Tensor] | None = None
 
@@ -91,9 +93,11 @@ def plan_micro_batches(shards: Sequence[Sequence[int]], lengths: Sequence[int], 
 
 def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int,
             old_logprobs: RowLogprobs | None = None,
-            ref_logprobs: RowLogprobs | None = None) -> MicroBatch:
+            ref_logprobs: RowLogprobs | None = None,
+            selected: RowTokenMask | None = None) -> MicroBatch:
     """Pads the given rows into a MicroBatch (an empty `rows` gives a one-row dummy); old and
-    reference log-probs come from the rank's own store (row index -> tensor)."""
+    reference log-probs come from the rank's own store (row index -> tensor), the selection
+    from the loss's pre-pass over the mini-batch."""
     if not rows:
         return _empty_micro_batch(pad_token_id)
     sequences = [batch.prompt_ids[i] + batch.response_ids[i] for i in rows]
@@ -116,6 +120,7 @@ def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int,
         old_logprobs=None if old_logprobs is None else _scatter(batch, rows, old_logprobs, length),
         ref_logprobs=None if ref_logprobs is None else _scatter(batch, rows, ref_logprobs, length),
         loss_weights=None if batch.loss_weights is None else batch.loss_weights[list(rows)].float(),
+        selected=None if selected is None else _scatter(batch, rows, selected, length).bool(),
     )
 
 
@@ -128,7 +133,9 @@ def response_values(batch: TrainBatch, rows: Sequence[int], values: torch.Tensor
     return out
 
 
-def _scatter(batch: TrainBatch, rows: Sequence[int], values: RowLogprobs, length: int) -> torch.Tensor:
+def _scatter(batch: TrainBatch, rows: Sequence[int], values: RowLogprobs | RowTokenMask,
+             length: int) -> torch.Tensor:
+    """Per-row response values into [rows, length - 1] float32 at the response positions."""
     out = torch.zeros((len(rows), length - 1), dtype=torch.float32)
     for slot, index in enumerate(rows):
         start = len(batch.prompt_ids[index]) - 1

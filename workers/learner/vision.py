@@ -68,7 +68,7 @@ class ImageInputs:
 
 def append_row(micro: MicroBatch, token_ids: list[int], pad_token_id: int) -> MicroBatch:
     """The micro-batch with one more row of token_ids that carries no loss (response mask,
-    advantage, log-probs and weight 0); existing rows keep their slots."""
+    advantage, log-probs, weight and selection 0); existing rows keep their slots."""
     width = max(micro.input_ids.shape[1], len(token_ids))
     row_ids = torch.full((1, width), pad_token_id, dtype=torch.long)
     row_ids[0, : len(token_ids)] = torch.tensor(token_ids, dtype=torch.long)
@@ -95,4 +95,5 @@ def append_row(micro: MicroBatch, token_ids: list[int], pad_token_id: int) -> Mi
         old_logprobs=widen(micro.old_logprobs, 0.0, width - 1),
         ref_logprobs=widen(micro.ref_logprobs, 0.0, width - 1),
         loss_weights=extend(micro.loss_weights),
+        selected=widen(micro.selected, False, width - 1),
     )

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from reference_objectives import reference_clip_cov, reference_kl_cov, reference_token_covariance
 
 from riskpo.algo.entropy_control import (
+    ClipCovOptions,
+    KLCovOptions,
     clip_cov_mask,
     kl_cov_mask,
     kl_cov_penalty,
@@ -68,7 +70,7 @@ def test_covariance_matches_reference_on_continuous_values(batch, length, per_to
 def test_kl_cov_matches_reference(batch, fraction, coef):
     logprobs, old_logprobs, advantages, mask = batch
     selected = kl_cov_mask(logprobs, advantages, mask, top_fraction=fraction)
-    penalty = kl_cov_penalty(logprobs, old_logprobs, advantages, mask, top_fraction=fraction, coef=coef)
+    penalty = kl_cov_penalty(logprobs, old_logprobs, selected, coef=coef)
     expected_selected, expected_penalty = reference_kl_cov(logprobs, old_logprobs, advantages, mask,
                                                            fraction, coef)
     assert _as_set(selected) == expected_selected
@@ -97,8 +99,10 @@ def test_clip_cov_matches_reference(batch, fraction, bounds, skip_ppo_clipped, s
 def test_defaults_are_the_papers():
     clip = inspect.signature(clip_cov_mask).parameters
     assert (clip["clip_fraction"].default, clip["cov_low"].default, clip["cov_high"].default) == (2e-4, 1.0, 5.0)
-    kl = inspect.signature(kl_cov_penalty).parameters
-    assert (kl["top_fraction"].default, kl["coef"].default) == (2e-3, 1.0)
+    kl = inspect.signature(kl_cov_mask).parameters
+    assert (kl["top_fraction"].default, inspect.signature(kl_cov_penalty).parameters["coef"].default) == (2e-3, 1.0)
+    assert (ClipCovOptions().fraction, ClipCovOptions().low, ClipCovOptions().high) == (2e-4, 1.0, 5.0)
+    assert (KLCovOptions().fraction, KLCovOptions().coef) == (2e-3, 1.0)
 
 
 def _large_batch(seed: int = 0):
@@ -135,9 +139,9 @@ def test_clip_cov_draw_follows_the_seed():
 def test_kl_cov_penalty_gradient_reaches_only_selected_tokens():
     logprobs, old_logprobs, advantages, mask = _large_batch(2)
     logprobs = logprobs.clone().requires_grad_(True)
-    penalty = kl_cov_penalty(logprobs, old_logprobs, advantages, mask, coef=0.5)
-    penalty.sum().backward()
     selected = kl_cov_mask(logprobs, advantages, mask)
+    penalty = kl_cov_penalty(logprobs, old_logprobs, selected, coef=0.5)
+    penalty.sum().backward()
     expected = torch.where(selected, 0.5 * torch.sign(logprobs.detach() - old_logprobs), 0.0)
     torch.testing.assert_close(logprobs.grad, expected)
     assert penalty.dtype == logprobs.dtype
@@ -178,7 +182,7 @@ def test_empty_mask_and_zero_fraction_select_nothing():
     empty = torch.zeros_like(mask)
     generator = torch.Generator()
     assert not clip_cov_mask(logprobs, old_logprobs, advantages, empty, generator=generator).any()
-    assert not kl_cov_penalty(logprobs, old_logprobs, advantages, empty).any()
+    assert not kl_cov_mask(logprobs, advantages, empty).any()
     assert not kl_cov_mask(logprobs, advantages, mask, top_fraction=0.0).any()
     assert not clip_cov_mask(logprobs, old_logprobs, advantages, mask, generator=generator,
                              clip_fraction=0.0).any()
@@ -188,12 +192,12 @@ def test_non_finite_inside_the_mask_raises_and_outside_is_ignored():
     logprobs, old_logprobs, advantages, mask = _large_batch(5)
     mask[3, 7] = False
     logprobs[3, 7] = float("nan")
-    kl_cov_penalty(logprobs, old_logprobs, advantages, mask)  # masked NaN: fine
+    kl_cov_mask(logprobs, advantages, mask)  # masked NaN: fine
     logprobs[2, 9] = -float("inf")
     with pytest.raises(ValueError, match=r"logprobs\[2, 9\]"):
         kl_cov_mask(logprobs, advantages, mask)
     with pytest.raises(ValueError, match="one \\[B, T\\] shape"):
-        kl_cov_penalty(logprobs, old_logprobs[:, :5], advantages, mask)
+        kl_cov_penalty(logprobs, old_logprobs[:, :5], mask, coef=1.0)
     with pytest.raises(ValueError, match="cov_low <= cov_high"):
         clip_cov_mask(logprobs, old_logprobs, advantages, mask, generator=torch.Generator(),
                       cov_low=5.0, cov_high=1.0)
