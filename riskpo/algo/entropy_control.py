@@ -31,9 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from riskpo.algo.ppo import LOG_RATIO_CLAMP
 from riskpo.options import require
-
-LOG_RATIO_CLAMP = 20.0  # as riskpo.algo.ppo: exp() arguments clamped to [-20, 20]
 
 
 @dataclass
