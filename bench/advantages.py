@@ -12,6 +12,7 @@ Run: .venv/bin/python bench/advantages.py
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -21,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "riskpo"))
-from reference_impl import reference_group_baseline, reference_riskpo  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "riskpo" / "algo"))
+from reference_impl import (  # noqa: E402
+    reference_group_baseline,
+    reference_riskpo,
+)
 from reference_objectives import (  # noqa: E402
     loop_pkpo_closed_form,
     reference_nsr,
@@ -30,18 +34,25 @@ from reference_objectives import (  # noqa: E402
     reference_w_reinforce,
 )
 
-from riskpo.algo.registry import (  # noqa: E402
-    ADVANTAGE_ESTIMATORS,
-    AdvantageConfig,
-    AdvantageState,
-    riskpo_advantages,
-)
-from riskpo.algo.riskpo import riskpo_step  # noqa: E402
+from launch.config import compose_config, validate  # noqa: E402
+from riskpo.algo.estimators.riskpo import RiskPOOptions, riskpo_step  # noqa: E402
+from riskpo.algo.registry import AdvantageState, estimators  # noqa: E402
 
 BUNDLE = 5
-RELEASE = dict(alpha=0.2, beta=0.8, w_mix=1.5, credit="std")
-PAPER = dict(alpha=0.2, beta=0.8, w_mix=0.5, std_normalize=False, advantage_form="paper")
+# RiskPO as conf/algorithm/riskpo_release.yaml states the release, with credit std; and the ICLR
+# paper's options (RiskPOOptions' defaults) with responses paired in index order, so that the loop
+# pairs them alike.
+RELEASE = dataclasses.replace(validate(compose_config(["algorithm=riskpo_release"])).algorithm.options,
+                              credit="std")
+PAPER = dataclasses.replace(RiskPOOptions(), pairing="index")
 TRACKED = (1.0, 3.0)  # quantiles as a tracker hands them over
+
+
+def reference_options(options: RiskPOOptions) -> dict:
+    """The loop reference's keyword arguments for these options."""
+    keys = ("alpha", "beta", "w_mix", "natural_baseline", "mix_cvar", "risk_seeking",
+            "risk_seeking_u", "std_normalize", "credit", "pairing", "advantage_form")
+    return {key: getattr(options, key) for key in keys}
 
 
 def make_batch(prompts: int, samples: int, seed: int = 0):
@@ -68,12 +79,13 @@ def time_call(fn, repeats: int, clock=time.perf_counter) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-def registered(name: str, config: AdvantageConfig) -> Callable:
-    """The estimator's own function, as the trainer's Estimator calls it."""
-    fn = ADVANTAGE_ESTIMATORS[name].fn
+def registered(name: str) -> Callable:
+    """The estimator's own function with its default options, as the trainer's Estimator calls it."""
+    estimator = estimators()[name]
 
     def run(rewards, question_ids, valid):
-        result = fn(rewards, question_ids, question_ids // BUNDLE, config, AdvantageState(), valid)
+        result = estimator.fn(rewards, question_ids, question_ids // BUNDLE, estimator.options(),
+                              AdvantageState(), valid)
         return torch.where(valid, result.advantages, 0.0)  # as the Estimator wrapper does
 
     return run
@@ -81,24 +93,26 @@ def registered(name: str, config: AdvantageConfig) -> Callable:
 
 def cases() -> dict[str, tuple[Callable, Callable]]:
     """name -> (vectorised(rewards, question_ids, valid), loop(...)): every registered estimator."""
-    index = {"pairing": "index", "quantile_source": "bundle"}
+    grpo_normalises = estimators()["grpo"].options().std_normalize
+    batch_normalises = estimators()["reinforce_baseline"].options().std_normalize
     return {
         "riskpo release (credit std, no mask)": (
-            lambda r, q, v: riskpo_advantages(r, q, q // BUNDLE, **RELEASE),
-            lambda r, q, v: reference_riskpo(r, q, q // BUNDLE, **RELEASE)),
+            lambda r, q, v: riskpo_step(r, q, q // BUNDLE, RELEASE).advantages,
+            lambda r, q, v: reference_riskpo(r, q, q // BUNDLE, **reference_options(RELEASE))),
         "riskpo paper (tracked 1, 3)": (
-            lambda r, q, v: riskpo_step(r, q, q // BUNDLE, AdvantageConfig(**PAPER, **index), valid=v,
-                                        quantiles=TRACKED).advantages,
+            lambda r, q, v: riskpo_step(r, q, q // BUNDLE, PAPER, valid=v, quantiles=TRACKED).advantages,
             lambda r, q, v: reference_riskpo(r, q, q // BUNDLE, valid=v, quantiles=TRACKED,
-                                             quantile_source="tracked", **PAPER)),
-        **{name: (registered(name, AdvantageConfig()),
-                  lambda r, q, v, n=name: reference_group_baseline(r, q, v, n))
-           for name in ("grpo", "dr_grpo", "rloo", "reinforce_baseline")},
-        "nsr": (registered("nsr", AdvantageConfig()), reference_nsr),
-        "w_reinforce": (registered("w_reinforce", AdvantageConfig()), reference_w_reinforce),
-        "pkpo (k 4)": (registered("pkpo", AdvantageConfig()),
-                       lambda r, q, v: loop_pkpo_closed_form(r, q, v, k=4)),
-        "rs_grpo (beta 2)": (registered("rs_grpo", AdvantageConfig()), reference_rs_grpo),
+                                             quantile_source="tracked", **reference_options(PAPER))),
+        "grpo": (registered("grpo"),
+                 lambda r, q, v: reference_group_baseline(r, q, v, "grpo", grpo_normalises)),
+        **{name: (registered(name), lambda r, q, v, n=name: reference_group_baseline(r, q, v, n))
+           for name in ("dr_grpo", "rloo")},
+        "reinforce_baseline": (registered("reinforce_baseline"), lambda r, q, v: reference_group_baseline(
+            r, q, v, "reinforce_baseline", batch_normalises)),
+        "nsr": (registered("nsr"), reference_nsr),
+        "w_reinforce": (registered("w_reinforce"), reference_w_reinforce),
+        "pkpo (k 4)": (registered("pkpo"), lambda r, q, v: loop_pkpo_closed_form(r, q, v, k=4)),
+        "rs_grpo (beta 2)": (registered("rs_grpo"), reference_rs_grpo),
     }
 
 
@@ -106,7 +120,7 @@ def main() -> None:
     torch.set_num_threads(1)
     batch = make_batch(512, 10)
     covered = {name.split(" ")[0] for name in cases()}
-    missing = set(ADVANTAGE_ESTIMATORS) - covered
+    missing = set(estimators()) - covered
     if missing:
         raise SystemExit(f"bench/advantages.py: no loop reference for {sorted(missing)}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 512 prompts x 10 "
@@ -120,8 +134,10 @@ def main() -> None:
               f"{loop_min / vector_min:6.0f}x (target >= 100x)")
     rewards, question_ids, _ = make_batch(1024, 16)
     for credit in ("uniform", "std", "sum_mean"):
-        def call(c=credit):
-            return riskpo_advantages(rewards, question_ids, question_ids // BUNDLE, credit=c)
+        options = dataclasses.replace(RELEASE, credit=credit)
+
+        def call(options=options):
+            return riskpo_step(rewards, question_ids, question_ids // BUNDLE, options).advantages
         low, median = time_call(call, repeats=100)
         cpu, _ = time_call(call, repeats=100, clock=time.thread_time)
         print(f"1024 x 16, bundle {BUNDLE}, credit {credit}: vectorised {low * 1e3:.3f} / "

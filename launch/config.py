@@ -1,29 +1,36 @@
 """The run configuration: the Hydra tree under conf/ composes into RunConfig, whose groups are
 the option dataclasses declared beside the code that uses them (riskpo/ for the algorithm and
 the driver, workers/ for the actors, launch/placement.py for the cluster). `validate` checks
-every group and the rules that span groups, once, before anything starts; a key that is not
-declared is an error at composition.
+every group and the rules that span groups, once, before anything starts. The schema composes
+without refusing keys (Hydra's struct mode is off in it), so that validate() is the one place a
+key that its group does not declare is refused, however it arrives (`key=`, `+key=`, a yaml),
+naming the nearest declared key, or the new key of one that moved (MOVED_KEYS).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launch.placement import ClusterConfig
 from riskpo.algo.config import AlgorithmConfig, check_step_shape, group_estimators
+from riskpo.algo.registry import estimators, estimators_with_option
 from riskpo.data.loaders import CODE_SOURCES, MATH_SOURCES, DataConfig
 from riskpo.data.synthetic import SYNTHETIC_SOURCES
 from riskpo.data.visual import VISUAL_SOURCES
 from riskpo.loop.trainer import TrainerConfig
 from riskpo.messages import SamplingConfig
 from riskpo.models.config import TINY_MODEL, ModelConfig
-from riskpo.options import ConfigError, one_of, require
+from riskpo.options import ConfigError, join, one_of, require
 from riskpo.run.record import LoggerConfig
 from workers.learner.config import LearnerConfig
 from workers.rollout import ENGINE_CAPABILITIES, EngineConfig
@@ -31,6 +38,39 @@ from workers.verifier.config import VerifierConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RUN_DIR_POLICIES = ("refuse", "overwrite", "new")
+
+# Keys that moved (old dotted key -> new key). A composed config (command line or yaml), a run's
+# config.yaml being resumed (launch/run_dir.py) or a comparison spec that uses an old key is
+# refused in one line naming the new one; no old key is accepted.
+MOVED_KEYS: dict[str, str] = {
+    # each estimator's options under algorithm.options (riskpo/algo/estimators/)
+    "algorithm.alpha": "algorithm.options.alpha",
+    "algorithm.beta": "algorithm.options.beta",
+    "algorithm.w_mix": "algorithm.options.w_mix",
+    "algorithm.natural_baseline": "algorithm.options.natural_baseline",
+    "algorithm.mix_cvar": "algorithm.options.mix_cvar",
+    "algorithm.risk_seeking": "algorithm.options.risk_seeking",
+    "algorithm.risk_seeking_u": "algorithm.options.risk_seeking_u",
+    "algorithm.std_normalize": "algorithm.options.std_normalize",
+    "algorithm.advantage_form": "algorithm.options.advantage_form",
+    "algorithm.credit": "algorithm.options.credit",
+    "algorithm.pairing": "algorithm.options.pairing",
+    "algorithm.bundle_size": "algorithm.options.bundle_size",
+    "algorithm.drop_last_bundle": "algorithm.options.drop_last_bundle",
+    "algorithm.ragged_last_bundle": "algorithm.options.ragged_last_bundle",
+    "algorithm.allow_surplus_responses": "algorithm.options.allow_surplus_responses",
+    "algorithm.quantile_source": "algorithm.options.quantile_source",
+    "algorithm.tracker_lr": "algorithm.options.tracker_lr",
+    "algorithm.tracker_schedule": "algorithm.options.tracker_schedule",
+    "algorithm.tracker_update": "algorithm.options.tracker_update",
+    "algorithm.w_reinforce.positive_weight": "algorithm.options.positive_weight",
+    "algorithm.pkpo.k": "algorithm.options.k",
+    "algorithm.pkpo.k_end": "algorithm.options.k_end",
+    "algorithm.pkpo.anneal_start": "algorithm.options.anneal_start",
+    "algorithm.pkpo.anneal_steps": "algorithm.options.anneal_steps",
+    "algorithm.pkpo.baseline": "algorithm.options.baseline",
+    "algorithm.rs_grpo.beta": "algorithm.options.beta",
+}
 
 
 @dataclass
@@ -68,10 +108,33 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Registers the schema as `riskpo_schema`; conf/config.yaml lists it first in its defaults."""
+    """Registers the schema as `riskpo_schema` (conf/config.yaml lists it first in its defaults)
+    and each registered estimator's options class as `algorithm/options/<estimator>` (a preset
+    in conf/algorithm/ selects its estimator's in its defaults list)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="riskpo_schema", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="riskpo_schema", node=run_schema())
+    for name, estimator in estimators().items():
+        store.store(group="algorithm/options", name=name, node=_open(OmegaConf.structured(estimator.options)))
+
+
+def run_schema() -> DictConfig:
+    """RunConfig as a typed node that accepts keys it does not declare (validate() refuses
+    them), with algorithm.options empty: the preset's options schema fills it."""
+    schema = OmegaConf.structured(RunConfig)
+    schema.algorithm.options = None
+    return _open(schema)
+
+
+def _open(node: DictConfig) -> DictConfig:
+    """node with Hydra's struct mode off in it and every group under it."""
+    OmegaConf.set_struct(node, False)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            _open(child)
+    return node
 
 
 def _first_set(value: Any, fallback: Any) -> Any:
@@ -118,10 +181,12 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def to_dataclass(cfg: DictConfig | RunConfig) -> RunConfig:
-    """The typed RunConfig of a composed config (interpolations resolved)."""
+    """The typed RunConfig of a composed config (interpolations resolved); a key that its
+    group does not declare is refused first (refuse_undeclared_keys)."""
     if isinstance(cfg, RunConfig):
         return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    refuse_undeclared_keys(cfg)
+    merged = OmegaConf.merge(run_schema(), cfg)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
@@ -250,3 +315,97 @@ def _check_learner_fits_step(run: RunConfig) -> None:
     require(learner.micro_batch_token_budget >= longest, "learner.micro_batch_token_budget",
             f"{learner.micro_batch_token_budget} tokens cannot hold one sequence of up to {longest}",
             f"use at least {longest}")
+
+
+
+# --------------------------------------------------------------------------- declared keys
+
+
+def refuse_undeclared_keys(cfg: DictConfig) -> None:
+    """Walks the composed config against the schema (every dataclass of every group, nested,
+    an estimator's options against the options class its preset selected) and raises a
+    ConfigError for the first key its group does not declare: naming the new key when the key
+    moved (MOVED_KEYS), else the nearest declared one."""
+    _walk(cfg, RunConfig, "")
+
+
+def moved_key_error(key: str, where: str = "") -> ConfigError | None:
+    """The refusal of an old key (MOVED_KEYS), or None when `key` did not move."""
+    if key not in MOVED_KEYS:
+        return None
+    new = MOVED_KEYS[key]
+    return ConfigError(key, f"{where}moved to {new}", f"write {new}=... instead")
+
+
+def _walk(node: DictConfig, schema: type, prefix: str) -> None:
+    declared = {f.name for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        path, child = join(prefix, str(key)), node._get_node(key)
+        if key not in declared:
+            raise _undeclared(path, child, schema, _declared_below(node, declared))
+        for item, item_path, item_schema in _nested(child, hints[key], path):
+            _walk(item, item_schema, item_path)
+
+
+def _nested(child: Any, hint: Any, path: str) -> list[tuple[DictConfig, str, type]]:
+    """The groups under a field to walk: a dataclass-typed group (an `Any` field by the type its
+    node was composed with, as algorithm.options), or the dataclass items of a list."""
+    if isinstance(child, ListConfig) and not child._is_none():
+        item_hint = next(iter(typing.get_args(hint)), Any)
+        return [walked for index, item in enumerate(child._iter_ex(resolve=False))
+                for walked in _nested(item, item_hint, f"{path}[{index}]")]
+    if not isinstance(child, DictConfig) or child._is_none() or child._is_interpolation():
+        return []
+    schema = _dataclass_in(hint) or _dataclass_in(OmegaConf.get_type(child))
+    return [(child, path, schema)] if schema else []
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a type hint names (alone or in an Optional), else None."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [arg for arg in typing.get_args(hint) if _dataclass_in(arg)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _undeclared(path: str, value: Any, schema: type, candidates: list[str]) -> ConfigError:
+    """The refusal of an undeclared key: where it moved (itself or a key under it), else the
+    nearest of `candidates` (its group's keys and the keys of the groups in it)."""
+    leaves = [path]
+    if isinstance(value, DictConfig):
+        leaves += [f"{path}.{leaf}" for leaf in _leaf_keys(value)]
+    for leaf in leaves:
+        moved = moved_key_error(leaf)
+        if moved is not None:
+            return moved
+    group, _, name = path.rpartition(".")
+    problem = f"{schema.__name__} declares no option {name!r}"
+    if group == "algorithm.options":
+        owners = estimators_with_option(name)
+        problem += f" ({name} is an option of {', '.join(owners)})" if owners else ""
+    by_name = {candidate.rpartition(".")[2]: candidate for candidate in reversed(candidates)}
+    nearest = difflib.get_close_matches(name, list(by_name), n=1)
+    own = [candidate for candidate in candidates if "." not in candidate]
+    fix = (f"did you mean {join(group, by_name[nearest[0]])}?" if nearest else
+           f"{group or 'the top level'} declares: {', '.join(own)}")
+    return ConfigError(path, problem, fix)
+
+
+def _declared_below(node: DictConfig, declared: set[str]) -> list[str]:
+    """A group's declared keys, then the keys of the groups in it ("options.alpha")."""
+    nested = [f"{key}.{inner}" for key in sorted(declared) if key in node
+              and isinstance(child := node._get_node(key), DictConfig) and not child._is_none()
+              for inner in child]
+    return sorted(declared) + nested
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        child = node._get_node(key)
+        name = join(prefix, str(key))
+        keys += _leaf_keys(child, name) if isinstance(child, DictConfig) else [name]
+    return keys

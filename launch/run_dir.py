@@ -4,7 +4,8 @@ is written, so a refused command leaves the directory as it was:
 - one run per directory: a fresh run into a directory that holds a run is refused unless
   run_dir_policy says what to do with it (overwrite: delete that run; new: write to R-2, R-3...);
 - a resume continues the run with the config it started with: only RESUMABLE_KEYS (length,
-  cadence, logging, where it runs) may differ from the run's config.yaml;
+  cadence, logging, where it runs) may differ from the run's config.yaml, and a config.yaml
+  that holds a key that has moved since (launch/config.py MOVED_KEYS) is refused;
 - every path the run writes (run_dir, checkpoints/, plots/, wandb/) is a writable directory.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from launch.config import RunConfig
+from launch.config import MOVED_KEYS, RunConfig
 from riskpo.options import ConfigError
 from riskpo.run.checkpoints import (
     CHECKPOINTS_SUBDIR,
@@ -159,6 +160,11 @@ def check_resume_config(source: Path, resolved: dict[str, Any]) -> list[str]:
         raise ConfigError("resume", f"{source} has no {CONFIG_FILE} to check the resume against",
                           "start a fresh run_dir")
     old = _flatten(OmegaConf.to_container(OmegaConf.load(recorded)))
+    moved = [key for key in sorted(old) if key in MOVED_KEYS]
+    if moved:
+        raise ConfigError("resume", f"{recorded} has {moved[0]}, which is {MOVED_KEYS[moved[0]]} "
+                          "now: this version cannot continue a run written before the key moved",
+                          "start a fresh run_dir, or resume with the version that wrote the run")
     new = _flatten(OmegaConf.to_container(OmegaConf.create(config_text(resolved))))
     differing = [key for key in sorted(old.keys() & new.keys()) if old[key] != new[key]]
     fixed = [key for key in differing if not resumable(key)]

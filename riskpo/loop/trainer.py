@@ -133,7 +133,7 @@ class Workers:
 def prompts_per_step(algorithm: AlgorithmConfig, prompts: int) -> int:
     """The prompts a step really uses: with drop_last_bundle, whole estimator groups only."""
     size = algorithm.prompts_per_group()
-    return prompts - prompts % size if algorithm.drop_last_bundle and size > 1 else prompts
+    return prompts - prompts % size if size > 1 and algorithm.options.drop_last_bundle else prompts
 
 
 def describe_step_shape(algorithm: AlgorithmConfig, trainer: TrainerConfig) -> str:
@@ -143,11 +143,11 @@ def describe_step_shape(algorithm: AlgorithmConfig, trainer: TrainerConfig) -> s
     used = prompts_per_step(algorithm, asked)
     groups = f" in bundles of {size}" if size > 1 else ""
     if used < asked:
-        groups += (f"; algorithm.drop_last_bundle drops {asked - used} of the "
+        groups += (f"; algorithm.options.drop_last_bundle drops {asked - used} of the "
                    f"trainer.prompts_per_step={asked} prompts every step")
     elif size > 1 and asked % size:
         groups += (f", the last bundle ragged: {asked % size} prompts "
-                   "(algorithm.ragged_last_bundle)")
+                   "(algorithm.options.ragged_last_bundle)")
     line = f"each step: {used} prompts{groups}; {samples} samples each = {used * samples} responses"
     if algorithm.dynamic_sampling.enabled:
         line += " (dynamic sampling refills prompts without a reward signal)"
@@ -397,7 +397,7 @@ class Trainer:
         verdicts = rollouts.verdicts
         rewards, valid = verdicts.rewards.flatten(), verdicts.valid.flatten()
         question_ids = torch.arange(len(verdicts)).repeat_interleave(verdicts.rewards.shape[1])
-        result = self.estimator(rewards, question_ids, None, self.run.algorithm,
+        result = self.estimator(rewards, question_ids, None, self.run.algorithm.options,
                                 self.advantage_state, valid)
         samples = [s for per_prompt in rollouts.completions for s in per_prompt]
         # image rows: every sample of a prompt shares the prompt's list of encoded images

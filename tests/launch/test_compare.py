@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from launch.compare_report import (
+    config_differences,
     diagnostics_table,
     findings,
     matched_reward,
@@ -58,10 +59,38 @@ def test_spec_errors_name_the_key(tmp_path):
         load_spec(write_spec(tmp_path, TWO_ARMS.replace("baseline: grpo", "baseline: ppo")))
     with pytest.raises(ConfigError, match="studies.arith.seeds"):
         load_spec(write_spec(tmp_path, TWO_ARMS.replace("seeds: [0, 1]", "seeds: []")))
-    with pytest.raises(ConfigError, match="arith/riskpo_paper/seed0: algorithm.alpha.*beta=2.0"):
+    with pytest.raises(ConfigError, match="arith/riskpo_paper/seed0: algorithm.options.alpha.*beta=2.0"):
         plan(load_spec(write_spec(tmp_path, TWO_ARMS.replace(
-            "[algorithm=riskpo_paper]", "[algorithm=riskpo_paper, algorithm.beta=2.0]"))),
+            "[algorithm=riskpo_paper]", "[algorithm=riskpo_paper, algorithm.options.beta=2.0]"))),
              tmp_path / "runs")
+
+
+def test_a_spec_with_a_moved_key_is_refused_naming_the_new_key(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TWO_ARMS.replace(
+        "[algorithm=riskpo_paper]", "[algorithm=riskpo_paper, algorithm.beta=0.9]")))
+    with pytest.raises(ConfigError) as error:
+        plan(spec, tmp_path / "runs")
+    assert str(error.value).splitlines() == [
+        "arith/riskpo_paper/seed0: algorithm.beta: moved to algorithm.options.beta -> write "
+        "algorithm.options.beta=... instead"]
+    swept = TWO_ARMS + "    sweep: {key: algorithm.w_mix, values: [0.5, 1.5]}\n"
+    with pytest.raises(ConfigError, match="algorithm.w_mix: moved to algorithm.options.w_mix"):
+        plan_sweeps(load_spec(write_spec(tmp_path, swept)), tmp_path / "runs")
+
+
+def test_the_config_differences_show_each_arms_own_options(tmp_path):
+    """A GRPO arm has no RiskPO options: the report's table leaves its cells empty (—)
+    instead of listing RiskPO's defaults, which a GRPO run never reads."""
+    studies = plan(load_spec(write_spec(tmp_path, TWO_ARMS)), tmp_path / "runs")
+    table = config_differences(studies["arith"]).splitlines()
+    keys = [cell.strip(" `") for cell in table[0].strip("|").split("|")][1:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")][1:]
+            for line in table[2:]}
+    grpo, riskpo = dict(zip(keys, rows["grpo"], strict=True)), dict(zip(keys, rows["riskpo_paper"], strict=True))
+    assert (grpo["algorithm.options.alpha"], riskpo["algorithm.options.alpha"]) == ("—", "0.2")
+    assert (grpo["algorithm.options.std_normalize"], riskpo["algorithm.options.std_normalize"]) == ("True", "False")
+    riskpo_only = [key for key in keys if grpo[key] == "—"]
+    assert len(riskpo_only) == 18 and "algorithm.options.tracker_schedule" in riskpo_only
 
 
 def test_identical_runs_in_two_studies_run_once(tmp_path):

@@ -91,7 +91,7 @@ def test_a_resume_may_change_only_the_resumable_keys(tmp_path):
     changes = check_resume_config(run_dir, config)
     assert "trainer.total_steps: 4 -> 8" in changes and "cluster.address: None -> '10.0.0.1:6379'" in changes
     assert not any(change.startswith("resume") for change in changes)
-    for fixed in ("seed=3", "algorithm.beta=0.9", "learner.lr=1e-4", "data.train.size=100",
+    for fixed in ("seed=3", "algorithm.options.beta=0.9", "learner.lr=1e-4", "data.train.size=100",
                   "rollout.temperature=0.7", "trainer.prompts_per_step=5", "model.tiny.init_seed=1",
                   "cluster.learner_gpus_per_rank=1"):
         _, config = resolved(f"run_dir={run_dir}", "resume=auto", fixed)
@@ -112,6 +112,22 @@ def test_options_added_since_the_run_started_are_noted_not_refused(tmp_path):
     notes = check_resume_config(run_dir, config)
     assert any("trainer.max_skipped_updates=3" in note for note in notes)
     assert any("data.train.an_option_since_removed" in note for note in notes)
+
+
+def test_a_run_whose_config_holds_a_moved_key_is_not_resumed(tmp_path):
+    """A run written before a key moved (algorithm.alpha -> algorithm.options.alpha) is refused
+    in one line naming the new key, not resumed with the key dropped as "removed"."""
+    run_dir = fake_run(tmp_path / "R")
+    recorded = OmegaConf.load(run_dir / "config.yaml")
+    options = recorded.algorithm.pop("options")
+    for name, value in options.items():
+        recorded.algorithm[name] = value
+    OmegaConf.save(recorded, run_dir / "config.yaml")
+    run, config = resolved(f"run_dir={run_dir}", "resume=auto")
+    with pytest.raises(ConfigError) as refused:
+        plan_run(run, config, run_dir)
+    assert refused.value.key == "resume" and len(str(refused.value).splitlines()) == 1
+    assert "has algorithm.advantage_form, which is algorithm.options.advantage_form now" in str(refused.value)
 
 
 def test_resumable_patterns():

@@ -135,7 +135,7 @@ def test_policy_new_writes_beside_the_run_and_leaves_it_alone(finished_run, tmp_
     ray_tmpdir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))  # a shared Ray temp dir
     try:
         result = riskpo_train("trainer.total_steps=1", "run_dir_policy=new", f"run_dir={run_dir}",
-                              "trainer.prompts_per_step=7", "algorithm.drop_last_bundle=true",
+                              "trainer.prompts_per_step=7", "algorithm.options.drop_last_bundle=true",
                               env={"RAY_TMPDIR": str(ray_tmpdir)})
         assert result.returncode == 0, result.stderr[-3000:]
         assert not list(ray_tmpdir.glob("session_*"))  # this run's session went, not the dir
@@ -145,7 +145,7 @@ def test_policy_new_writes_beside_the_run_and_leaves_it_alone(finished_run, tmp_
     assert f"this run writes to {run_dir}-2" in result.stderr.replace("\n", " ")
     assert [row["step"] for row in read_metrics(tmp_path / "R-2")] == [1]
     # said once at start-up: what a step really uses
-    assert result.stderr.count("each step: 5 prompts in bundles of 5; algorithm.drop_last_bundle "
+    assert result.stderr.count("each step: 5 prompts in bundles of 5; algorithm.options.drop_last_bundle "
                                "drops 2 of the trainer.prompts_per_step=7 prompts every step") == 1
     assert [len(r["rows"]) for r in read_jsonl(tmp_path / "R-2" / "prompts.jsonl")] == [5]
 

@@ -56,7 +56,7 @@ def test_generated_overrides_parse_in_hydra_whatever_the_path() -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     options = _options(runs_root="/shared/my runs,v2=new")
-    (run,) = submit.plan_runs(["+data.path=x", "algorithm.beta=0.9"], False, options)
+    (run,) = submit.plan_runs(["+data.path=x", "algorithm.options.beta=0.9"], False, options)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", run.submission_id), run.submission_id
     parsed = OverridesParser.create().parse_overrides(run.overrides)
     assert parsed[-1].value() == f"/shared/my runs,v2=new/{run.submission_id}"

@@ -161,7 +161,8 @@ def test_killed_workers_do_not_stop_the_run(ray_cluster, tmp_path, depth):
         ("trainer.prompts_per_step=7", "trainer.prompts_per_step"),
         ("trainer.samples_per_prompt=1", "trainer.samples_per_prompt"),
         ("model.path=/does/not/exist", "model.path"),
-        ("algorithm.alpha=0.9", "algorithm.alpha"),
+        ("algorithm.options.alpha=0.9", "algorithm.options.alpha"),
+        ("algorithm.alpha=0.3", "algorithm.alpha: moved to algorithm.options.alpha"),
     ],
 )
 def test_config_errors_stop_before_any_actor_starts(tmp_path, override, key):

@@ -1,5 +1,7 @@
-"""NSR, W-REINFORCE, PKPO and RS-GRPO advantages (riskpo/algo/baselines.py) against the slow
-references in reference_objectives.py, the papers' formulas and their edge cases."""
+"""The estimators RiskPO is compared with (riskpo/algo/estimators/ beside riskpo.py): GRPO,
+Dr.GRPO, RLOO and REINFORCE against loops (reference_impl.py); NSR, W-REINFORCE, PKPO and RS-GRPO
+against the slow references in reference_objectives.py, the papers' formulas and their edge
+cases."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_impl import reference_group_baseline
 from reference_objectives import (
     loop_pkpo_closed_form,
     reference_nsr,
@@ -18,14 +21,11 @@ from reference_objectives import (
     reference_w_reinforce,
 )
 
-from riskpo.algo.baselines import (
-    nsr_advantages,
-    pkpo_advantages,
-    pkpo_k_schedule,
-    rs_grpo_advantages,
-    w_reinforce_advantages,
-)
+from riskpo.algo.estimators.nsr import nsr_advantages, w_reinforce_advantages
+from riskpo.algo.estimators.pkpo import pkpo_advantages, pkpo_k_schedule
+from riskpo.algo.estimators.rs_grpo import rs_grpo_advantages
 from riskpo.algo.metrics import pass_at_k
+from riskpo.algo.registry import get_advantage_estimator
 
 FUNCTIONS = {
     "nsr": nsr_advantages,
@@ -260,3 +260,45 @@ def test_pkpo_k_schedule():
     assert pkpo_k_schedule(7, k_start=4, k_end=4) == 4
     with pytest.raises(ValueError, match=">= 1"):
         pkpo_k_schedule(0, k_start=0, k_end=1)
+
+
+# ----------------------------------------------------------------------------- group baselines
+
+
+@pytest.mark.parametrize("shuffled", [False, True], ids=["trainer_layout", "any_order"])
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "reinforce_baseline"])
+def test_group_baselines_against_loops(name, shuffled):
+    generator = torch.Generator().manual_seed(8)
+    rewards = torch.randn(30, generator=generator)
+    question_ids = torch.arange(6).repeat_interleave(5)
+    valid = torch.rand(30, generator=generator) > 0.3
+    valid[:4] = torch.tensor([True, False, False, False])  # question 0 keeps one valid response
+    if shuffled:  # rows in any order take the scatter path
+        order = torch.randperm(30, generator=generator)
+        rewards, question_ids, valid = rewards[order], question_ids[order] * 3 + 1, valid[order]
+    estimator = get_advantage_estimator(name)
+    options = estimator.options()
+    result = estimator(rewards, question_ids, question_ids, options, valid=valid)
+    expected = reference_group_baseline(rewards, question_ids, valid, name,
+                                        std_normalize=getattr(options, "std_normalize", False))
+    torch.testing.assert_close(result.advantages.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reinforce_baseline_uses_the_batch_mean_and_std_when_asked():
+    estimator = get_advantage_estimator("reinforce_baseline")
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 5.0])
+    valid = torch.tensor([True, True, True, True, False])
+    question_ids = torch.tensor([0, 0, 1, 1, 1])
+    plain = estimator(rewards, question_ids, valid=valid).advantages  # its default: no std division
+    torch.testing.assert_close(plain[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    options = estimator.options(std_normalize=True)
+    result = estimator(rewards, question_ids, question_ids, options, valid=valid)
+    expected = (torch.tensor([1.0, 0, 0, 0]) - 0.25) / (torch.tensor([1.0, 0, 0, 0]).std() + 1e-6)
+    torch.testing.assert_close(result.advantages[:4], expected)
+    assert result.advantages[4] == 0
+
+
+def test_a_question_with_a_single_response_is_refused_by_the_group_baselines():
+    with pytest.raises(ValueError, match="single response"):
+        get_advantage_estimator("grpo")(torch.ones(3), torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.long))
+

@@ -122,5 +122,5 @@ def test_the_pilot_config_reads_the_prepared_cache(tmp_path, monkeypatch):
     assert run.data.train.files == [str(tmp_path / "word_problems" / "train.jsonl")]
     assert run.data.eval.files == [str(tmp_path / "word_problems" / "eval.jsonl")]
     assert run.rollout.engine == "vllm" and run.data.template == "chat"
-    assert run.trainer.prompts_per_step % run.algorithm.bundle_size == 0
+    assert run.trainer.prompts_per_step % run.algorithm.options.bundle_size == 0
     assert len(load_dataset(run.data.eval)) == 40

@@ -338,10 +338,10 @@ def test_start_up_says_how_many_prompts_a_step_really_uses():
         return describe_step_shape(run.algorithm, run.trainer)
 
     assert shape() == "each step: 10 prompts in bundles of 5; 8 samples each = 80 responses"
-    dropped = shape("trainer.prompts_per_step=7", "algorithm.drop_last_bundle=true")
-    assert dropped.startswith("each step: 5 prompts in bundles of 5; algorithm.drop_last_bundle "
+    dropped = shape("trainer.prompts_per_step=7", "algorithm.options.drop_last_bundle=true")
+    assert dropped.startswith("each step: 5 prompts in bundles of 5; algorithm.options.drop_last_bundle "
                               "drops 2 of the trainer.prompts_per_step=7 prompts every step")
     assert "= 40 responses" in dropped
-    ragged = shape("trainer.prompts_per_step=7", "algorithm.ragged_last_bundle=true")
+    ragged = shape("trainer.prompts_per_step=7", "algorithm.options.ragged_last_bundle=true")
     assert "7 prompts in bundles of 5, the last bundle ragged: 2 prompts" in ragged
     assert shape("algorithm=grpo", "trainer.prompts_per_step=7").startswith("each step: 7 prompts; 8")

@@ -1,18 +1,21 @@
-"""RiskPO's advantage on one step's rewards (docs/algorithm.md sections 3-5): papers formed in
-bundles, their scores weighted against tracked, per-bundle or mixed quantiles by the release's
-or the paper's form, normalised, and given back to the responses. Registered as the "riskpo"
-estimator by riskpo/algo/registry.py, which owns the options and the state across steps.
+"""RiskPO (arXiv 2510.00911; docs/algorithm.md sections 3-5) as one estimator: its options
+(`algorithm.options.*`, whose defaults are the ICLR paper's column of section 3a), one step's
+computation (papers formed in bundles, their scores weighted against tracked, per-bundle or
+mixed quantiles by the release's or the paper's form, normalised, given back to the responses),
+its riskpo/* and risk/* metrics, and its registration. Its building blocks: risk.py (risk
+measures, the quantile tracker) and bundles.py (papers and credit).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from riskpo.algo import risk
 from riskpo.algo.bundles import (
+    CREDITS,
+    PAIRINGS,
     Papers,
     assign_credit,
     bundle_quantiles,
@@ -20,26 +23,91 @@ from riskpo.algo.bundles import (
     form_papers,
 )
 from riskpo.algo.metrics import risk_measure_statistics, risk_region_statistics
-from riskpo.algo.risk import QuantileTracker, gather, segment_counts
+from riskpo.algo.registry import (
+    LOSS_WEIGHTS,
+    AdvantageResult,
+    AdvantageState,
+    register_estimator,
+)
+from riskpo.algo.risk import (
+    ADVANTAGE_FORMS,
+    TRACKER_LEVELS,
+    TRACKER_SCHEDULES,
+    QuantileTracker,
+    gather,
+    segment_counts,
+)
+from riskpo.options import one_of, require
+
+QUANTILE_SOURCES = ("tracked", "bundle", "mix")
+TRACKER_UPDATES = ("before_advantage", "after_advantage")
 
 
-class RiskPOOptions(Protocol):
-    """The options RiskPO reads (riskpo.algo.registry.AdvantageConfig declares them)."""
+@dataclass
+class RiskPOOptions:
+    """RiskPO's options (`algorithm.options.*`). The defaults are RiskPO as the ICLR 2026 paper
+    states it (docs/algorithm.md section 3a, `algorithm=riskpo_paper`); `riskpo_release` states
+    what the authors' released code changes.
 
-    alpha: float
-    beta: float
-    w_mix: float
-    natural_baseline: bool
-    mix_cvar: bool
-    risk_seeking: bool
-    risk_seeking_u: float
-    std_normalize: bool
-    credit: str
-    pairing: str
-    allow_surplus_responses: bool
-    advantage_form: str
-    quantile_source: str
-    tracker_update: str
+    pairing "permute": a seeded random order per question, "index": the release's order;
+    bundle_size with drop_last_bundle / ragged_last_bundle when the prompts of a step do not
+    split into bundles; tracker_update: when the tracker takes step t's scores
+    ("before_advantage" = step t's advantage uses the tracker after its step-t update, the
+    paper; "after_advantage" = it uses the state after step t-1).
+    """
+
+    # --- the advantage of a paper with score S against quantiles qa, qb (sections 2-3)
+    alpha: float = 0.2  # lower quantile level a
+    beta: float = 0.8  # upper quantile level b
+    w_mix: float = 0.5  # w: the paper's best (0 and 1 worse); the release uses 1.5
+    natural_baseline: bool = True
+    mix_cvar: bool = True  # release form only: false gives pure RVaR
+    risk_seeking: bool = False  # ablation: rewards the upper tail
+    risk_seeking_u: float = 1.5
+    std_normalize: bool = False  # the published advantage is not normalised (section 3a)
+    advantage_form: str = "paper"  # see risk.ADVANTAGE_FORMS: the ICLR paper's or the release's
+    # --- bundles, papers and credit (section 4)
+    credit: str = "uniform"  # see bundles.CREDITS
+    pairing: str = "permute"  # see bundles.PAIRINGS
+    bundle_size: int = 5
+    drop_last_bundle: bool = False  # prompts % bundle_size != 0: drop the short last bundle ...
+    ragged_last_bundle: bool = False  # ... or keep it smaller
+    allow_surplus_responses: bool = False  # unequal n per question within a bundle
+    # --- quantiles (section 5)
+    quantile_source: str = "tracked"  # see QUANTILE_SOURCES
+    tracker_lr: float = 0.1
+    tracker_schedule: str = "decreasing"  # lr_t = tracker_lr t^-0.6 (the paper's is not published)
+    tracker_update: str = "before_advantage"  # see TRACKER_UPDATES
+
+    def check(self, key: str) -> None:
+        """Checks every option, naming `key`.<option> ("algorithm.options")."""
+        require(0.0 <= self.alpha < self.beta <= 1.0, f"{key}.alpha",
+                f"alpha={self.alpha}, beta={self.beta}: need 0 <= alpha < beta <= 1",
+                f"e.g. {key}.alpha=0.2 {key}.beta=0.8")
+        one_of(self.advantage_form, ADVANTAGE_FORMS, f"{key}.advantage_form")
+        one_of(self.tracker_schedule, TRACKER_SCHEDULES, f"{key}.tracker_schedule")
+        if self.mix_cvar and not self.risk_seeking and self.advantage_form == "release":
+            require(self.alpha > 0.0, f"{key}.alpha", "CVaR_alpha divides by alpha, which is 0",
+                    f"use alpha > 0 or {key}.mix_cvar=false")
+        require(self.w_mix >= 0.0, f"{key}.w_mix", f"{self.w_mix} is negative", "use w_mix >= 0")
+        if self.risk_seeking and self.advantage_form == "release":
+            require(self.beta < 1.0, f"{key}.beta", "risk_seeking divides by 1 - beta, which is 0",
+                    "use beta < 1")
+            require(self.risk_seeking_u >= 0.0, f"{key}.risk_seeking_u", "must be >= 0")
+        one_of(self.credit, CREDITS, f"{key}.credit")
+        one_of(self.pairing, PAIRINGS, f"{key}.pairing")
+        one_of(self.quantile_source, QUANTILE_SOURCES, f"{key}.quantile_source")
+        one_of(self.tracker_update, TRACKER_UPDATES, f"{key}.tracker_update")
+        require(0.0 < self.tracker_lr <= 1.0, f"{key}.tracker_lr", f"{self.tracker_lr} outside (0, 1]")
+        if self.quantile_source != "bundle":
+            low, high = TRACKER_LEVELS[0], TRACKER_LEVELS[-1]
+            for level_key, level in (("alpha", self.alpha), ("beta", self.beta)):
+                require(low - 1e-9 <= level <= high + 1e-9, f"{key}.{level_key}",
+                        f"{level} lies outside the quantile tracker's grid [{low}, {high}]",
+                        f"use a level in [{low}, {high}] or {key}.quantile_source=bundle")
+        require(self.bundle_size >= 1, f"{key}.bundle_size", "must be >= 1")
+        require(not (self.drop_last_bundle and self.ragged_last_bundle), f"{key}.drop_last_bundle",
+                "drop_last_bundle and ragged_last_bundle are both true", "choose one")
 
 
 @dataclass(frozen=True)
@@ -189,3 +257,16 @@ def _tracked_or_nan(tracker: QuantileTracker, level: float) -> float:
         return float("nan")
     return tracker.quantile(level)
 
+
+@register_estimator("riskpo", RiskPOOptions, groups="bundle", capabilities=(LOSS_WEIGHTS,))
+def _riskpo_estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
+                      options: RiskPOOptions, state: AdvantageState,
+                      valid: torch.Tensor) -> AdvantageResult:
+    """RiskPO: bundles, papers, risk weights against tracked / per-bundle / mixed quantiles."""
+    generator = None
+    if options.pairing == "permute":
+        generator = torch.Generator().manual_seed(state.seed * 1_000_003 + state.step)
+    tracker = state.tracker(options.tracker_lr, options.tracker_schedule)
+    step, metrics = riskpo_estimate(rewards, question_ids, bundle_ids, options, tracker, valid,
+                                    generator)
+    return AdvantageResult(step.advantages, metrics, step.loss_weights)
