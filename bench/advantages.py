@@ -24,7 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "riskpo" / "algo"))
 from reference_impl import (  # noqa: E402
+    reference_f_grpo,
     reference_group_baseline,
+    reference_qae,
     reference_riskpo,
 )
 from reference_objectives import (  # noqa: E402
@@ -113,6 +115,8 @@ def cases() -> dict[str, tuple[Callable, Callable]]:
         "w_reinforce": (registered("w_reinforce"), reference_w_reinforce),
         "pkpo (k 4)": (registered("pkpo"), lambda r, q, v: loop_pkpo_closed_form(r, q, v, k=4)),
         "rs_grpo (beta 2)": (registered("rs_grpo"), reference_rs_grpo),
+        "qae (K 0.4)": (registered("qae"), reference_qae),
+        "f_grpo (gamma 1)": (registered("f_grpo"), reference_f_grpo),
     }
 
 

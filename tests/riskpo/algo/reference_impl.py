@@ -165,3 +165,53 @@ def reference_group_baseline(rewards, question_ids, valid, kind, std_normalize=T
         else:
             advantages[i] = reward - mean
     return torch.tensor(advantages, dtype=torch.float64)
+
+
+def _valid_groups(rewards, question_ids, valid):
+    """{question id: [valid rewards]} and each row's validity, in plain Python."""
+    groups: dict[int, list[float]] = {}
+    valid_rows = [valid is None or bool(valid[i]) for i in range(len(rewards))]
+    for i in range(len(rewards)):
+        groups.setdefault(int(question_ids[i]), [])
+        if valid_rows[i]:
+            groups[int(question_ids[i])].append(float(rewards[i]))
+    return groups, valid_rows
+
+
+def _std(values):
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def reference_qae(rewards, question_ids, valid, quantile=0.4, std_normalize=True):
+    """QAE advantages [N] (float64) as the authors' verl patch computes them, one response at a
+    time: (r - torch.quantile(group, K)) / (torch.std(group) + 1e-6); a group with < 2 valid
+    responses gives 0."""
+    groups, valid_rows = _valid_groups(rewards, question_ids, valid)
+    advantages = [0.0] * len(rewards)
+    for i in range(len(rewards)):
+        values = groups[int(question_ids[i])]
+        if not valid_rows[i] or len(values) < 2:
+            continue
+        baseline = torch.quantile(torch.tensor(values, dtype=torch.float64), quantile).item()
+        advantage = float(rewards[i]) - baseline
+        advantages[i] = advantage / (_std(values) + 1e-6) if std_normalize else advantage
+    return torch.tensor(advantages, dtype=torch.float64)
+
+
+def reference_f_grpo(rewards, question_ids, valid, gamma=1.0, std_normalize=True, threshold=1.0):
+    """F-GRPO advantages [N] (float64), one response at a time: GRPO's (r - mean) / (std + 1e-6)
+    times (1 - p)^gamma, p = the share of the group's valid rewards >= threshold; a group with
+    < 2 valid responses gives 0."""
+    groups, valid_rows = _valid_groups(rewards, question_ids, valid)
+    advantages = [0.0] * len(rewards)
+    for i in range(len(rewards)):
+        values = groups[int(question_ids[i])]
+        if not valid_rows[i] or len(values) < 2:
+            continue
+        advantage = float(rewards[i]) - sum(values) / len(values)
+        if std_normalize:
+            advantage = advantage / (_std(values) + 1e-6)
+        success = sum(1 for v in values if v >= threshold) / len(values)
+        advantages[i] = advantage * (1.0 - success) ** gamma
+    return torch.tensor(advantages, dtype=torch.float64)

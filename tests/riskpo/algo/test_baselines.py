@@ -1,7 +1,7 @@
 """The estimators RiskPO is compared with (riskpo/algo/estimators/ beside riskpo.py): GRPO,
 Dr.GRPO, RLOO and REINFORCE against loops (reference_impl.py); NSR, W-REINFORCE, PKPO and RS-GRPO
 against the slow references in reference_objectives.py, the papers' formulas and their edge
-cases."""
+cases; QAE and F-GRPO against loops and by hand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_impl import reference_group_baseline
+from reference_impl import reference_f_grpo, reference_group_baseline, reference_qae
 from reference_objectives import (
     loop_pkpo_closed_form,
     reference_nsr,
@@ -21,11 +21,14 @@ from reference_objectives import (
     reference_w_reinforce,
 )
 
+from riskpo.algo.estimators.f_grpo import FGRPOOptions
 from riskpo.algo.estimators.nsr import nsr_advantages, w_reinforce_advantages
 from riskpo.algo.estimators.pkpo import pkpo_advantages, pkpo_k_schedule
+from riskpo.algo.estimators.qae import QAEOptions
 from riskpo.algo.estimators.rs_grpo import rs_grpo_advantages
 from riskpo.algo.metrics import pass_at_k
 from riskpo.algo.registry import get_advantage_estimator
+from riskpo.options import ConfigError
 
 FUNCTIONS = {
     "nsr": nsr_advantages,
@@ -302,3 +305,67 @@ def test_a_question_with_a_single_response_is_refused_by_the_group_baselines():
     with pytest.raises(ValueError, match="single response"):
         get_advantage_estimator("grpo")(torch.ones(3), torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.long))
 
+
+# ----------------------------------------------------------------------------- QAE and F-GRPO
+
+
+def _estimate(name, rewards, question_index, valid, options):
+    return get_advantage_estimator(name)(rewards, question_index, None, options, valid=valid).advantages
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(grouped_rewards(), st.sampled_from([0.0, 0.25, 0.4, 0.5, 0.9, 1.0]), st.booleans())
+def test_qae_matches_the_loop(problem, quantile, std_normalize):
+    rewards, question_index, valid = problem
+    if (torch.bincount(question_index) < 2).any():
+        return  # the group estimators refuse a question with a single response
+    actual = _estimate("qae", rewards, question_index, valid, QAEOptions(quantile, std_normalize))
+    expected = reference_qae(rewards, question_index, valid, quantile, std_normalize)
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(grouped_rewards(), st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.booleans())
+def test_f_grpo_matches_the_loop(problem, gamma, std_normalize):
+    rewards, question_index, valid = problem
+    if (torch.bincount(question_index) < 2).any():
+        return
+    actual = _estimate("f_grpo", rewards, question_index, valid, FGRPOOptions(gamma, std_normalize))
+    expected = reference_f_grpo(rewards, question_index, valid, gamma, std_normalize)
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_qae_two_regimes_by_hand():
+    """K = 0.4, n = 5, 0/1 rewards: the baseline is 0 while p <= 1 - K (only successes move)
+    and 1 above (only failures move); linear interpolation between the sorted rewards."""
+    rows = torch.tensor([[1.0, 0, 0, 0, 0],   # p = 0.2: sorted 0 0 0 0 1, position 1.6 -> 0
+                         [1.0, 1, 0, 0, 0],   # p = 0.4: position 1.6 between 0 and 0 -> 0
+                         [1.0, 1, 1, 1, 0],   # p = 0.8: sorted 0 1 1 1 1 -> 1
+                         [1.0, 1, 1, 0, 0]])  # p = 0.6: sorted 0 0 1 1 1, position 1.6 -> 0.6
+    question_ids = torch.arange(4).repeat_interleave(5)
+    advantages = _estimate("qae", rows.flatten(), question_ids, None, QAEOptions(std_normalize=False))
+    expected = torch.tensor([[1.0, 0, 0, 0, 0], [1.0, 1, 0, 0, 0], [0.0, 0, 0, 0, -1],
+                             [0.4, 0.4, 0.4, -0.6, -0.6]])
+    torch.testing.assert_close(advantages.view(4, 5), expected)
+    normalised = _estimate("qae", rows.flatten(), question_ids, None, QAEOptions())
+    torch.testing.assert_close(normalised.view(4, 5)[0, 0], torch.tensor(1 / (0.2 ** 0.5 + 1e-6)))
+    assert (advantages.view(4, 5)[:3] == 0).float().mean() == pytest.approx(11 / 15)  # mostly silent
+
+
+def test_f_grpo_scales_grpo_by_the_focal_coefficient_by_hand():
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 0, 0.5, 0.5, 1, 0])  # p = 1/4, 3/4, 1/4 (0.5 is not right)
+    question_ids = torch.arange(3).repeat_interleave(4)
+    grpo = get_advantage_estimator("grpo")(rewards, question_ids).advantages
+    for gamma in (0.0, 1.0, 2.0):
+        focal = _estimate("f_grpo", rewards, question_ids, None, FGRPOOptions(gamma=gamma))
+        coefficient = torch.tensor([0.75, 0.25, 0.75]).pow(gamma).repeat_interleave(4)
+        torch.testing.assert_close(focal, grpo * coefficient)
+    easy, hard = focal[4:8].abs().max(), focal[:4].abs().max()
+    assert easy < hard  # the solved-most-of-the-time question moves the policy less
+
+
+def test_qae_and_f_grpo_options_are_checked():
+    with pytest.raises(ConfigError, match="algorithm.options.quantile"):
+        QAEOptions(quantile=1.5).check("algorithm.options")
+    with pytest.raises(ConfigError, match="algorithm.options.gamma"):
+        FGRPOOptions(gamma=-1.0).check("algorithm.options")

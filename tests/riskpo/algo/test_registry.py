@@ -27,7 +27,7 @@ from riskpo.algo.registry import (
 from riskpo.options import ConfigError
 
 PUBLISHED = {"riskpo", "grpo", "dr_grpo", "rloo", "reinforce_baseline", "nsr", "w_reinforce", "pkpo",
-             "rs_grpo"}
+             "rs_grpo", "qae", "f_grpo"}
 
 
 def test_every_estimator_module_is_discovered_and_registers():
@@ -40,7 +40,7 @@ def test_every_estimator_module_is_discovered_and_registers():
     groupings = {name: e.groups for name, e in registered.items() if name in PUBLISHED}
     assert groupings == {"riskpo": "bundle", "reinforce_baseline": "batch", "nsr": "none",
                          "w_reinforce": "none", **{n: "question" for n in
-                         ("grpo", "dr_grpo", "rloo", "pkpo", "rs_grpo")}}
+                         ("grpo", "dr_grpo", "rloo", "pkpo", "rs_grpo", "qae", "f_grpo")}}
 
 
 def test_an_unknown_name_is_refused_naming_the_key_and_the_nearest():
@@ -102,6 +102,6 @@ def test_the_wrapper_counts_steps_casts_and_forms_bundles_of_the_options_size():
 
 def test_estimators_with_an_option():
     assert estimators_with_option("alpha") == ["riskpo"]
-    assert estimators_with_option("std_normalize") == ["grpo", "reinforce_baseline", "riskpo"]
+    assert estimators_with_option("std_normalize") == ["f_grpo", "grpo", "qae", "reinforce_baseline", "riskpo"]
     assert estimators_with_option("no_such_option") == []
     assert get_advantage_estimator("dr_grpo").options is NoOptions
