@@ -29,7 +29,7 @@ class RunRecord:
     """What the table needs from one run directory."""
 
     run_dir: Path
-    config: dict[str, Any]  # flattened: "algorithm.beta" -> 0.9
+    config: dict[str, Any]  # flattened: "algorithm.options.beta" -> 0.9
     summary: dict[str, Any] | None  # None when the run left no summary.json (failed, running)
 
 

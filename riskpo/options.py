@@ -1,8 +1,8 @@
 """How the project declares and checks its options.
 
 Each option is a field of a config dataclass that lives beside the code using it (the loss
-options in losses.py, the estimator options in advantages.py, the learner's in
-workers/learner/config.py, ...). Each such dataclass has a `check(key)` method that validates
+options in losses.py, each estimator's in its module of riskpo/algo/estimators/, the learner's
+in workers/learner/config.py, ...). Each such dataclass has a `check(key)` method that validates
 its own fields, where `key` is its place in the run config ("algorithm.loss"), and raises
 ConfigError naming the offending key. The run config (launch/config.py) is made of these
 dataclasses and adds only the rules that span several of them.

@@ -64,7 +64,7 @@ class TrainerConfig:
     save."""
 
     total_steps: int = 60
-    prompts_per_step: int = 10  # P: a multiple of algorithm.bundle_size for riskpo
+    prompts_per_step: int = 10  # P: a multiple of algorithm.options.bundle_size for riskpo
     samples_per_prompt: int = 8  # n: responses sampled per prompt
     eval_every: int = 20  # steps between evaluations; 0: only before and after training
     eval_before_training: bool = True
