@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launch.placement import ClusterConfig
 from riskpo.algo.config import AlgorithmConfig, check_step_shape, group_estimators
+from riskpo.algo.losses import POLICY_LOSSES
 from riskpo.algo.registry import estimators, estimators_with_option
 from riskpo.data.loaders import CODE_SOURCES, MATH_SOURCES, DataConfig
 from riskpo.data.synthetic import SYNTHETIC_SOURCES
@@ -71,6 +72,11 @@ MOVED_KEYS: dict[str, str] = {
     "algorithm.pkpo.baseline": "algorithm.options.baseline",
     "algorithm.rs_grpo.beta": "algorithm.options.beta",
 }
+# the policy loss by name, its own options under algorithm.loss.options (riskpo/algo/losses.py)
+MOVED_KEYS["algorithm.loss.entropy_control"] = "algorithm.loss.name"
+MOVED_KEYS.update({f"algorithm.loss.{loss}.{knob}": f"algorithm.loss.options.{knob}"
+                   for loss, knobs in (("clip_cov", "fraction low high"), ("kl_cov", "fraction coef"))
+                   for knob in knobs.split()})
 
 
 @dataclass
@@ -117,6 +123,10 @@ def register_configs() -> None:
     store.store(name="riskpo_schema", node=run_schema())
     for name, estimator in estimators().items():
         store.store(group="algorithm/options", name=name, node=_open(OmegaConf.structured(estimator.options)))
+    for name, loss in POLICY_LOSSES.items():  # a preset selects algorithm/loss/options=<loss>
+        if loss.options_class is not None:
+            store.store(group="algorithm/loss/options", name=name,
+                        node=_open(OmegaConf.structured(loss.options_class)))
 
 
 def run_schema() -> DictConfig:
@@ -243,6 +253,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                 "use trainer.off_policy_steps=0, or cluster.colocate=false")
     run.logger.check("logger")
     _settle_importance_correction(run)
+    _check_truncated_sampling(run)
     return run
 
 
@@ -252,6 +263,24 @@ def _settle_importance_correction(run: RunConfig) -> None:
     loss = run.algorithm.loss
     if loss.importance_correction == "auto":
         loss.importance_correction = "token" if run.trainer.off_policy_steps > 0 else "none"
+
+
+def _check_truncated_sampling(run: RunConfig) -> None:
+    """Importance weights against the engines' log-probs need the distribution the learner
+    scores (the full softmax at the sampling temperature); with top-p < 1 or top-k > 0 the
+    engines return the log-probs of the truncated one, and on-policy weights would average the
+    kept mass instead of 1. So a correction (after `auto` is settled) refuses truncation."""
+    correction, rollout = run.algorithm.loss.importance_correction, run.rollout
+    if correction == "none" or (rollout.top_p >= 1.0 and rollout.top_k == 0):
+        return
+    raise ConfigError(
+        "rollout.top_p" if rollout.top_p < 1.0 else "rollout.top_k",
+        f"rollout.top_p={rollout.top_p} and rollout.top_k={rollout.top_k} truncate the sampling "
+        f"distribution, but algorithm.loss.importance_correction={correction} (trainer.off_policy_steps="
+        f"{run.trainer.off_policy_steps}) weighs by the engines' log-probs of it against the "
+        "learner's full softmax (on-policy weights would average the kept mass, not 1)",
+        "sample with rollout.top_p=1.0 and rollout.top_k=0, or set "
+        "algorithm.loss.importance_correction=none")
 
 
 def _check_run(run: RunConfig) -> None:
