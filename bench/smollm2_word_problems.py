@@ -6,7 +6,7 @@ and response length (README, "A real pretrained model on CPU").
     .venv-vllm/bin/python bench/smollm2_word_problems.py --engines vllm --answer-format boxed \\
         --instruction 'Put the final answer in \\boxed{}.'
 
-Prompts are the held-out rows of riskpo/data/word_problems.py rendered with the chat template
+Prompts are the held-out rows of riskpo/data/tasks/word_problems.py rendered with the chat template
 (data.template=chat, with data.instruction); responses are graded by the math verifier as in
 training. Prints one JSON line: avg@n (mean reward), pass@n, the share of responses cut at
 max_new_tokens, the mean response length, generation seconds and response tokens/s (the
@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from riskpo.data.registry import verification_request  # noqa: E402
+from riskpo.data.tasks.word_problems import OPERATIONS, WordProblemOptions, word_problem_rows  # noqa: E402
 from riskpo.data.templates import build_prompt  # noqa: E402
-from riskpo.data.word_problems import OPERATIONS, WordProblemConfig, word_problem_rows  # noqa: E402
-from riskpo.messages import SamplingParams, verification_request  # noqa: E402
+from riskpo.messages import SamplingParams  # noqa: E402
 from riskpo.models.loading import convert_smollm2_gguf  # noqa: E402
 from riskpo.models.warmstart import cache_root  # noqa: E402
 from workers.rollout import make_engine  # noqa: E402
@@ -72,9 +73,9 @@ def main() -> None:
     model_dir = Path(args.model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
         convert_smollm2_gguf(model_dir)
-    config = WordProblemConfig(steps=args.steps, operations=args.operations,
-                               max_number=args.max_number, max_factor=args.max_factor,
-                               answer_format=args.answer_format)
+    config = WordProblemOptions(steps=args.steps, operations=args.operations,
+                                max_number=args.max_number, max_factor=args.max_factor,
+                                answer_format=args.answer_format)
     config.check("bench")
     rows = word_problem_rows(config, args.problems, seed=args.seed + 1)  # the held-out stream
     prompts = [build_prompt(row, "chat", args.system_prompt, args.instruction) for row in rows]

@@ -25,9 +25,8 @@ from launch.placement import ClusterConfig
 from riskpo.algo.config import AlgorithmConfig, check_step_shape, group_estimators
 from riskpo.algo.losses import POLICY_LOSSES
 from riskpo.algo.registry import estimators, estimators_with_option
-from riskpo.data.loaders import CODE_SOURCES, MATH_SOURCES, DataConfig
-from riskpo.data.synthetic import SYNTHETIC_SOURCES
-from riskpo.data.visual import VISUAL_SOURCES
+from riskpo.data.loaders import DataConfig
+from riskpo.data.registry import task_named, tiny_model_tasks
 from riskpo.loop.trainer import TrainerConfig
 from riskpo.messages import SamplingConfig
 from riskpo.models.config import TINY_MODEL, ModelConfig
@@ -72,6 +71,21 @@ MOVED_KEYS: dict[str, str] = {
     "algorithm.pkpo.baseline": "algorithm.options.baseline",
     "algorithm.rs_grpo.beta": "algorithm.options.beta",
 }
+# each task's options under data.<split>.options (riskpo/data/tasks/): the knobs that were
+# data.<split>.<arithmetic|code|countdown|visual>.*, and the file tasks' data.<split>.files
+_OLD_TASK_KNOBS = {
+    "arithmetic": "min_digits max_digits min_terms max_terms operators",
+    "code": "forms coef_range num_examples num_hidden_cases",
+    "countdown": "num_numbers min_number max_number min_target max_target dominant_template "
+                 "rare_template rare_fraction train_rare_only_fraction train_both_fraction "
+                 "eval_rare_only_fraction eval_both_fraction validation_size heldout_size seed",
+    "visual": "digits cell scale jitter colours",
+}
+MOVED_KEYS.update({f"data.{split}.{task}.{knob}": f"data.{split}.options.{knob}"
+                   for split in ("train", "eval", "validation")
+                   for task, knobs in _OLD_TASK_KNOBS.items() for knob in knobs.split()})
+MOVED_KEYS.update({f"data.{split}.files": f"data.{split}.options.files"
+                   for split in ("train", "eval", "validation")})
 # the policy loss by name, its own options under algorithm.loss.options (riskpo/algo/losses.py)
 MOVED_KEYS["algorithm.loss.entropy_control"] = "algorithm.loss.name"
 MOVED_KEYS.update({f"algorithm.loss.{loss}.{knob}": f"algorithm.loss.options.{knob}"
@@ -293,20 +307,20 @@ def _check_run(run: RunConfig) -> None:
 
 
 def _check_tiny_model_inputs(run: RunConfig) -> None:
-    """The tiny character model knows only the synthetic tasks' plain prompts (the tiny VLM
-    only the visual one, drawn at its tower's image size), and its context holds the longest
-    prompt plus the response."""
+    """The tiny character model knows only the plain prompts of the tasks that declare it
+    (tiny_model "text"; the tiny VLM those that declare "vision", drawn at its tower's image
+    size), and its context holds the longest prompt plus the response."""
     d, tiny = run.data, run.model.tiny
-    tasks = VISUAL_SOURCES if tiny.is_vision else SYNTHETIC_SOURCES
+    tasks = tiny_model_tasks("vision" if tiny.is_vision else "text")
     for split in ("train", "eval"):
         dataset = getattr(d, split)
+        task_named(dataset.source, f"data.{split}.source")  # a known task, or its nearest name
         require(dataset.source in tasks, f"data.{split}.source",
                 f"{dataset.source!r}: the tiny {tiny.arch} model only knows the tasks {tasks}",
                 f"use one of {', '.join(tasks)}, or a real model (model.path=...)")
         if tiny.is_vision:
-            require(dataset.visual.image_size == tiny.vision.image_size, f"data.{split}.visual.cell",
-                    f"images of {dataset.visual.image_size} px, but model.tiny.vision.image_size="
-                    f"{tiny.vision.image_size}", "use 2 * cell == image_size (one digit per patch)")
+            dataset.task.check_image_size(dataset.task_options(f"data.{split}"),
+                                          tiny.vision.image_size, f"data.{split}")
     require(d.template == "plain", "data.template",
             "the tiny model is trained on plain text prompts", "use data.template=plain")
     longest = d.max_prompt_length + run.rollout.max_new_tokens
@@ -317,12 +331,17 @@ def _check_tiny_model_inputs(run: RunConfig) -> None:
 
 
 def _check_verifiers_for_data(run: RunConfig) -> None:
-    sources = run.data.sources
-    if sources & set(CODE_SOURCES):
+    """Each split's task names the verifier kind that grades it (a file task's rows say it
+    row by row, checked as they are graded)."""
+    needed: dict[str, list[str]] = {}
+    for split in run.data.splits.values():
+        if split.task.verifier is not None:
+            needed.setdefault(split.task.verifier, []).append(split.source)
+    if "code" in needed:
         require(run.verifier.num_code_actors >= 1, "verifier.num_code_actors",
-                f"the data has code problems ({', '.join(sorted(sources))}) but no code verifier",
-                "set verifier.num_code_actors=1 or more")
-    if sources & set(MATH_SOURCES):
+                f"the data has code problems ({', '.join(sorted(set(needed['code'])))}) but no "
+                "code verifier", "set verifier.num_code_actors=1 or more")
+    if "math" in needed:
         require(run.verifier.num_math_actors >= 1, "verifier.num_math_actors",
                 "the data has math problems but no math verifier", "set verifier.num_math_actors=1")
 

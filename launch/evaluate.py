@@ -51,13 +51,13 @@ def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> d
 
     from launch.config import compose_config, validate
     from launch.factory import connect_ray, verifier_limits
-    from riskpo.data.loaders import load_train_and_eval
+    from riskpo.data.loaders import load_held_out
     from riskpo.loop.evaluation import evaluate
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
 
     run = validate(compose_config(overrides))
-    _, eval_rows = load_train_and_eval(run.data)
+    eval_rows = load_held_out(run.data)[run.data.eval_on]  # the training rows are not needed
     d, r = run.data, run.rollout
     params = r.params(d.eval_samples, run.seed, evaluation=True)
     started = connect_ray(run, console)

@@ -60,23 +60,27 @@ class Verdicts:
     rewards: torch.Tensor  # [P, n] float32, 0 where masked
     valid: torch.Tensor  # [P, n] bool; False: no verdict (infrastructure failure or bad input)
     statuses: list[list[str]]  # [P][n] the verifier's status of each sample
-    # [P][n] the answer the verifier read, where it reports one (Countdown: the expression)
-    answers: list[list[str | None]] | None = None
+    # [P][n] the fields of each sample's result its task's metrics read besides reward and
+    # status (a task's verdict_details, e.g. Countdown's "expression"), where the result has them
+    details: list[list[dict[str, Any]]] | None = None
 
     @classmethod
-    def from_results(cls, results: Sequence[Sequence[dict[str, Any]]]) -> Verdicts:
-        """From result rows shaped [prompt][sample] (each {"reward", "status", ...})."""
+    def from_results(cls, results: Sequence[Sequence[dict[str, Any]]],
+                     detail_fields: Sequence[str] = ()) -> Verdicts:
+        """From result rows shaped [prompt][sample] (each {"reward", "status", ...}), keeping
+        detail_fields of each as its details."""
         valid = [[not is_masked(r) for r in per_prompt] for per_prompt in results]
         rewards = [[float(r["reward"]) if ok else 0.0 for r, ok in zip(per_prompt, oks, strict=True)]
                    for per_prompt, oks in zip(results, valid, strict=True)]
         statuses = [[str(r["status"]) for r in per_prompt] for per_prompt in results]
-        answers = [[r.get("expression") for r in per_prompt] for per_prompt in results]
+        details = [[{name: r[name] for name in detail_fields if name in r} for r in per_prompt]
+                   for per_prompt in results]
         width = len(results[0]) if results else 0
         if any(len(per_prompt) != width for per_prompt in results):
             raise ValueError("Verdicts need the same number of samples for every prompt")
         return cls(torch.tensor(rewards, dtype=torch.float32).reshape(len(results), width),
                    torch.tensor(valid, dtype=torch.bool).reshape(len(results), width), statuses,
-                   answers)
+                   details)
 
     def __len__(self) -> int:
         return self.rewards.shape[0]
@@ -84,9 +88,9 @@ class Verdicts:
     def select(self, prompts: Sequence[int]) -> Verdicts:
         """The verdicts of the given prompts, in that order."""
         index = torch.as_tensor(list(prompts), dtype=torch.long)
-        answers = None if self.answers is None else [self.answers[i] for i in prompts]
+        details = None if self.details is None else [self.details[i] for i in prompts]
         return Verdicts(self.rewards[index], self.valid[index], [self.statuses[i] for i in prompts],
-                        answers)
+                        details)
 
     @classmethod
     def empty(cls, samples: int) -> Verdicts:
@@ -95,11 +99,11 @@ class Verdicts:
     @staticmethod
     def concat(parts: Sequence[Verdicts]) -> Verdicts:
         """The verdicts of several groups of prompts, one after another."""
-        answers = None
-        if all(p.answers is not None for p in parts):
-            answers = [a for p in parts for a in p.answers]
+        details = None
+        if all(p.details is not None for p in parts):
+            details = [d for p in parts for d in p.details]
         return Verdicts(torch.cat([p.rewards for p in parts]), torch.cat([p.valid for p in parts]),
-                        [s for p in parts for s in p.statuses], answers)
+                        [s for p in parts for s in p.statuses], details)
 
     def has_signal(self) -> torch.Tensor:
         """[P] bool: the prompt's valid rewards are not all equal (DAPO's dynamic sampling)."""

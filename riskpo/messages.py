@@ -1,6 +1,7 @@
 """The messages a training step passes between the driver and the worker groups: prompts and
-sampling parameters going to the rollout engines, completions coming back, the requests sent to
-the verifiers and the status vocabulary of their results.
+sampling parameters going to the rollout engines, completions coming back, the status vocabulary
+of the verifiers' results and the exact text of a numeric answer (the requests themselves are
+made by each row's task: riskpo.data.registry.verification_request).
 
 Both sides import this module (the workers never import the driver, and the driver never
 imports a worker): it holds plain dataclasses and functions, no torch, no Ray.
@@ -9,12 +10,12 @@ imports a worker): it holds plain dataclasses and functions, no torch, no Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from decimal import Decimal
+from typing import Any, Literal
 
 from riskpo.options import require
 
-if TYPE_CHECKING:
-    from riskpo.data.rows import Row
+MAX_EXPONENT = 400  # number_text: a number beyond 10^400 is not spelled out digit by digit
 
 
 # --------------------------------------------------------------------------- rollout
@@ -174,16 +175,21 @@ def is_masked(result: dict[str, Any]) -> bool:
     return result.get("status") in MASKED_STATUSES
 
 
-def verification_request(row: Row, response: str) -> dict[str, Any]:
-    """What a verifier needs to grade one response to `row` (the verifier pool's row format).
-    A code row's tests travel whole (their `prefix` included): the code verifier takes the
-    program out of the response and puts the prefix before it."""
-    if row.verifier == "code":
-        return {"kind": "code", "tests": dict(row.tests or {}), "response": response,
-                "data_source": row.data_source}
-    if row.verifier == "countdown":
-        return {"kind": "countdown", "response": response, "data_source": row.data_source,
-                "ground_truth": (row.reward_model or {}).get("ground_truth")}
-    return {"kind": "math", "response": response, "ground_truth": row.ground_truth,
-            "data_source": row.data_source,
-            "answer_format": row.extra_info.get("answer_format", "boxed")}
+def number_text(value: Any) -> str:
+    """A number's exact decimal text, never in exponent notation (a verifier reads "1e-05" as
+    e - 5, LaTeX as e minus 5): an int as it is; a Decimal (how the row readers keep a JSON
+    number's own text, or a parquet float's) digit for digit; a binary float by its shortest
+    round-trip repr. Beyond 10^MAX_EXPONENT it is written m\\times10^{e}. The row format's
+    numeric ground truths and the math verifier read numbers through it."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError(f"not a number: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    number = Decimal(repr(value)) if isinstance(value, float) else value
+    if not number.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    if abs(number.adjusted()) > MAX_EXPONENT:  # not spelled out digit by digit
+        sign, digits, exponent = number.as_tuple()
+        mantissa = Decimal((sign, digits, -(len(digits) - 1)))
+        return f"{format(mantissa, 'f')}\\times10^{{{exponent + len(digits) - 1}}}"
+    return format(number, "f")

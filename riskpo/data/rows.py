@@ -38,12 +38,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-COUNTDOWN_SOURCE = "countdown"
+from riskpo.messages import number_text
+
 ANSWER_FORMATS = ("final_number", "boxed", "gsm8k")
 CODE_STYLES = ("call", "stdio", "assert")
 CHAT_ROLES = ("system", "user", "assistant")
 IMAGE_PLACEHOLDER = "<image>"  # where an image goes in a multimodal row's prompt text
-MAX_EXPONENT = 400  # a numeric ground_truth beyond 10^400 is written m\\times10^{e}
 
 
 class RowError(ValueError):
@@ -69,12 +69,10 @@ class Row:
     row_number: int = field(default=0, compare=False, repr=False)
 
     @property
-    def verifier(self) -> Literal["math", "code", "countdown"]:
-        """Which verifier grades this row (data_source "countdown": the expression verifier,
-        the TinyZero/verl convention; its ground truth is {"target", "numbers"})."""
-        if self.tests is not None:
-            return "code"
-        return "countdown" if self.data_source == COUNTDOWN_SOURCE else "math"
+    def verifier(self) -> Literal["math", "code"]:
+        """Which verifier kind the row's shape asks for: code for tests, math for reward_model
+        (its task may say more: riskpo.data.registry.verification_request)."""
+        return "code" if self.tests is not None else "math"
 
     @property
     def ground_truth(self) -> str | None:
@@ -244,24 +242,6 @@ def _parse_reward_model(reward_model: Any, fail) -> dict[str, Any]:
             raise fail("reward_model.ground_truth",
                        f"expected a non-blank string or a finite number: {error}") from None
     return {"style": str(reward_model.get("style") or "rule"), "ground_truth": text}
-
-
-def number_text(value: Any) -> str:
-    """A number's exact decimal text, never in exponent notation (a verifier reads "1e-05" as
-    e - 5): an int as it is; a Decimal (how the readers keep a JSON number's own text, or a
-    parquet float's) digit for digit; a binary float by its shortest round-trip repr."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise ValueError(f"not a number: {value!r}")
-    if isinstance(value, int):
-        return str(value)
-    number = Decimal(repr(value)) if isinstance(value, float) else value
-    if not number.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    if abs(number.adjusted()) > MAX_EXPONENT:  # not spelled out digit by digit
-        sign, digits, exponent = number.as_tuple()
-        mantissa = Decimal((sign, digits, -(len(digits) - 1)))
-        return f"{format(mantissa, 'f')}\\times10^{{{exponent + len(digits) - 1}}}"
-    return format(number, "f")
 
 
 def decimal_floats(value: Any, arrow_type: Any) -> Any:

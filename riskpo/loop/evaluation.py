@@ -1,6 +1,7 @@
 """Evaluation of the current policy on held-out rows: avg@k, unbiased pass@k for k = 1, 2, 4, ...
-up to the number of samples, and greedy accuracy; and `grade`, which sends completions to the
-verifiers and returns their verdicts as columns. Shared by the trainer and `riskpo-eval`."""
+up to the number of samples, greedy accuracy and each row's task's own metrics; and `grade`,
+which sends completions to the verifiers (each row's task makes its request) and returns their
+verdicts as columns. Shared by the trainer and `riskpo-eval`."""
 
 from __future__ import annotations
 
@@ -11,17 +12,11 @@ import torch
 
 from riskpo.algo.metrics import avg_at_k, pass_at_k_curve
 from riskpo.batch import Verdicts
-from riskpo.data.countdown import count_distinct_solutions
 from riskpo.data.loaders import DataConfig
-from riskpo.data.rows import COUNTDOWN_SOURCE, Row
+from riskpo.data.registry import Task, task_of_row, verification_request
+from riskpo.data.rows import Row
 from riskpo.data.templates import build_prompt
-from riskpo.messages import (
-    Completion,
-    Prompt,
-    SamplingConfig,
-    SamplingParams,
-    verification_request,
-)
+from riskpo.messages import Completion, Prompt, SamplingConfig, SamplingParams
 
 
 class Generator(Protocol):
@@ -42,7 +37,8 @@ def default_pass_k(samples: int) -> list[int]:
 
 
 def grade(grader: Grader, rows: Sequence[Row], completions: Sequence[Sequence[Completion]]) -> Verdicts:
-    """The verifiers' verdicts on every completion, as [prompt, sample] columns."""
+    """The verifiers' verdicts on every completion, as [prompt, sample] columns, with the
+    result fields the rows' tasks read (their verdict_details) as details."""
     requests = [verification_request(row, sample.text)
                 for row, samples in zip(rows, completions, strict=True) for sample in samples]
     flat = grader.verify_batch(requests)
@@ -50,7 +46,8 @@ def grade(grader: Grader, rows: Sequence[Row], completions: Sequence[Sequence[Co
     for samples in completions:
         results.append(flat[position:position + len(samples)])
         position += len(samples)
-    return Verdicts.from_results(results)
+    fields = sorted({name for task in _tasks_of(rows) for name in task.verdict_details})
+    return Verdicts.from_results(results, fields)
 
 
 def prompts_of(rows: Sequence[Row], data: DataConfig) -> list[Prompt]:
@@ -73,9 +70,8 @@ def evaluate(generator: Generator, grader: Grader, rows: Sequence[Row], data: Da
         metrics[f"eval/pass@{kk}"] = value
     metrics["eval/response_length"] = sum(
         len(s.token_ids) for per_prompt in sampled for s in per_prompt) / max(1, k * len(rows))
-    metrics.update(_by_kind(rows, correct, k, data.eval_pass_k or default_pass_k(k)))
-    if any(row.data_source == COUNTDOWN_SOURCE for row in rows):
-        metrics["eval/distinct_correct"] = _distinct_correct(rows, verdicts)
+    for task in _tasks_of(rows):
+        metrics.update(task_metrics(task, rows, verdicts, k, data.eval_pass_k or default_pass_k(k)))
     if data.eval_greedy:
         greedy = generator.generate(prompts, SamplingParams(
             n=1, temperature=0.0, max_new_tokens=sampling.max_new_tokens, stop=list(sampling.stop),
@@ -85,30 +81,33 @@ def evaluate(generator: Generator, grader: Grader, rows: Sequence[Row], data: Da
     return metrics
 
 
-def _by_kind(rows: Sequence[Row], correct: torch.Tensor, samples: int,
-             ks: Sequence[int]) -> dict[str, float]:
-    """avg@k and pass@k of each kind of problem, where rows say their kind (extra_info.kind,
-    e.g. Countdown's rare_only problems that only the rare solution template solves)."""
-    kinds = [row.extra_info.get("kind") for row in rows]
+def _tasks_of(rows: Sequence[Row]) -> list[Task]:
+    """The registered tasks the rows belong to (by data_source), in order of first row."""
+    found = {id(task): task for task in map(task_of_row, rows) if task is not None}
+    return list(found.values())
+
+
+def task_metrics(task: Task, rows: Sequence[Row], verdicts: Verdicts, samples: int,
+                 ks: Sequence[int]) -> dict[str, float]:
+    """A task's own metrics over its rows: avg@k and pass@k of each of its groups of problems
+    (task.eval_groups, an extra_info field, e.g. Countdown's kinds: eval/rare_only/pass@k), and
+    the mean of each of its per-problem numbers (task.problem_metrics: eval/<name>)."""
+    mine = [index for index, row in enumerate(rows) if task_of_row(row) is task]
+    correct = (verdicts.rewards[mine] >= 1.0)
     metrics: dict[str, float] = {}
-    for kind in sorted({kind for kind in kinds if isinstance(kind, str)}):
-        chosen = correct[torch.tensor([k == kind for k in kinds])]
-        metrics[f"eval/{kind}/avg@{samples}"] = avg_at_k(chosen, samples)
-        for kk, value in pass_at_k_curve(chosen, samples, ks).items():
-            metrics[f"eval/{kind}/pass@{kk}"] = value
+    if task.eval_groups is not None:
+        groups = [rows[index].extra_info.get(task.eval_groups) for index in mine]
+        counts = correct.sum(dim=1)
+        for group in sorted({group for group in groups if isinstance(group, str)}):
+            chosen = counts[torch.tensor([g == group for g in groups])]
+            metrics[f"eval/{group}/avg@{samples}"] = avg_at_k(chosen, samples)
+            for kk, value in pass_at_k_curve(chosen, samples, ks).items():
+                metrics[f"eval/{group}/pass@{kk}"] = value
+    totals: dict[str, float] = {}
+    for position, index in enumerate(mine):
+        right = [detail for detail, ok in zip(verdicts.details[index], correct[position], strict=True)
+                 if ok]
+        for name, value in task.problem_metrics(rows[index], right).items():
+            totals[name] = totals.get(name, 0.0) + value
+    metrics.update({f"eval/{name}": total / len(mine) for name, total in totals.items()})
     return metrics
-
-
-def _distinct_correct(rows: Sequence[Row], verdicts: Verdicts) -> float:
-    """Mean over Countdown problems of the number of distinct correct expressions among their
-    samples (canonically distinct: riskpo.data.countdown)."""
-    counts = []
-    for index, row in enumerate(rows):
-        if row.data_source != COUNTDOWN_SOURCE:
-            continue
-        truth = (row.reward_model or {}).get("ground_truth") or {}
-        found = [answer for answer, ok in zip(verdicts.answers[index], verdicts.rewards[index] >= 1.0,
-                                               strict=True) if ok and answer]
-        counts.append(count_distinct_solutions(found, truth.get("numbers", []), int(truth.get("target", 0))))
-    return sum(counts) / max(1, len(counts))
-

@@ -1,5 +1,6 @@
-"""Supervised warm start of the tiny model on a synthetic task, so that RL starts from a model
-that is sometimes right; the result is cached under a hash of every setting that shapes it.
+"""Supervised warm start of the tiny model on a task that declares one (its problems with
+reference responses: riskpo.data.registry.Task.warmstart_problems), so that RL starts from a
+model that is sometimes right; the result is cached under a hash of every setting that shapes it.
 
     path = ensure_warm_start(cfg.model, cfg.data)   # an HF directory: model + tokenizer
 
@@ -18,7 +19,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from riskpo.data.loaders import DataConfig, DatasetConfig, held_out_prompts, load_held_out
-from riskpo.data.synthetic import SYNTHETIC_SOURCES, SyntheticProblem, countdown_rows, problem_maker
-from riskpo.data.visual import VISUAL_SOURCES, visual_problem_maker, visual_warmstart_maker
+from riskpo.data.registry import ProblemMaker, tiny_model_tasks
+from riskpo.data.synthetic import SyntheticProblem
 from riskpo.messages import Prompt
 from riskpo.models.config import TINY_MODEL, ModelConfig
 from riskpo.models.loading import load_policy
@@ -65,11 +66,11 @@ def settings_key(model: ModelConfig, data: DataConfig) -> str:
         "version": CACHE_FORMAT_VERSION,
         "tiny": _model_settings(model),
         "warmstart": warmstart,
-        "train": _task_settings(data.train),
-        "eval": _task_settings(data.eval),
+        "train": _task_settings(data.train, "train"),
+        "eval": _task_settings(data.eval, "eval"),
     }
     if data.validation is not None:  # (absent otherwise: the key stays what it was before)
-        payload["validation"] = _task_settings(data.validation)
+        payload["validation"] = _task_settings(data.validation, "validation")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -82,15 +83,11 @@ def _model_settings(model: ModelConfig) -> dict[str, Any]:
     return settings
 
 
-def _task_settings(dataset: DatasetConfig) -> dict[str, Any]:
-    """What of a split shapes the warm start: its source, size, seed and that task's knobs."""
-    task = {"synthetic_arithmetic": "arithmetic", "synthetic_code": "code",
-            "synthetic_countdown": "countdown", "synthetic_visual": "visual"}.get(dataset.source)
+def _task_settings(dataset: DatasetConfig, split: str) -> dict[str, Any]:
+    """What of a split shapes the warm start: its source, size, seed and what its task says of
+    its options (Task.warmstart_settings)."""
     settings = {"source": dataset.source, "size": dataset.size, "seed": dataset.seed}
-    if task:
-        settings[task] = asdict(getattr(dataset, task))
-    if task == "countdown":
-        settings["split"] = dataset.split
+    settings.update(dataset.task.warmstart_settings(dataset.task_options(f"data.{split}"), split))
     return settings
 
 
@@ -102,11 +99,11 @@ def ensure_warm_start(model: ModelConfig, data: DataConfig, console: Console | N
     """The warm-started tiny model's directory: from the cache, or trained now and cached."""
     if model.path != TINY_MODEL:
         raise ValueError(f"model.path={model.path!r}: a warm start is built only for `tiny`")
-    tasks = VISUAL_SOURCES if model.tiny.is_vision else SYNTHETIC_SOURCES
-    if data.train.source not in tasks:
+    learnable = tiny_model_tasks("vision" if model.tiny.is_vision else "text")
+    if data.train.source not in learnable:
         raise ValueError(
             f"data.train.source={data.train.source!r}: the tiny {model.tiny.arch} model's warm "
-            f"start needs a synthetic task ({', '.join(tasks)})"
+            f"start needs a task it can learn ({', '.join(learnable)})"
         )
     console = console or message_console()
     target = warm_start_dir(model, data)
@@ -159,16 +156,12 @@ def train_warm_start(
         return WarmstartReport(0.0, 0, 0.0, 0.0, False, "disabled")
     model = load_policy(out_dir, torch.float32)
     eval_prompts = _evaluation_prompts(data)
-    train = data.train
-    if train.source in VISUAL_SOURCES:
-        make = visual_problem_maker(train.visual)
-    else:
-        make = problem_maker(train.source, train.arithmetic, train.code, train.countdown, eval_prompts)
-    held_out = _held_out_problems(make, settings.eval_problems, settings.seed + 1, eval_prompts)
+    task, options = data.train.task, data.train.task_options("data.train")
+    problems = task.warmstart_problems(options, eval_prompts)
+    held_out = _held_out_problems(problems, settings.eval_problems, settings.seed + 1, eval_prompts)
     # training never sees the run's eval prompts nor the ones that decide when to stop
     excluded = eval_prompts | {problem.row.prompt_key for problem in held_out}
-    if train.source in VISUAL_SOURCES:  # sums, and readings of the same kind of images
-        make = visual_warmstart_maker(train.visual, excluded)
+    make = task.warmstart_training(options, excluded, problems)
     console.print(
         f"[bold]Warm start[/]: supervised training of the tiny model on {data.train.source} "
         f"until held-out sampled accuracy >= {settings.target_accuracy:.2f} (usually 2-4 minutes "
@@ -197,18 +190,15 @@ def train_warm_start(
 def _evaluation_prompts(data: DataConfig) -> set[str]:
     """Prompts the warm start must never train on: the held-out rows and the validation split
     (which chooses learning rates), whichever of them the run evaluates on, so a run that
-    chooses settings and one that reports starts from the same model (for Countdown, both of
-    the task's splits, always)."""
-    prompts = held_out_prompts(load_held_out(data))
-    if data.train.source == "synthetic_countdown":
-        for split in ("validation", "heldout"):
-            prompts |= {row.prompt_key for row in countdown_rows(data.train.countdown, split, 0)}
-    return prompts
+    chooses settings and one that reports starts from the same model; and whatever the task
+    keeps from it besides (Countdown: both of its held-out parts, always)."""
+    train = data.train
+    return held_out_prompts(load_held_out(data)) | train.task.warmstart_exclusions(
+        train.task_options("data.train"))
 
 
-def _held_out_problems(
-    make: Callable[[random.Random], SyntheticProblem], count: int, seed: int, excluded: set[str]
-) -> list[SyntheticProblem]:
+def _held_out_problems(make: ProblemMaker, count: int, seed: int,
+                       excluded: set[str]) -> list[SyntheticProblem]:
     rng, problems = random.Random(seed), []
     while len(problems) < count:
         problem = make(rng)

@@ -29,8 +29,8 @@ from workers.rollout import ENGINE_CAPABILITIES
 FIXTURES = Path(__file__).parents[1] / "riskpo" / "data" / "fixtures"
 MATH_ROWS = FIXTURES / "math_rows.jsonl"
 LOCAL_DATA = [
-    "data.train.source=jsonl", f"data.train.files=[{MATH_ROWS}]",
-    "data.eval.source=jsonl", f"data.eval.files=[{MATH_ROWS}]",
+    "data.train.source=jsonl", f"data.train.options.files=[{MATH_ROWS}]",
+    "data.eval.source=jsonl", f"data.eval.options.files=[{MATH_ROWS}]",
 ]
 
 
@@ -107,7 +107,7 @@ def test_grpo_twin_differs_only_in_the_advantage(experiment):
 def test_paper_recipe_data_must_exist_here():
     with pytest.raises(ConfigError) as error:
         validate(compose_config(["experiment=qwen2.5-1.5b-math"]))
-    assert error.value.key == "data.train.files"
+    assert error.value.key == "data.train.options.files"
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_paper_recipe_data_must_exist_here():
         (["data.train.source=champ"], "data.train.source", "synthetic"),
         (["cluster.colocate=true"], "cluster.colocate", "gpus"),
         (["model=qwen2.5-1.5b-instruct", "data.train.source=parquet",
-          "data.train.files=[/no/such.parquet]"], "data.train.files", "existing"),
+          "data.train.options.files=[/no/such.parquet]"], "data.train.options.files", "existing"),
     ],
 )
 def test_validation_names_the_key_and_a_fix(overrides, key, hint):

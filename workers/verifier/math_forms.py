@@ -14,7 +14,8 @@ import unicodedata
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any
+
+from riskpo.messages import MAX_EXPONENT, number_text  # E-notation beyond it is not expanded
 
 SPACE = r"(?:\s|\\[,;:! ]|~)"  # a space, or a LaTeX spacing command
 SPACES = re.compile(rf"{SPACE}+")
@@ -44,27 +45,8 @@ PLAIN_FRACTION = re.compile(
     rf"|\\frac(\d)(\d)|({NUMBER})/({NUMBER}))")
 DIGIT_GAP = re.compile(r"\d \d")
 THOUSANDS_COMMA = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!\d)")
-MAX_EXPONENT = 400  # E-notation beyond this is not expanded digit by digit
 NOT_A_LIST = "not a list"  # structured_verdict: compare the answers whole
 MAX_UNORDERED_ITEMS = 32
-
-
-def number_text(value: Any) -> str:
-    """Exact decimal text of a number, never in exponent notation: an int as it is, a Decimal
-    (a JSON number's own text) digit for digit, a binary float by its shortest round-trip repr
-    (so 0.00001 is "0.00001", never "1e-05", which LaTeX reads as e - 5)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise ValueError(f"not a number: {value!r}")
-    if isinstance(value, int):
-        return str(value)
-    number = Decimal(repr(value)) if isinstance(value, float) else value
-    if not number.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    if abs(number.adjusted()) > MAX_EXPONENT:
-        sign, digits, exponent = number.as_tuple()
-        mantissa = Decimal((sign, digits, -(len(digits) - 1)))
-        return f"{format(mantissa, 'f')}\\times10^{{{exponent + len(digits) - 1}}}"
-    return format(number, "f")
 
 
 def unicode_plain(text: str) -> str:

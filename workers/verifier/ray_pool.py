@@ -25,10 +25,10 @@ from workers.verifier.countdown import CountdownLimits, CountdownVerifier
 from workers.verifier.executor import CodeExecutor, ExecLimits
 from workers.verifier.math_verifier import MathLimits, MathVerifier
 
-KINDS = ("math", "code")  # kinds of actor
-# Which actor grades a row of each kind: Countdown expressions are graded in-process, bounded,
-# by the math actors (riskpo's data config counts countdown data as math).
-ROW_KINDS = {"math": "math", "code": "code", "countdown": "math"}
+KINDS = ("math", "code")  # kinds of actor: a row's "kind" names the one that grades it
+# Graders the math actors run besides the math answer verifier, by a row's "grader": Countdown
+# expressions are graded in-process, bounded.
+MATH_GRADERS = ("countdown",)
 PING_BACKOFF_S = 0.2
 
 
@@ -79,8 +79,9 @@ class VerifierActor:
         return list(await asyncio.gather(*calls))
 
     def _verify_math_rows(self, rows: list[dict], deadline: float) -> list[dict]:
-        """Math answers through the worker processes, Countdown expressions in-process."""
-        countdown = [i for i, row in enumerate(rows) if row.get("kind") == "countdown"]
+        """Math answers through the worker processes, Countdown expressions (grader
+        "countdown") in-process."""
+        countdown = [i for i, row in enumerate(rows) if row.get("grader") == "countdown"]
         if not countdown:
             return self.verifier.verify_many(rows, deadline)
         results: list[dict | None] = [None] * len(rows)
@@ -103,9 +104,11 @@ class VerifierActor:
 class VerifierPool:
     """Spreads verification rows over actors per kind; results come back in input order.
 
-    rows: {"kind": "math", "response", "ground_truth", "data_source"?},
-          {"kind": "countdown", "response", "ground_truth": {"target", "numbers"}} (math actors) or
-          {"kind": "code", "response" | "code", "tests": {...}}; any "id" is echoed back.
+    rows: {"kind": "math", "response", "ground_truth", "data_source"?, "answer_format"?},
+          {"kind": "math", "grader": "countdown", "response",
+           "ground_truth": {"target", "numbers"}} or
+          {"kind": "code", "response" | "code", "tests": {...}}; any "id" is echoed back. A row
+    of another kind, or with a grader its kind does not run, gets bad_input.
     """
 
     def __init__(self, kind_to_num_actors: dict[str, int],
@@ -166,13 +169,14 @@ class VerifierPool:
     def _group(self, rows: list[dict], results: list) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {kind: [] for kind in self.actors}
         for index, row in enumerate(rows):
-            kind = ROW_KINDS.get(row.get("kind")) if isinstance(row, dict) else None
-            if kind in groups:
+            kind = row.get("kind") if isinstance(row, dict) else None
+            grader = row.get("grader") if isinstance(row, dict) else None
+            if kind in groups and (grader is None or (kind == "math" and grader in MATH_GRADERS)):
                 groups[kind].append(index)
             else:
                 row_id = row.get("id") if isinstance(row, dict) else None
-                results[index] = R.make_result(
-                    row_id, R.BAD_INPUT, message=f"no verifier for kind {kind!r}")
+                what = f"kind {kind!r}" + (f" with grader {grader!r}" if grader is not None else "")
+                results[index] = R.make_result(row_id, R.BAD_INPUT, message=f"no verifier for {what}")
         return groups
 
     def _run(self, rows: list[dict], chunks: deque, results: list, deadline_unix: float) -> None:

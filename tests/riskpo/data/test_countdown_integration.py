@@ -5,41 +5,44 @@ pass@k."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
 
 from launch.config import compose_config, validate
-from riskpo.data.countdown import CountdownConfig, solves
+from riskpo.data.expressions import solves
 from riskpo.data.loaders import DataConfig, DatasetConfig, load_dataset
-from riskpo.data.synthetic import problem_maker
+from riskpo.data.registry import task_named, verification_request
+from riskpo.data.tasks.countdown import CountdownOptions
 from riskpo.loop.evaluation import evaluate
-from riskpo.messages import Completion, verification_request
+from riskpo.messages import Completion
 from riskpo.options import ConfigError
 
-SMALL = CountdownConfig(validation_size=20, heldout_size=20)
+SMALL = CountdownOptions(validation_size=20, heldout_size=20)
+COUNTDOWN = DatasetConfig(source="synthetic_countdown", size=None, options=SMALL)
 
 
 def test_the_splits_come_from_one_stream_and_never_share_a_problem():
-    train = load_dataset(DatasetConfig(source="synthetic_countdown", split="train", size=60, countdown=SMALL))
-    validation = load_dataset(DatasetConfig(source="synthetic_countdown", split="validation", size=None,
-                                            countdown=SMALL))
-    heldout = load_dataset(DatasetConfig(source="synthetic_countdown", split="heldout", size=None,
-                                         countdown=SMALL))
+    train = load_dataset(DatasetConfig(source="synthetic_countdown", size=60, options=SMALL), "train")
+    validation = load_dataset(COUNTDOWN, "validation")
+    heldout = load_dataset(COUNTDOWN, "eval")  # the run's held-out split is the task's
     assert (len(train), len(validation), len(heldout)) == (60, 20, 20)
     prompts = [{row.prompt_key for row in rows} for rows in (train, validation, heldout)]
     assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
     assert sum(row.extra_info["kind"] == "rare_only" for row in heldout) == 10  # eval_rare_only_fraction
-    assert load_dataset(DatasetConfig(source="synthetic_countdown", split="heldout", size=None,
-                                      countdown=SMALL)) == heldout  # seeded
+    assert load_dataset(COUNTDOWN, "eval") == heldout  # seeded
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
-    (["data.train.countdown.seed=3"], "data.eval.countdown"),
-    (["data.eval.split=train"], "data.eval.split"),
+    (["data.train.options.seed=3"], "data.eval.options"),
+    (["data.validation.options.heldout_size=30"], "data.validation.options"),
     (["data.eval.size=50"], "data.eval.size"),
-    (["data.train.countdown.num_numbers=9"], "data.train.countdown.num_numbers"),
-    (["data.eval.split=test"], "data.eval.split"),
+    (["data.validation.size=50"], "data.validation.size"),
+    (["data.train.size=null"], "data.train.size"),
+    (["data.train.options.num_numbers=9"], "data.train.options.num_numbers"),
+    (["data.train.options.num_number=4"], "data.train.options.num_number"),
+    (["data.eval.options.min_digits=4"], "data.eval.options.min_digits"),
 ])
 def test_countdown_data_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as error:
@@ -47,11 +50,18 @@ def test_countdown_data_errors_name_the_key(overrides, key):
     assert error.value.key == key
 
 
+def test_an_option_of_another_task_is_refused_naming_its_task():
+    with pytest.raises(ConfigError, match="synthetic_arithmetic") as error:
+        validate(compose_config(["data=countdown", "data.eval.options.min_digits=4"]))
+    assert "not an option of task synthetic_countdown" in str(error.value)
+    with pytest.raises(ConfigError, match="did you mean data.train.options.num_numbers") as error:
+        validate(compose_config(["data=countdown", "data.train.options.num_number=4"]))
+
+
 def test_the_warm_start_accepts_any_correct_expression_and_never_sees_held_out_rows():
-    heldout = load_dataset(DatasetConfig(source="synthetic_countdown", split="heldout", size=None,
-                                         countdown=SMALL))
+    heldout = load_dataset(COUNTDOWN, "eval")
     excluded = {row.prompt_key for row in heldout}
-    make = problem_maker("synthetic_countdown", None, None, SMALL, excluded)
+    make = task_named("synthetic_countdown").warmstart_problems(SMALL, excluded)
     rng = random.Random(0)
     problems = [make(rng) for _ in range(300)]
     assert not {p.row.prompt_key for p in problems} & excluded
@@ -62,6 +72,8 @@ def test_the_warm_start_accepts_any_correct_expression_and_never_sees_held_out_r
         assert not problem.solved_by(problem.reference_response + "+1")
     rare = sum(p.reference_response.startswith("(") for p in problems)
     assert 10 <= rare <= 60  # the rare template, about 10% of 300
+    written = repr([(problem.row.to_dict(), problem.reference_response) for problem in problems])
+    assert hashlib.sha256(written.encode()).hexdigest()[:16] == "e9f25d44e8aeced6"  # as at a45c989
 
 
 class FakeEngine:
@@ -86,18 +98,16 @@ class VerifierInProcess:
 
 
 def test_evaluation_counts_distinct_correct_expressions_and_pass_at_k_by_kind():
-    rows = load_dataset(DatasetConfig(source="synthetic_countdown", split="heldout", size=None,
-                                      countdown=SMALL))[:4]
+    rows = load_dataset(COUNTDOWN, "eval")[:4]
     answers = {}
     for row in rows:
         truth = row.reward_model["ground_truth"]
         request = verification_request(row, "1+1")
-        assert request["kind"] == "countdown" and request["ground_truth"] == truth
+        assert request == {"kind": "math", "grader": "countdown", "response": "1+1",
+                           "data_source": "countdown", "ground_truth": truth}
         solutions = sorted(_solutions(truth))[:2]
         answers[row.prompt] = [solutions[0], solutions[-1], "1*1"]  # 1 or 2 distinct right, 1 wrong
-    data = DataConfig(eval=DatasetConfig(source="synthetic_countdown", split="heldout", size=None,
-                                         countdown=SMALL),
-                      eval_samples=6, eval_pass_k=[1, 6], eval_greedy=False)
+    data = DataConfig(eval=COUNTDOWN, eval_samples=6, eval_pass_k=[1, 6], eval_greedy=False)
     from riskpo.messages import SamplingConfig
 
     metrics = evaluate(FakeEngine(answers), VerifierInProcess(), rows, data, SamplingConfig(), seed=0)
@@ -110,6 +120,6 @@ def test_evaluation_counts_distinct_correct_expressions_and_pass_at_k_by_kind():
 
 
 def _solutions(truth: dict) -> set[str]:
-    from riskpo.data.countdown import all_solutions
+    from riskpo.data.expressions import all_solutions
 
     return all_solutions(truth["numbers"], truth["target"])

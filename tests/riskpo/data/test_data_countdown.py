@@ -13,11 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from riskpo.data import countdown as C
+from riskpo.data import expressions as E
+from riskpo.data.tasks import countdown as C
 from workers.verifier import results as R
 from workers.verifier.countdown import CountdownVerifier
 
-SMALL = C.CountdownConfig(num_numbers=4)  # 4 numbers: brute force stays fast
+SMALL = C.CountdownOptions(num_numbers=4)  # 4 numbers: brute force stays fast
 VERIFIER = CountdownVerifier()
 
 
@@ -123,10 +124,10 @@ def brute_force_classes(numbers: list[int], target: int) -> list[set]:
 
 def check_against_brute_force(numbers: list[int], target: int) -> None:
     classes = brute_force_classes(numbers, target)
-    keys = [{C.canonical_key(text_of(tree)) for tree in group} for group in classes]
+    keys = [{E.canonical_key(text_of(tree)) for tree in group} for group in classes]
     assert all(len(group_keys) == 1 for group_keys in keys)  # one key per class...
     assert len(set().union(*keys)) == len(classes)  # ...and a different key for each class
-    assert C.all_solutions(numbers, target) == set().union(*keys)
+    assert E.all_solutions(numbers, target) == set().union(*keys)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -136,31 +137,31 @@ def test_distinct_solutions_match_the_brute_force(numbers, data):
     target = data.draw(st.sampled_from(reachable) | st.integers(-20, 100))
     for cached_size in (4, 2, 1):  # also the search by needed value above the cached sizes
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(C, "CACHED_SIZE", cached_size)
+            patch.setattr(E, "CACHED_SIZE", cached_size)
             check_against_brute_force(numbers, target)
 
 
 @pytest.mark.parametrize("numbers, target", [([1, 3, 4, 6, 8], 24), ([2, 2, 5, 7, 7], 49)])
 def test_five_numbers_match_the_brute_force(numbers, target):
     check_against_brute_force(numbers, target)  # above CACHED_SIZE: the top level is searched
-    searched = C.all_solutions(numbers, target)
+    searched = E.all_solutions(numbers, target)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(C, "CACHED_SIZE", 5)  # the full table over all five numbers
-        assert C.all_solutions(numbers, target) == searched
+        patch.setattr(E, "CACHED_SIZE", 5)  # the full table over all five numbers
+        assert E.all_solutions(numbers, target) == searched
 
 
 # --------------------------------------------------------------- canonical form, counting
 
 
 def test_count_distinct_solutions():
-    assert C.count_distinct_solutions(
+    assert E.count_distinct_solutions(
         ["4*6", "6*4", "(2+6)*3", "3*(6+2)", "2*3*4", "4*(3*2)", "(6-3)*4*2", "2*(6-3)*4",
          "4*6+1", "4*6*6", "abc", "", "4 * 6"], [2, 3, 4, 6], 24) == 4
-    assert C.count_distinct_solutions(["9-(5-2)", "9-5+2", "2+9-5", "(2-5)+9"], [2, 5, 9], 6) == 1
+    assert E.count_distinct_solutions(["9-(5-2)", "9-5+2", "2+9-5", "(2-5)+9"], [2, 5, 9], 6) == 1
     # documented: signs are not moved out of products, so these are two solutions
-    assert C.count_distinct_solutions(["(7-5)*(4-1)", "(5-7)*(1-4)"], [1, 4, 5, 7], 6) == 2
-    assert C.count_distinct_solutions(["3*3+1", "1+3*3", "3*3*1+1"], [1, 1, 3, 3], 10) == 2
-    assert C.count_distinct_solutions([], [1, 2], 3) == 0
+    assert E.count_distinct_solutions(["(7-5)*(4-1)", "(5-7)*(1-4)"], [1, 4, 5, 7], 6) == 2
+    assert E.count_distinct_solutions(["3*3+1", "1+3*3", "3*3*1+1"], [1, 1, 3, 3], 10) == 2
+    assert E.count_distinct_solutions([], [1, 2], 3) == 0
 
 
 def expression_texts(numbers: list[int]):
@@ -176,12 +177,12 @@ def expression_texts(numbers: list[int]):
 @given(st.lists(st.integers(0, 12), min_size=1, max_size=5), st.data())
 def test_canonical_key_keeps_the_value_and_is_idempotent(numbers, data):
     text = data.draw(expression_texts(numbers))
-    key = C.canonical_key(text)
+    key = E.canonical_key(text)
     assert eval(key) == eval(text)  # test-made text of digits and operators
-    assert C.canonical_key(key) == key
-    assert C.expression_shape(key) == C.expression_shape(text)
+    assert E.canonical_key(key) == key
+    assert E.expression_shape(key) == E.expression_shape(text)
     target = eval(text) + data.draw(st.sampled_from([0, 0, 1]))
-    agrees = (verify(text, numbers, target) == R.OK) == C.solves(text, numbers, target)
+    agrees = (verify(text, numbers, target) == R.OK) == E.solves(text, numbers, target)
     assert agrees, (text, numbers, target)
 
 
@@ -189,8 +190,8 @@ def test_parse_expression_refuses_what_the_verifier_refuses():
     for bad in ("-3", "3/4", "3 4", "(3", "٣+1", "3+" + "1+" * 200 + "1", "(" * 40 + "1" + ")" * 40,
                 "a+1", ""):
         with pytest.raises(ValueError):
-            C.parse_expression(bad)
-    assert C.parse_expression("a*b+c", placeholders=True) == ("+", ("*", ("n", "a"), ("n", "b")),
+            E.parse_expression(bad)
+    assert E.parse_expression("a*b+c", placeholders=True) == ("+", ("*", ("n", "a"), ("n", "b")),
                                                               ("n", "c"))
 
 
@@ -214,13 +215,13 @@ def test_parse_expression_refuses_what_the_verifier_refuses():
 ])
 def test_bad_knobs_are_named(knobs, knob):
     with pytest.raises(ValueError, match=f"countdown.*{knob}"):
-        C.CountdownConfig(**knobs).validate()
+        C.CountdownOptions(**knobs).validate()
 
 
 def test_splits_are_seeded_disjoint_and_filled_to_their_quotas():
     splits = C.make_splits(SMALL, 120, 40, 40)
     assert splits == C.make_splits(SMALL, 120, 40, 40)
-    other = C.make_splits(C.CountdownConfig(num_numbers=4, seed=1), 120, 40, 40)
+    other = C.make_splits(C.CountdownOptions(num_numbers=4, seed=1), 120, 40, 40)
     assert [row.prompt for row in other.heldout] != [row.prompt for row in splits.heldout]
     prompts = [[row.prompt for row in rows] for rows in all_rows(splits)]
     assert [len(p) for p in prompts] == [120, 40, 40]
@@ -262,7 +263,7 @@ def fills(template: str, numbers: list[int], target: int) -> list[str]:
 
 
 def test_kinds_are_what_the_templates_can_reach():
-    config = C.CountdownConfig()
+    config = C.CountdownOptions()
     splits = C.make_splits(config, 60, 40, 40)
     for row in splits.train + splits.validation + splits.heldout:
         numbers, target = problem_of(row.prompt)
@@ -278,23 +279,23 @@ def test_kinds_are_what_the_templates_can_reach():
 def test_template_solutions_are_the_solutions_of_that_shape():
     for row in C.make_splits(SMALL, 0, 0, 30).heldout:
         numbers, target = problem_of(row.prompt)
-        every = C.all_solutions(numbers, target)
+        every = E.all_solutions(numbers, target)
         for template in (SMALL.dominant_template, SMALL.rare_template):
-            shape = C.expression_shape(template, placeholders=True)
-            assert set(C.template_solutions(template, numbers, target)) == {
-                key for key in every if C.expression_shape(key) == shape}
-            assert {C.canonical_key(text) for text in fills(template, numbers, target)} == set(
-                C.template_solutions(template, numbers, target))
+            shape = E.expression_shape(template, placeholders=True)
+            assert set(E.template_solutions(template, numbers, target)) == {
+                key for key in every if E.expression_shape(key) == shape}
+            assert {E.canonical_key(text) for text in fills(template, numbers, target)} == set(
+                E.template_solutions(template, numbers, target))
 
 
 def test_problems_have_several_distinct_solutions():
-    rows = C.make_splits(C.CountdownConfig(), 200, 0, 0).train
+    rows = C.make_splits(C.CountdownOptions(), 200, 0, 0).train
     counts = [row.extra_info["distinct_solutions"] for row in rows]
     assert min(counts) >= 1 and statistics.median(counts) >= 5
 
 
 def test_an_exhausted_space_is_an_error():
-    tiny = C.CountdownConfig(num_numbers=2, min_number=1, max_number=3, min_target=1,
+    tiny = C.CountdownOptions(num_numbers=2, min_number=1, max_number=3, min_target=1,
                              max_target=20, dominant_template="a*b", rare_template="a+b")
     with pytest.raises(ValueError, match="exhausted"):
         C.make_splits(tiny, 50, 0, 0)
@@ -336,7 +337,7 @@ def test_warmstart_pool_excludes_the_split_rows_without_starving():
 
 
 def test_streamed_warmstart_examples_keep_the_rare_fraction():
-    config = C.CountdownConfig(rare_fraction=0.1)
+    config = C.CountdownOptions(rare_fraction=0.1)
     pool = C.warmstart_pool(config, seed=0, max_problems=500)
     assert len(pool) == 500 and all(problem.kind == "both" for problem in pool)
     rng, rare = random.Random(0), template_pattern(config.rare_template)
@@ -347,14 +348,14 @@ def test_streamed_warmstart_examples_keep_the_rare_fraction():
         row = problem.row(config, count_all=False)
         truth = row.reward_model["ground_truth"]
         assert "distinct_solutions" not in row.extra_info and row.prompt == problem.prompt
-        assert C.solves(solution, truth["numbers"], truth["target"])
+        assert E.solves(solution, truth["numbers"], truth["target"])
 
 
 def test_tiny_tokenizer_covers_prompts_and_answers():
     from riskpo.models.tiny import DEFAULT_CHARS, build_tokenizer
 
     tokenizer = build_tokenizer()
-    config = C.CountdownConfig()
+    config = C.CountdownOptions()
     splits = C.make_splits(config, 50, 20, 20)
     texts = [prompt + solution for prompt, solution in C.warmstart_pairs(config, 300, seed=0)]
     texts += [row.prompt for rows in all_rows(splits) for row in rows]

@@ -17,8 +17,8 @@ from PIL import Image
 
 from riskpo.data import RowError, read_rows
 from riskpo.data.loaders import DataConfig, DatasetConfig, load_train_and_eval
+from riskpo.data.tasks.visual import VisualOptions, render_numbers, visual_problem
 from riskpo.data.templates import build_prompt, check_prompt_lengths
-from riskpo.data.visual import VisualTaskConfig, render_numbers, visual_problem
 from riskpo.models.config import TinyVisionConfig
 from riskpo.models.loading import prompt_length_counter
 from riskpo.models.tiny import build_tiny_processor, build_tokenizer
@@ -102,7 +102,7 @@ def test_more_placeholders_than_images_is_refused(tmp_path):
 def test_prompt_length_counts_image_tokens():
     vision = TinyVisionConfig()
     processor = build_tiny_processor(vision)
-    row = visual_problem(random.Random(0), VisualTaskConfig()).row
+    row = visual_problem(random.Random(0), VisualOptions()).row
     tokens = render_image_prompt(build_prompt(row, "plain"), processor).token_ids
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert tokens.count(image_token) == vision.image_tokens == 4
@@ -115,7 +115,7 @@ def test_prompt_length_counts_image_tokens():
 
 
 def test_visual_task_rows_are_drawings_and_the_held_out_drawings_are_new():
-    config = VisualTaskConfig()
+    config = VisualOptions()
     problem = visual_problem(random.Random(5), config)
     first, second = problem.row.extra_info["operands"]
     drawing = problem.row.extra_info["drawing"]
@@ -135,7 +135,7 @@ def test_visual_task_rows_are_drawings_and_the_held_out_drawings_are_new():
 
 
 def test_two_digit_numbers_fill_their_rows():
-    config = VisualTaskConfig(digits=2)
+    config = VisualOptions(digits=2)
     problem = visual_problem(random.Random(0), config)
     first, second = problem.row.extra_info["operands"]
     assert 10 <= first <= 99 and 10 <= second <= 99

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from riskpo.data import RowError, load_dataset, parse_row, read_rows
-from riskpo.data.builtin import champ_rows, humaneval_rows
 from riskpo.data.loaders import DatasetConfig
+from riskpo.data.tasks.builtin import champ_rows, humaneval_rows
+from riskpo.data.tasks.files import FilesOptions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,7 +37,7 @@ def test_parquet_rows_with_chat_prompts_and_code_tests(tmp_path):
     pq.write_table(pa.Table.from_pylist([code_dict]), tmp_path / "code.parquet")
     assert read_rows(tmp_path / "math.parquet") == [chat_row]
     assert read_rows(tmp_path / "code.parquet")[0].tests == code_row.tests
-    both = load_dataset(DatasetConfig(source="parquet", files=[str(tmp_path)], size=None))
+    both = load_dataset(DatasetConfig(source="parquet", options=FilesOptions([str(tmp_path)]), size=None))
     assert len(both) == 2
 
 
@@ -89,10 +90,10 @@ def test_parse_row_rejects_non_objects():
 
 def test_missing_files_and_sizes():
     with pytest.raises(FileNotFoundError, match="nothing matches"):
-        load_dataset(DatasetConfig(source="jsonl", files=["/no/such/*.jsonl"], size=None))
+        load_dataset(DatasetConfig(source="jsonl", options=FilesOptions(["/no/such/*.jsonl"]), size=None))
     with pytest.raises(ValueError, match="needs files"):
-        load_dataset(DatasetConfig(source="jsonl", files=[], size=None))
-    subset = load_dataset(DatasetConfig(source="jsonl", files=[str(FIXTURES / "math_rows.jsonl")],
+        load_dataset(DatasetConfig(source="jsonl", options=FilesOptions([]), size=None))
+    subset = load_dataset(DatasetConfig(source="jsonl", options=FilesOptions([str(FIXTURES / "math_rows.jsonl")]),
                                         size=2, seed=3))
     assert len(subset) == 2
 
@@ -103,7 +104,9 @@ def test_builtin_humaneval_and_champ():
     first = humaneval[0]
     assert first.tests["style"] == "assert" and first.tests["entry_point"] == "has_close_elements"
     assert first.tests["prefix"] == first.prompt and "def check(candidate)" in first.tests["test"]
+    assert len(load_dataset(DatasetConfig(source="humaneval", size=10, seed=1))) == 10
     champ = champ_rows()
+    assert load_dataset(DatasetConfig(source="champ", size=None)) == champ
     assert len(champ) == 270
     assert champ[0].reward_model["ground_truth"] == "239"
     assert champ[0].extra_info["answer_format"] == "boxed"

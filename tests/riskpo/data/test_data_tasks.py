@@ -1,4 +1,5 @@
-"""Synthetic tasks, the bundle-aware sampler (exact resume) and prompt templates."""
+"""The arithmetic and code tasks, the splits of a data config, the bundle-aware sampler (exact
+resume) and prompt templates."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ import pytest
 from riskpo.data import Row, RowError, load_train_and_eval
 from riskpo.data.loaders import DataConfig, DatasetConfig
 from riskpo.data.sampler import PromptSampler
-from riskpo.data.synthetic import (
-    ArithmeticConfig,
-    CodeTaskConfig,
-    arithmetic_problem,
-    code_problem,
-    generate_rows,
-    problem_maker,
-)
+from riskpo.data.synthetic import generate_rows
+from riskpo.data.tasks.arithmetic import ArithmeticOptions, arithmetic_problem
+from riskpo.data.tasks.code import CodeTaskOptions, code_problem
 from riskpo.data.templates import build_prompt, check_prompt_lengths
 from riskpo.models.loading import prompt_length_counter
 from riskpo.options import ConfigError
@@ -25,7 +21,7 @@ from riskpo.options import ConfigError
 
 @pytest.mark.parametrize("operators", [["+"], ["+", "-", "*"]])
 def test_arithmetic_answers_are_exact_integers(operators):
-    config = ArithmeticConfig(min_digits=1, max_digits=4, min_terms=2, max_terms=4, operators=operators)
+    config = ArithmeticOptions(min_digits=1, max_digits=4, min_terms=2, max_terms=4, operators=operators)
     rng = random.Random(0)
     for _ in range(300):
         problem = arithmetic_problem(rng, config)
@@ -35,38 +31,38 @@ def test_arithmetic_answers_are_exact_integers(operators):
 
 
 def test_arithmetic_digit_and_term_knobs():
-    config = ArithmeticConfig(min_digits=3, max_digits=3, min_terms=3, max_terms=3)
-    rows = generate_rows(problem_maker("synthetic_arithmetic", config, CodeTaskConfig()), 50, seed=4)
+    config = ArithmeticOptions(min_digits=3, max_digits=3, min_terms=3, max_terms=3)
+    rows = generate_rows(lambda rng: arithmetic_problem(rng, config), 50, seed=4)
     for row in rows:
         operands = row.prompt.removesuffix("=").split("+")
         assert len(operands) == 3 and all(len(operand) == 3 for operand in operands)
 
 
 def test_generation_is_seeded_distinct_and_excludes():
-    make = problem_maker("synthetic_arithmetic", ArithmeticConfig(), CodeTaskConfig())
+    make = lambda rng: arithmetic_problem(rng, ArithmeticOptions())  # noqa: E731
     first, again = generate_rows(make, 200, seed=7), generate_rows(make, 200, seed=7)
     assert first == again and len({row.prompt for row in first}) == 200
     other = generate_rows(make, 200, seed=8, exclude_prompts=[row.prompt for row in first])
     assert not {row.prompt for row in other} & {row.prompt for row in first}
-    tiny_space = ArithmeticConfig(min_digits=1, max_digits=1)  # 100 distinct problems
+    tiny_space = ArithmeticOptions(min_digits=1, max_digits=1)  # 100 distinct problems
     with pytest.raises(ValueError, match="too small"):
-        generate_rows(problem_maker("synthetic_arithmetic", tiny_space, CodeTaskConfig()), 101, 0)
+        generate_rows(lambda rng: arithmetic_problem(rng, tiny_space), 101, 0)
 
 
 def test_held_out_eval_never_repeats_a_training_prompt():
-    easy = ArithmeticConfig(min_digits=1, max_digits=2)  # 10,000 problems: collisions are likely
-    data = DataConfig(train=DatasetConfig(size=3000, arithmetic=easy),
-                      eval=DatasetConfig(size=300, seed=1, arithmetic=easy))
+    easy = ArithmeticOptions(min_digits=1, max_digits=2)  # 10,000 problems: collisions are likely
+    data = DataConfig(train=DatasetConfig(size=3000, options=easy),
+                      eval=DatasetConfig(size=300, seed=1, options=easy))
     train, held_out = load_train_and_eval(data)
     assert len(train) == 3000 and len(held_out) == 300
     assert not {row.prompt for row in train} & {row.prompt for row in held_out}
 
 
 def test_validation_split_shares_no_prompt_and_is_what_eval_on_picks():
-    easy = ArithmeticConfig(min_digits=1, max_digits=2)
-    data = DataConfig(train=DatasetConfig(size=3000, arithmetic=easy),
-                      eval=DatasetConfig(size=300, seed=1, arithmetic=easy),
-                      validation=DatasetConfig(size=300, seed=1, arithmetic=easy))  # same seed
+    easy = ArithmeticOptions(min_digits=1, max_digits=2)
+    data = DataConfig(train=DatasetConfig(size=3000, options=easy),
+                      eval=DatasetConfig(size=300, seed=1, options=easy),
+                      validation=DatasetConfig(size=300, seed=1, options=easy))  # same seed
     train, held_out = load_train_and_eval(data)
     validation = load_train_and_eval(replace(data, eval_on="validation"))[1]
     assert len(validation) == 300 and held_out != validation
@@ -88,7 +84,7 @@ def test_evaluating_on_a_validation_split_that_is_not_declared_names_the_key():
 def test_code_reference_solutions_pass_their_own_tests(forms):
     rng = random.Random(1)
     for _ in range(100):
-        problem = code_problem(rng, CodeTaskConfig(forms=forms, coef_range=7, num_examples=3,
+        problem = code_problem(rng, CodeTaskOptions(forms=forms, coef_range=7, num_examples=3,
                                                   num_hidden_cases=4))
         tests = problem.row.tests
         assert tests["style"] == "call" and tests["fn_name"] == "f" and len(tests["cases"]) == 7
@@ -106,7 +102,7 @@ def test_code_prompts_fit_the_character_tokenizer():
     tokenizer = build_tokenizer()
     rng = random.Random(2)
     for _ in range(50):
-        problem = code_problem(rng, CodeTaskConfig(forms=["linear", "quadratic"]))
+        problem = code_problem(rng, CodeTaskOptions(forms=["linear", "quadratic"]))
         for text in (problem.row.prompt, problem.reference_response):
             assert tokenizer.unk_token_id not in tokenizer.encode(text, add_special_tokens=False)
 

@@ -1,26 +1,23 @@
-"""The generated word problems (riskpo/data/word_problems.py), the pilot's preparation
+"""The word-problem task (riskpo/data/tasks/word_problems.py), the pilot's preparation
 (launch/prepare_pilot.py) and its configs (conf/data/word_problems.yaml,
 conf/experiment/smollm2-pilot.yaml)."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 
 import pytest
 
-from launch.config import compose_config, validate
+from launch.config import compose_config, to_dataclass, validate
 from launch.prepare_pilot import main as prepare_pilot
-from launch.prepare_pilot import parse_args, prepare_data
-from riskpo.data.loaders import DatasetConfig, load_dataset
-from riskpo.data.word_problems import (
+from riskpo.data.loaders import load_splits
+from riskpo.data.registry import verification_request
+from riskpo.data.tasks.word_problems import (
     PEOPLE,
-    WordProblemConfig,
+    WordProblemOptions,
     word_problem,
     word_problem_rows,
-    word_problem_splits,
-    write_splits,
 )
 from riskpo.options import ConfigError
 
@@ -45,7 +42,7 @@ def expected_answer(row) -> int:
 
 
 def test_one_step_answers_follow_from_the_question_and_never_appear_in_it():
-    rows = word_problem_rows(WordProblemConfig(), 400, seed=3)
+    rows = word_problem_rows(WordProblemOptions(), 400, seed=3)
     operations = {row.extra_info["operation"] for row in rows}
     assert operations == {"add", "subtract", "multiply", "divide"}
     for row in rows:
@@ -56,17 +53,20 @@ def test_one_step_answers_follow_from_the_question_and_never_appear_in_it():
             first, second = numbers_in(row.prompt)[:2]
             assert first % second == 0
         assert row.extra_info["answer_format"] == "final_number" and row.verifier == "math"
+        assert verification_request(row, "12") == {
+            "kind": "math", "response": "12", "ground_truth": row.ground_truth,
+            "data_source": "synthetic/word_problems", "answer_format": "final_number"}
 
 
 def test_two_step_answers_are_positive_whole_numbers_of_two_operations():
-    rows = word_problem_rows(WordProblemConfig(steps=[2]), 200, seed=0)
+    rows = word_problem_rows(WordProblemOptions(steps=[2]), 200, seed=0)
     for row in rows:
         assert row.extra_info == {"answer_format": "final_number", "steps": 2, "operation": "two_step"}
         assert len(numbers_in(row.prompt)) == 3 and int(row.ground_truth) > 0
 
 
 def test_names_items_and_numbers_vary_and_the_stream_is_seeded():
-    config = WordProblemConfig(max_number=50)
+    config = WordProblemOptions(max_number=50)
     rows = word_problem_rows(config, 300, seed=1)
     names = {word for row in rows for word in row.prompt.replace(".", " ").split() if word in NAMES}
     assert len(names) >= 20
@@ -76,19 +76,19 @@ def test_names_items_and_numbers_vary_and_the_stream_is_seeded():
     assert word_problem_rows(config, 300, seed=2) != rows
 
 
-def test_splits_never_share_a_prompt_and_round_trip_through_jsonl(tmp_path):
-    config = WordProblemConfig(answer_format="boxed")
-    train, held_out = word_problem_splits(config, 500, 100)
-    assert not {row.prompt for row in train} & {row.prompt for row in held_out}
-    paths = write_splits(tmp_path, config, 500, 100)
-    loaded = load_dataset(DatasetConfig(source="jsonl", files=[str(paths["train"])], size=None))
-    assert [row.to_dict() for row in loaded] == [row.to_dict() for row in train]
-    assert json.loads((tmp_path / "settings.json").read_text())["answer_format"] == "boxed"
+def test_the_pilot_data_is_the_task_and_its_splits_never_share_a_prompt():
+    data = to_dataclass(compose_config(["data=word_problems"])).data
+    data.check("data")
+    assert data.train.options == data.eval.options == WordProblemOptions()
+    splits = load_splits(data)
+    assert (len(splits["train"]), len(splits["eval"])) == (2000, 40)
+    assert not {row.prompt for row in splits["train"]} & {row.prompt for row in splits["eval"]}
+    assert splits["eval"] == word_problem_rows(WordProblemOptions(), 40, seed=1)  # the bench's
 
 
 def test_a_task_whose_answers_always_repeat_in_the_question_is_refused():
     with pytest.raises(ValueError, match="raise them"):
-        word_problem(random.Random(0), WordProblemConfig(operations=["divide"], max_factor=2))
+        word_problem(random.Random(0), WordProblemOptions(operations=["divide"], max_factor=2))
 
 
 @pytest.mark.parametrize(("changes", "key"), [
@@ -97,30 +97,19 @@ def test_a_task_whose_answers_always_repeat_in_the_question_is_refused():
 ])
 def test_bad_knobs_name_their_key(changes, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
-        WordProblemConfig(**changes).check("wp")
+        WordProblemOptions(**changes).check("wp")
 
 
-def test_prepare_writes_once_and_rewrites_when_the_settings_change(tmp_path, capsys):
-    args = parse_args(["--train-size", "50", "--eval-size", "10"])
-    prepare_data(tmp_path, args)
-    first = (tmp_path / "word_problems" / "train.jsonl").read_text()
-    prepare_data(tmp_path, args)
-    assert "already written" in capsys.readouterr().out
-    prepare_data(tmp_path, parse_args(["--train-size", "50", "--eval-size", "10", "--seed", "4"]))
-    assert (tmp_path / "word_problems" / "train.jsonl").read_text() != first
-
-
-def test_the_pilot_config_reads_the_prepared_cache(tmp_path, monkeypatch):
+def test_the_pilot_config_reads_the_prepared_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RISKPO_CACHE", str(tmp_path))
     model_dir = tmp_path / "smollm2-135m-instruct"
     model_dir.mkdir()
     for name in ("config.json", "model.safetensors"):  # prepare skips a converted model
         (model_dir / name).write_text("{}")
-    prepare_pilot(["--train-size", "40", "--eval-size", "40"])
+    prepare_pilot([])
+    assert "already converted" in capsys.readouterr().out
     run = validate(compose_config(["experiment=smollm2-pilot"]))
     assert run.model.path == str(model_dir)
-    assert run.data.train.files == [str(tmp_path / "word_problems" / "train.jsonl")]
-    assert run.data.eval.files == [str(tmp_path / "word_problems" / "eval.jsonl")]
+    assert run.data.train.source == run.data.eval.source == "synthetic_word_problems"
     assert run.rollout.engine == "vllm" and run.data.template == "chat"
     assert run.trainer.prompts_per_step % run.algorithm.options.bundle_size == 0
-    assert len(load_dataset(run.data.eval)) == 40

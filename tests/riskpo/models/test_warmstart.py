@@ -10,8 +10,10 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
+from launch.config import compose_config, validate
 from riskpo.data.loaders import DataConfig, DatasetConfig, load_train_and_eval
-from riskpo.data.synthetic import ArithmeticConfig
+from riskpo.data.tasks.arithmetic import ArithmeticOptions
+from riskpo.data.tasks.files import FilesOptions
 from riskpo.models import warmstart
 from riskpo.models.config import ModelConfig, TinyModelConfig, WarmstartConfig
 
@@ -23,9 +25,9 @@ def _settings(tmp_path, **warm):
         warmstart=WarmstartConfig(target_accuracy=1.0, max_steps=3, batch_size=16, lr=1e-2,
                                   eval_every=3, eval_problems=8, cache_dir=str(tmp_path), **warm),
     )
-    easy = ArithmeticConfig(min_digits=1, max_digits=2)
-    data = DataConfig(train=DatasetConfig(size=100, arithmetic=easy),
-                      eval=DatasetConfig(size=20, seed=1, arithmetic=easy))
+    easy = ArithmeticOptions(min_digits=1, max_digits=2)
+    data = DataConfig(train=DatasetConfig(size=100, options=easy),
+                      eval=DatasetConfig(size=20, seed=1, options=easy))
     return model, data
 
 
@@ -89,7 +91,7 @@ def test_cache_key_follows_every_setting_but_the_cache_dir(tmp_path):
     assert warmstart.settings_key(moved, data) == key
     faster = replace(model, warmstart=replace(model.warmstart, lr=5e-3))
     wider = replace(model, tiny=replace(model.tiny, hidden_size=64))
-    harder = replace(data, train=replace(data.train, arithmetic=ArithmeticConfig(max_digits=4)))
+    harder = replace(data, train=replace(data.train, options=ArithmeticOptions(max_digits=4)))
     keys = {warmstart.settings_key(m, d) for m, d in ((faster, data), (wider, data), (model, harder))}
     assert key not in keys and len(keys) == 3
 
@@ -105,6 +107,24 @@ def test_a_run_on_the_validation_split_starts_from_the_same_warm_start(tmp_path)
     excluded = warmstart._evaluation_prompts(data)
     assert excluded == {row.prompt_key for split in ("eval", "validation")
                         for row in load_train_and_eval(replace(data, eval_on=split))[1]}
+
+
+# settings_key of every shipped data config at commit a45c989 (before the task registry): the
+# cached warm starts, and so the trained models, stay what they were
+SHIPPED_KEYS = {
+    "data=arithmetic": "a5188471cf0ad59d",
+    "data=arithmetic_with_validation": "48ba63a8fe05d9de",
+    "data=arithmetic_harder_eval": "f221ecf8d7ccd1a8",
+    "data=countdown": "b7c429971e2b23d7",
+    "data=code": "00ae82bda764d24d",
+    "experiment=embedded_vlm": "ad0b09b3a7b6bc38",  # data=visual with the tiny VLM
+}
+
+
+@pytest.mark.parametrize(("override", "key"), SHIPPED_KEYS.items())
+def test_shipped_configs_keep_their_cache_keys(override, key):
+    run = validate(compose_config([override]))
+    assert warmstart.settings_key(run.model, run.data) == key
 
 
 def test_cache_root_honours_the_environment(monkeypatch, tmp_path):
@@ -135,8 +155,8 @@ def test_refuses_what_it_cannot_warm_start(tmp_path):
     model, data = _settings(tmp_path)
     with pytest.raises(ValueError, match="only for `tiny`"):
         warmstart.ensure_warm_start(replace(model, path="/some/model"), data)
-    files = replace(data, train=DatasetConfig(source="jsonl", files=["x.jsonl"]))
-    with pytest.raises(ValueError, match="synthetic task"):
+    files = replace(data, train=DatasetConfig(source="jsonl", options=FilesOptions(["x.jsonl"])))
+    with pytest.raises(ValueError, match="needs a task it can learn"):
         warmstart.ensure_warm_start(model, files)
 
 

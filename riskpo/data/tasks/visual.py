@@ -1,6 +1,7 @@
 """The synthetic visual task: an image shows two numbers, one above the other; the answer is
 their sum ("<image>sum=" -> "12" for 4 and 8), graded by the math verifier on the last number
-of the response. The embedded multimodal default trains the tiny vision-language model on it.
+of the response. The embedded multimodal default trains the tiny vision-language model on it
+(its warm start also reads the digits: visual_warmstart_maker).
 
 The image is a 2 x 2 grid of square cells, so that the tiny model's vision tower, whose patches
 are the cells, sees at most one digit per image token: with `digits: 1` (the default) each
@@ -18,15 +19,22 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
+from riskpo.data.registry import (
+    ProblemMaker,
+    SplitRequest,
+    Task,
+    check_generated_size,
+    generated_size,
+    register_task,
+)
 from riskpo.data.rows import IMAGE_PLACEHOLDER, Row
-from riskpo.data.synthetic import SyntheticProblem
+from riskpo.data.synthetic import SyntheticProblem, generate_rows
 from riskpo.options import require
 
 VISUAL_SOURCE = "synthetic/visual_sum"  # the rows' data_source
-VISUAL_SOURCES = ("synthetic_visual",)  # data.<split>.source values
 PROMPT_TEXT = f"{IMAGE_PLACEHOLDER}sum="
 DRAWINGS = 10_000  # drawing numbers per pair of numbers
 READ_PROMPT_TEXT = f"{IMAGE_PLACEHOLDER}read="  # the warm start's reading problems
@@ -43,9 +51,9 @@ GLYPH_WIDTH, GLYPH_HEIGHT = 3, 5
 
 
 @dataclass
-class VisualTaskConfig:
-    """Knobs of the visual sum task (`data.<split>.visual.*`). The images are square, 2 cells
-    a side (model.tiny.vision.image_size = 2 * cell, patch_size = cell)."""
+class VisualOptions:
+    """`data.<split>.options.*` of the visual sum task. The images are square, 2 cells a side
+    (model.tiny.vision.image_size = 2 * cell, patch_size = cell)."""
 
     digits: int = 1  # of each number (1 or 2)
     cell: int = 12  # pixels a side of the cell each digit is drawn in
@@ -67,7 +75,7 @@ class VisualTaskConfig:
         return GRID * self.cell
 
 
-def render_numbers(first: int | None, second: int | None, config: VisualTaskConfig,
+def render_numbers(first: int | None, second: int | None, config: VisualOptions,
                    drawing: int = 0) -> bytes:
     """PNG bytes of an image showing `first` above `second` (None: that row blank), one digit
     per cell (columns, shifts and colours drawn from a stream seeded with the numbers, the
@@ -107,7 +115,7 @@ def _draw_digit(draw, digit: str, left: int, top: int, scale: int, ink: tuple[in
             draw.rectangle([x, y, x + scale - 1, y + scale - 1], fill=ink)
 
 
-def visual_problem(rng: random.Random, config: VisualTaskConfig) -> SyntheticProblem:
+def visual_problem(rng: random.Random, config: VisualOptions) -> SyntheticProblem:
     """One problem: two random numbers of config.digits digits drawn in an image (one of
     DRAWINGS drawings of the pair); the reference response is their sum."""
     low, high = (0 if config.digits == 1 else 10 ** (config.digits - 1)), 10**config.digits - 1
@@ -125,12 +133,8 @@ def visual_problem(rng: random.Random, config: VisualTaskConfig) -> SyntheticPro
     return SyntheticProblem(row, answer)
 
 
-def visual_problem_maker(config: VisualTaskConfig) -> Callable[[random.Random], SyntheticProblem]:
-    return lambda rng: visual_problem(rng, config)
-
-
-def visual_warmstart_maker(config: VisualTaskConfig, exclude_prompts: set[str],
-                           read_fraction: float = 0.5) -> Callable[[random.Random], SyntheticProblem]:
+def visual_warmstart_maker(config: VisualOptions, exclude_prompts: set[str],
+                           read_fraction: float = 0.5) -> ProblemMaker:
     """The warm start's training stream: sum problems, and with read_fraction odds a reading:
     "<image>read=" of the same image -> "4+8", or (half of the readings) of an image with one of
     its numbers only -> "4" (reading the digits is what the random vision tower must learn
@@ -159,3 +163,36 @@ def visual_warmstart_maker(config: VisualTaskConfig, exclude_prompts: set[str],
         return SyntheticProblem(reading, text)
 
     return make
+
+
+@register_task
+class Visual(Task):
+    name = "synthetic_visual"
+    options = VisualOptions
+    verifier = "math"
+    row_source = VISUAL_SOURCE
+    tiny_model = "vision"
+
+    def check(self, options: VisualOptions, split: SplitRequest, key: str) -> None:
+        check_generated_size(split, key)
+        options.check(f"{key}.options")
+
+    def rows(self, options: VisualOptions, split: SplitRequest) -> list[Row]:
+        return generate_rows(lambda rng: visual_problem(rng, options),
+                             generated_size(split, self.name), split.seed, split.exclude_prompts)
+
+    def warmstart_problems(self, options: VisualOptions, exclude_prompts: set[str]) -> ProblemMaker:
+        return lambda rng: visual_problem(rng, options)
+
+    def warmstart_training(self, options: VisualOptions, exclude_prompts: set[str],
+                           problems: ProblemMaker) -> ProblemMaker:
+        """Sums, and readings of the same kind of images."""
+        return visual_warmstart_maker(options, exclude_prompts)
+
+    def warmstart_settings(self, options: VisualOptions, split: str) -> dict[str, Any]:
+        return {"visual": asdict(options)}
+
+    def check_image_size(self, options: VisualOptions, image_size: int, key: str) -> None:
+        require(options.image_size == image_size, f"{key}.options.cell",
+                f"images of {options.image_size} px, but model.tiny.vision.image_size="
+                f"{image_size}", "use 2 * cell == image_size (one digit per patch)")

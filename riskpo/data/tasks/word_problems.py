@@ -4,20 +4,25 @@ grades: "Maya has 7 shells. She finds 5 more shells. How many shells does Maya h
 Each problem is one story template filled from a seeded stream. A one-step problem is one
 operation (add, subtract, multiply, divide: every division is exact, every difference
 positive); a two-step problem chains two. Difficulty is set by the number ranges and the
-steps: `WordProblemConfig`. `word_problem_splits` gives a training and a held-out split that
-never share a prompt; `write_splits` writes them as jsonl files in the row format
-(riskpo/data/rows.py), which `data.<split>.source=jsonl` loads (conf/data/word_problems.yaml).
+steps: `WordProblemOptions` (`data.<split>.options.*`; the defaults are the SmolLM2 pilot's,
+conf/data/word_problems.yaml). The training split never repeats a held-out prompt (the loader
+excludes them). The tiny models are not warm-started on it: it is for real pretrained models.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from riskpo.data.registry import (
+    SplitRequest,
+    Task,
+    check_generated_size,
+    generated_size,
+    register_task,
+)
 from riskpo.data.rows import ANSWER_FORMATS, Row
 from riskpo.options import require
 
@@ -46,8 +51,8 @@ CONTAINERS = ("bags", "boxes", "jars", "packs", "baskets", "bowls")
 
 
 @dataclass
-class WordProblemConfig:
-    """Knobs of the word-problem task (all numbers are whole and positive)."""
+class WordProblemOptions:
+    """`data.<split>.options.*` of the word-problem task (all numbers are whole and positive)."""
 
     steps: list[int] = field(default_factory=lambda: [1])  # operations per problem: 1 and/or 2
     operations: list[str] = field(default_factory=lambda: list(OPERATIONS))  # one-step kinds
@@ -88,7 +93,7 @@ def _story(rng: random.Random) -> _Story:
     return _Story(name, they, their, friend, rng.choice(ITEMS), rng.choice(CONTAINERS))
 
 
-def _add(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, int]:
+def _add(rng: random.Random, s: _Story, c: WordProblemOptions) -> tuple[str, int]:
     a, b = rng.randint(2, c.max_number), rng.randint(2, c.max_number)
     text = rng.choice((
         f"{s.name} has {a} {s.item}. {s.They} gets {b} more {s.item}. "
@@ -101,7 +106,7 @@ def _add(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, int]
     return text, a + b
 
 
-def _subtract(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, int]:
+def _subtract(rng: random.Random, s: _Story, c: WordProblemOptions) -> tuple[str, int]:
     a = rng.randint(3, c.max_number)
     b = rng.randint(1, a - 1)
     text = rng.choice((
@@ -115,7 +120,7 @@ def _subtract(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str,
     return text, a - b
 
 
-def _multiply(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, int]:
+def _multiply(rng: random.Random, s: _Story, c: WordProblemOptions) -> tuple[str, int]:
     a, b = rng.randint(2, c.max_factor), rng.randint(2, c.max_factor)
     text = rng.choice((
         f"{s.name} buys {a} {s.container} of {s.item}. Each of the {s.container} holds {b} "
@@ -128,7 +133,7 @@ def _multiply(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str,
     return text, a * b
 
 
-def _divide(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, int]:
+def _divide(rng: random.Random, s: _Story, c: WordProblemOptions) -> tuple[str, int]:
     quotient, divisor = rng.randint(2, c.max_factor), rng.randint(2, c.max_factor)
     total = quotient * divisor
     text = rng.choice((
@@ -142,7 +147,7 @@ def _divide(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, i
     return text, total // divisor
 
 
-def _two_step(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str, int]:
+def _two_step(rng: random.Random, s: _Story, c: WordProblemOptions) -> tuple[str, int]:
     a = rng.randint(3, c.max_number)
     b, k = rng.randint(2, c.max_factor), rng.randint(2, c.max_factor)
     kind = rng.randrange(3)
@@ -159,12 +164,12 @@ def _two_step(rng: random.Random, s: _Story, c: WordProblemConfig) -> tuple[str,
             f"{s.item} to {s.friend}. How many {s.item} does {s.name} have left?", b * k - given)
 
 
-ONE_STEP: dict[str, Callable[[random.Random, _Story, WordProblemConfig], tuple[str, int]]] = {
+ONE_STEP: dict[str, Callable[[random.Random, _Story, WordProblemOptions], tuple[str, int]]] = {
     "add": _add, "subtract": _subtract, "multiply": _multiply, "divide": _divide,
 }
 
 
-def word_problem(rng: random.Random, config: WordProblemConfig) -> Row:
+def word_problem(rng: random.Random, config: WordProblemOptions) -> Row:
     """One problem as a math row: the story as its prompt, the answer as its ground truth."""
     story = _story(rng)
     steps = rng.choice(config.steps)
@@ -183,7 +188,7 @@ def word_problem(rng: random.Random, config: WordProblemConfig) -> Row:
                            "operation": operation})
 
 
-def word_problem_rows(config: WordProblemConfig, size: int, seed: int,
+def word_problem_rows(config: WordProblemOptions, size: int, seed: int,
                       exclude_prompts: set[str] | frozenset[str] = frozenset()) -> list[Row]:
     """`size` distinct problems from a seeded stream, none with a prompt in exclude_prompts."""
     rng, seen, rows = random.Random(seed), set(exclude_prompts), []
@@ -200,29 +205,17 @@ def word_problem_rows(config: WordProblemConfig, size: int, seed: int,
     return rows
 
 
-def word_problem_splits(config: WordProblemConfig, train_size: int, eval_size: int,
-                        seed: int = 0) -> tuple[list[Row], list[Row]]:
-    """Training and held-out rows; the held-out split is drawn first (seed + 1) and training
-    rows never repeat one of its prompts."""
-    eval_rows = word_problem_rows(config, eval_size, seed + 1)
-    train_rows = word_problem_rows(config, train_size, seed,
-                                   {row.prompt_key for row in eval_rows})
-    return train_rows, eval_rows
+@register_task
+class WordProblems(Task):
+    name = "synthetic_word_problems"
+    options = WordProblemOptions
+    verifier = "math"
+    row_source = WORD_PROBLEM_SOURCE
 
+    def check(self, options: WordProblemOptions, split: SplitRequest, key: str) -> None:
+        check_generated_size(split, key)
+        options.check(f"{key}.options")
 
-def write_splits(out_dir: str | Path, config: WordProblemConfig, train_size: int,
-                 eval_size: int, seed: int = 0) -> dict[str, Path]:
-    """Writes train.jsonl and eval.jsonl (and settings.json, the knobs that made them) into
-    out_dir; returns the paths by split."""
-    config.check("word_problems")
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_rows, eval_rows = word_problem_splits(config, train_size, eval_size, seed)
-    paths = {}
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        paths[split] = out_dir / f"{split}.jsonl"
-        text = "".join(json.dumps(row.to_dict()) + "\n" for row in rows)
-        paths[split].write_text(text, encoding="utf-8")
-    settings = {**asdict(config), "train_size": train_size, "eval_size": eval_size, "seed": seed}
-    (out_dir / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
-    return paths
+    def rows(self, options: WordProblemOptions, split: SplitRequest) -> list[Row]:
+        return word_problem_rows(options, generated_size(split, self.name), split.seed,
+                                 split.exclude_prompts)
