@@ -27,3 +27,27 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def throwaway_files():
+    """write(path, text): puts a file into the source tree for one test (a throwaway module in a
+    discovered package, its yaml in conf/), refusing to overwrite one; every file written, and
+    the bytecode Python caches for a module, is removed afterwards, also when the test fails.
+    The proof that a new estimator or task is one module plus one yaml."""
+    import pathlib
+
+    written: list[pathlib.Path] = []
+
+    def write(path: pathlib.Path, text: str) -> pathlib.Path:
+        if path.exists():
+            raise FileExistsError(f"{path} exists: a throwaway file never replaces one")
+        written.append(path)
+        path.write_text(text)
+        return path
+
+    yield write
+    for path in written:
+        path.unlink(missing_ok=True)
+        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
+            cached.unlink(missing_ok=True)
