@@ -15,6 +15,7 @@ new task is one module (and a conf/data/<name>.yaml) and nothing else changes.
 
 from __future__ import annotations
 
+import abc
 import difflib
 import importlib
 import pkgutil
@@ -45,7 +46,7 @@ class SplitRequest:
     exclude_prompts: frozenset[str] = frozenset()  # prompt keys of the held-out splits
 
 
-class Task:
+class Task(abc.ABC):
     """A task's declaration; a module subclasses it and registers it with @register_task.
 
     Class attributes: `name` (data.<split>.source), `options` (a dataclass whose defaults are
@@ -72,12 +73,14 @@ class Task:
         options.check(f"{key}.options")
 
     def check_splits(self, options: Mapping[str, Any], key: str) -> None:
-        """Rules across the splits of one run that use this task (options by split name)."""
+        """Rules across the splits of one run that use this task (options by split name);
+        by default there are none."""
+        return None
 
+    @abc.abstractmethod
     def rows(self, options: Any, split: SplitRequest) -> list[Row]:
         """The split's rows, checked (none whose prompt_key is in split.exclude_prompts where
         the task generates them)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ grading
 
@@ -94,8 +97,9 @@ class Task:
 
     def warmstart_problems(self, options: Any, exclude_prompts: set[str]) -> ProblemMaker:
         """The warm start's problems (each with a reference response), none of exclude_prompts;
-        the held-out problems that decide when it stops come from the same stream."""
-        raise NotImplementedError(f"task {self.name} has no warm start")
+        the held-out problems that decide when it stops come from the same stream. Every task
+        that declares a tiny_model has them (register_task checks)."""
+        raise ValueError(f"task {self.name} has no warm start (it declares no tiny_model)")
 
     def warmstart_training(self, options: Any, exclude_prompts: set[str],
                            problems: ProblemMaker) -> ProblemMaker:
@@ -113,6 +117,7 @@ class Task:
     def check_image_size(self, options: Any, image_size: int, key: str) -> None:
         """Raises ConfigError when the task's images are not image_size pixels a side (the
         tiny vision-language model's tower); a task without images has nothing to check."""
+        return None
 
     # ------------------------------------------------------------------ options
 
@@ -164,10 +169,13 @@ _discovered = False
 
 def register_task(task_class: type[Task]) -> type[Task]:
     """Registers a task (a class decorator); its declaration is checked here."""
-    task = task_class()
     name = getattr(task_class, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{task_class.__name__}: a task declares its name (data.<split>.source)")
+    try:
+        task = task_class()
+    except TypeError as error:  # an abstract method left out (rows)
+        raise ValueError(f"task {name}: {error}") from None
     if name in _TASKS:
         raise ValueError(f"task {name!r} is registered twice ({type(_TASKS[name]).__name__}, "
                          f"{task_class.__name__})")
@@ -178,6 +186,9 @@ def register_task(task_class: type[Task]) -> type[Task]:
         raise ValueError(f"task {name}: verifier must be one of {VERIFIER_KINDS} or None")
     if task.tiny_model not in (*TINY_MODELS, None):
         raise ValueError(f"task {name}: tiny_model must be one of {TINY_MODELS} or None")
+    if task.tiny_model is not None and task_class.warmstart_problems is Task.warmstart_problems:
+        raise ValueError(f"task {name}: a task the tiny {task.tiny_model} model learns declares "
+                         "its warm start's problems (warmstart_problems)")
     if task.row_source in _BY_ROW_SOURCE:
         raise ValueError(f"task {name}: task {_BY_ROW_SOURCE[task.row_source].name} already "
                          f"makes rows of data_source {task.row_source!r}")

@@ -5,6 +5,7 @@ of `champ-dataset`, graded by the math verifier on a final \\boxed{} answer). No
 
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass
 
@@ -69,13 +70,16 @@ class NoOptions:
 
 
 class _BuiltinRows(Task):
+    """A package's dataset; `size` keeps a seeded subset of it (null: all)."""
+
     options = NoOptions
 
     def check(self, options: NoOptions, split: SplitRequest, key: str) -> None:
         require(split.size is None or split.size >= 1, f"{key}.size", "must be >= 1, or null for all rows")
 
+    @abc.abstractmethod
     def all_rows(self) -> list[Row]:
-        raise NotImplementedError
+        """Every row of the package's dataset."""
 
     def rows(self, options: NoOptions, split: SplitRequest) -> list[Row]:
         return take_rows(list(_rows_of(self)), split.size, split.seed)

@@ -139,23 +139,37 @@ def test_a_row_from_a_file_is_graded_as_its_task_grades_it():
 def test_a_declaration_that_cannot_work_is_refused_at_registration():
     from riskpo.data.tasks.arithmetic import ArithmeticOptions
 
-    class Twice(Task):
-        name, options, verifier = "synthetic_arithmetic", ArithmeticOptions, "math"
+    class Rows(Task):
+        name, options, verifier = "plain", ArithmeticOptions, "math"
 
-    class Poetry(Task):
-        name, options, verifier = "poetry", ArithmeticOptions, "poetry"
+        def rows(self, options, split):
+            return []
 
-    class NoCheck(Task):
-        name, options, verifier = "plain", dict, "math"
+    class Twice(Rows):
+        name = "synthetic_arithmetic"
+
+    class Poetry(Rows):
+        verifier = "poetry"
+
+    class NoCheck(Rows):
+        options = dict
+
+    class NoWarmStart(Rows):
+        tiny_model = "text"
+
+    class NoRows(Task):
+        name, options, verifier = "plain", ArithmeticOptions, "math"
 
     tasks()  # the shipped tasks are registered
     for task_class, problem in ((Twice, "registered twice"), (Poetry, "verifier must be"),
-                                (NoCheck, "options must be a dataclass")):
+                                (NoCheck, "options must be a dataclass"),
+                                (NoWarmStart, "declares its warm start's problems"),
+                                (NoRows, "abstract method rows")):
         with pytest.raises(ValueError, match=problem):
             register_task(task_class)
     assert task_named("synthetic_arithmetic").options is ArithmeticOptions
     with pytest.raises(ConfigError):
-        task_named("poetry")
+        task_named("plain")
 
 
 def test_an_unknown_task_is_named_before_what_the_tiny_model_knows():
