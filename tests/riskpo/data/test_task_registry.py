@@ -32,7 +32,7 @@ from riskpo.options import ConfigError
 FIXTURES = Path(__file__).parent / "fixtures"
 # options that keep a task's rows small here (a task whose defaults are small needs no entry)
 SMALL_OPTIONS = {
-    "synthetic_countdown": {"validation_size": 4, "heldout_size": 4},
+    "synthetic_countdown": {"validation_size": 4, "heldout_size": 4, "num_numbers": 4},
     "jsonl": {"files": [str(FIXTURES / "math_rows.jsonl"), str(FIXTURES / "code_rows.jsonl")]},
 }
 MATH_GRADERS = ("countdown",)  # workers/verifier/ray_pool.py: what the math actors also run
@@ -65,7 +65,7 @@ def test_every_task_declares_what_it_must(task, parquet_rows):
     assert task.verifier in (*VERIFIER_KINDS, None) and task.tiny_model in (*TINY_MODELS, None)
     assert task.row_source is None or task_of_row(Row("p", task.row_source)) is task
     if task.tiny_model is not None:  # a warm start: problems with reference responses
-        problem = task.warmstart_problems(task.typed_options(None, "o"), set())(random.Random(0))
+        problem = task.warmstart_problems(options, set())(random.Random(0))
         assert problem.solved_by(problem.reference_response)
         assert task_of_row(problem.row) is task
 
