@@ -3,8 +3,9 @@
 extraction from the response's tail, length / depth / literal caps, and a small hand-written
 recursive-descent parser that evaluates integers itself (nothing is ever passed to eval).
 
-Row: {"id"?, "kind"?: "countdown", "response": str, "data_source"?,
+Row: {"id"?, "response": str, "data_source"?,
       "ground_truth": {"target": int, "numbers": [int, ...]}}   (a dict, or that dict as JSON)
+(the pool sends it rows with "kind": "math", "grader": "countdown": ray_pool.py)
 
 Where the answer is read: in the response's last `tail_chars` characters, the text after the
 last "<answer>" (up to the next "</answer>", the TinyZero convention) if there is one, else the
