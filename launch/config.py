@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launch.placement import ClusterConfig
 from riskpo.algo.config import AlgorithmConfig, check_step_shape, group_estimators
-from riskpo.algo.losses import POLICY_LOSSES
+from riskpo.algo.losses import POLICY_LOSSES, LossConfig
 from riskpo.algo.registry import estimators, estimators_with_option
 from riskpo.data.loaders import DataConfig
 from riskpo.data.registry import task_named, tiny_model_tasks
@@ -128,15 +128,19 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Registers the schema as `riskpo_schema` (conf/config.yaml lists it first in its defaults)
-    and each registered estimator's options class as `algorithm/options/<estimator>` (a preset
-    in conf/algorithm/ selects its estimator's in its defaults list)."""
+    """Registers the schema as `riskpo_schema` (conf/config.yaml lists it first in its defaults),
+    each registered estimator's options class as `algorithm/options/<estimator>` and the loss of
+    its recipe as `algorithm/loss/<estimator>` (a preset in conf/algorithm/ selects its
+    estimator's in its defaults list and states only what differs)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="riskpo_schema", node=run_schema())
     for name, estimator in estimators().items():
         store.store(group="algorithm/options", name=name, node=_open(OmegaConf.structured(estimator.options)))
+        # the loss of its recipe: a preset selects algorithm/loss=<estimator> and states the rest
+        store.store(group="algorithm/loss", name=name,
+                    node=_open(OmegaConf.structured(LossConfig(**estimator.loss))))
     for name, loss in POLICY_LOSSES.items():  # a preset selects algorithm/loss/options=<loss>
         if loss.options_class is not None:
             store.store(group="algorithm/loss/options", name=name,
@@ -145,9 +149,11 @@ def register_configs() -> None:
 
 def run_schema() -> DictConfig:
     """RunConfig as a typed node that accepts keys it does not declare (validate() refuses
-    them), with algorithm.options empty: the preset's options schema fills it."""
+    them), with algorithm.options and algorithm.loss empty: the preset's options schema and
+    recipe loss fill them (a preset that selects no loss gets its estimator's recipe)."""
     schema = OmegaConf.structured(RunConfig)
     schema.algorithm.options = None
+    schema.algorithm.loss = None
     return _open(schema)
 
 

@@ -30,16 +30,21 @@ class DynamicSamplingConfig:
 class AlgorithmConfig:
     """The estimator (`name`, a key of the registry) and its options (`options`: an instance of
     the options class it registered, e.g. RiskPOOptions; None gives its defaults), the loss
-    (`loss`) and dynamic sampling. AlgorithmConfig() is RiskPO as the ICLR paper states it."""
+    (`loss`; None gives the loss of the estimator's recipe) and dynamic sampling.
+    AlgorithmConfig() is RiskPO as the ICLR paper states it, loss included; AlgorithmConfig(
+    name="grpo") is GRPO's recipe: the runs the presets of the same names make."""
 
     name: str = "riskpo"
     options: Any = None
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig | None = None
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
 
     def __post_init__(self) -> None:
-        if self.options is None and self.name in estimators():
-            self.options = estimators()[self.name].options()
+        recipe = estimators().get(self.name)
+        if self.options is None and recipe is not None:
+            self.options = recipe.options()
+        if self.loss is None:
+            self.loss = LossConfig(**recipe.loss) if recipe is not None else LossConfig()
 
     @property
     def estimator(self) -> Estimator:

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,13 +97,15 @@ EstimatorFn = Callable[..., AdvantageResult]
 @dataclass(frozen=True)
 class Estimator:
     """A registered estimator: its name, function, options class (defaults = its recipe),
-    grouping (one of GROUPINGS) and capabilities (a subset of CAPABILITIES)."""
+    grouping (one of GROUPINGS), capabilities (a subset of CAPABILITIES) and the loss of its
+    recipe (the algorithm.loss fields that differ from LossConfig's defaults)."""
 
     name: str
     fn: EstimatorFn
     options: type
     groups: str
     capabilities: frozenset[str] = frozenset()
+    loss: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def prompts_per_group(self, options: Any) -> int:
         """How many consecutive prompts form one of its groups (the sampler keeps them whole)."""
@@ -142,9 +144,11 @@ _LOADED = False
 
 
 def register_estimator(name: str, options: type = NoOptions, groups: str = "question",
-                       capabilities: tuple[str, ...] = ()) -> Callable[[EstimatorFn], Estimator]:
+                       capabilities: tuple[str, ...] = (), loss: Mapping[str, Any] | None = None
+                       ) -> Callable[[EstimatorFn], Estimator]:
     """Register `fn(rewards, question_ids, bundle_ids, options, state, valid)` under `name`,
-    with its options dataclass (which has check(key)), grouping and capabilities."""
+    with its options dataclass (which has check(key)), grouping, capabilities and the loss of
+    its recipe (algorithm.loss fields that differ from LossConfig's defaults)."""
     if groups not in GROUPINGS:
         raise ValueError(f"estimator {name!r}: groups must be one of {GROUPINGS}, got {groups!r}")
     unknown = set(capabilities) - set(CAPABILITIES)
@@ -161,7 +165,8 @@ def register_estimator(name: str, options: type = NoOptions, groups: str = "ques
     def decorate(fn: EstimatorFn) -> Estimator:
         if name in _REGISTERED:
             raise ValueError(f"advantage estimator {name!r} registered twice")
-        _REGISTERED[name] = Estimator(name, fn, options, groups, frozenset(capabilities))
+        _REGISTERED[name] = Estimator(name, fn, options, groups, frozenset(capabilities),
+                                      dict(loss or {}))
         return _REGISTERED[name]
 
     return decorate

@@ -259,3 +259,19 @@ def test_the_vllm_engine_gets_its_settings_from_the_run_config():
     kwargs = engine_kwargs(colocated)
     assert kwargs["enforce_eager"] is False  # the default: compiled
     assert kwargs["enable_sleep_mode"] is True and kwargs["sleep_level"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(estimators()))
+def test_an_estimators_preset_is_its_python_recipe(name):
+    """algorithm=<estimator> composes to AlgorithmConfig(name=<estimator>): options and loss
+    are the recipe the estimator registers, so a notebook's AlgorithmConfig is a run someone
+    would make (and the preset states only what differs from it)."""
+    assert to_dataclass(compose_config([f"algorithm={name}"])).algorithm == AlgorithmConfig(name=name)
+
+
+def test_the_default_algorithm_is_riskpo_as_the_paper_states_it():
+    default = AlgorithmConfig()
+    assert to_dataclass(compose_config([])).algorithm == default
+    assert (default.loss.ratio, default.loss.clip_low, default.loss.clip_high,
+            default.loss.aggregation) == ("sequence", 3e-4, 4e-4, "paper_mean")
+    assert AlgorithmConfig(name="grpo").loss.aggregation == "token_mean"

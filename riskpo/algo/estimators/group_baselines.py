@@ -45,7 +45,7 @@ def _grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.T
     return AdvantageResult(advantages)
 
 
-@register_estimator("dr_grpo", NoOptions)
+@register_estimator("dr_grpo", NoOptions, loss={"aggregation": "seq_mean_token_sum"})
 def _dr_grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
              options: NoOptions, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
     """Dr.GRPO: r - group mean, no std division (pair it with seq_mean_token_sum)."""

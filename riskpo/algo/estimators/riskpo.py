@@ -258,7 +258,13 @@ def _tracked_or_nan(tracker: QuantileTracker, level: float) -> float:
     return tracker.quantile(level)
 
 
-@register_estimator("riskpo", RiskPOOptions, groups="bundle", capabilities=(LOSS_WEIGHTS,))
+# The paper's loss (docs/algorithm.md section 3a): length-normalised sequence ratios clipped to
+# GSPO's range (the paper gives none), averaged over papers.
+PAPER_LOSS = {"ratio": "sequence", "clip_low": 3e-4, "clip_high": 4e-4, "aggregation": "paper_mean"}
+
+
+@register_estimator("riskpo", RiskPOOptions, groups="bundle", capabilities=(LOSS_WEIGHTS,),
+                    loss=PAPER_LOSS)
 def _riskpo_estimator(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.Tensor,
                       options: RiskPOOptions, state: AdvantageState,
                       valid: torch.Tensor) -> AdvantageResult:
