@@ -9,6 +9,7 @@ naming the nearest declared key, or the new key of one that moved (MOVED_KEYS).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -182,9 +183,27 @@ def _output_dir(run_dir: Any, fallback: Any) -> Any:
 
 
 def _can_create_dir(path: Path) -> bool:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    """Whether Hydra's mkdir of `path` will succeed: an existing directory this user can write,
+    or a missing one that can be made. That is tried (the missing directories are made, then
+    removed again): permission bits do not show every place that refuses a directory, such as
+    /proc for root or a name that is too long."""
+    made: list[Path] = []
+    try:
+        if path.exists():
+            return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+        missing = [path]
+        while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+            missing.append(missing[-1].parent)
+        for directory in reversed(missing):
+            directory.mkdir()
+            made.append(directory)
+        return True
+    except OSError:
+        return False
+    finally:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 if not OmegaConf.has_resolver("riskpo_first_set"):

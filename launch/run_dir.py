@@ -96,6 +96,7 @@ def plan_run(run: RunConfig, resolved: dict[str, Any], run_dir: Path) -> RunPlan
     """Decides, reading only, what this command does with run_dir; raises ConfigError when the
     rules refuse it and RunFinished when a resume has nothing to train."""
     run_dir = Path(run_dir)
+    _check_lookup(run_dir)
     if run.resume == "never":
         return _fresh_run(run, run_dir)
     if run.run_dir_policy != "refuse":
@@ -117,6 +118,17 @@ def plan_run(run: RunConfig, resolved: dict[str, Any], run_dir: Path) -> RunPlan
     resumed = _resume(run, resolved, plan.run_dir, checkpoint, source)
     resumed.replaces = plan.replaces
     return resumed
+
+
+def _check_lookup(run_dir: Path) -> None:
+    """A run_dir the filesystem cannot even look up (a name too long) is refused in the line an
+    unwritable one gets (check_output_paths), before anything reads it."""
+    try:
+        run_dir.exists()
+    except OSError as error:
+        raise ConfigError("run_dir", f"cannot write the run directory at {run_dir}: "
+                          f"{error.strerror or type(error).__name__}",
+                          "choose a run_dir this user can write") from None
 
 
 def _fresh_run(run: RunConfig, run_dir: Path) -> RunPlan:

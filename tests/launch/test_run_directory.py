@@ -190,10 +190,18 @@ def _read_only_mount(path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["checkpoints_is_a_file", "plots_is_a_file", "wandb_is_a_file",
-                                  "under_a_file", "read_only"])
+                                  "under_a_file", "read_only", "parent_cannot_be_made",
+                                  "name_too_long"])
 def test_an_output_path_that_cannot_be_written_stops_before_any_actor(tmp_path, case):
+    """Also a run_dir that cannot be made at all: permission bits allow it (as they do /proc
+    for root) but mkdir fails, or a name the filesystem refuses; Hydra would make the
+    directory first and end in a traceback."""
     run_dir, overrides, named = tmp_path / "run", [], None
-    if case == "under_a_file":
+    if case == "parent_cannot_be_made":
+        run_dir = named = Path("/proc") / f"riskpo-{tmp_path.name}" / "run"
+    elif case == "name_too_long":
+        run_dir = named = tmp_path / ("x" * 300) / "run"
+    elif case == "under_a_file":
         (tmp_path / "file").write_text("")
         run_dir = named = tmp_path / "file" / "run"
     elif case == "read_only":
