@@ -15,9 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from riskpo.run.record import read_metrics
+from riskpo.run.record import PROGRESS_PHASES, read_metrics
 
-PHASES = ("generate", "verify", "advantage", "train", "sync")
 WORK = ("generate", "verify", "train", "sync")
 
 
@@ -26,7 +25,7 @@ def breakdown(run_dir: Path, skip: int = 1) -> dict[str, float]:
     rows = [row for row in read_metrics(run_dir) if row["step"] > skip]
     if not rows:
         raise SystemExit(f"{run_dir}: no steps after step {skip} in metrics.jsonl")
-    means = {phase: statistics.fmean(row[f"time/{phase}"] for row in rows) for phase in PHASES}
+    means = {phase: statistics.fmean(row[f"time/{phase}"] for row in rows) for phase in PROGRESS_PHASES}
     means["step"] = statistics.fmean(row["time/step"] for row in rows)
     means["orchestration"] = means["step"] - sum(means[p] for p in WORK)
     means["steps"] = float(len(rows))
@@ -48,7 +47,7 @@ def main() -> int:
                         "logger.plots=false", f"run_dir={run_dir}"], check=True)
     means = breakdown(run_dir)
     print(f"{run_dir}: {means['steps']:.0f} steps (the first, with start-up effects, left out)")
-    for phase in (*PHASES, "orchestration"):
+    for phase in (*PROGRESS_PHASES, "orchestration"):
         print(f"  {phase:<14} {means[phase]:8.3f} s  {100 * means[phase] / means['step']:5.1f}%")
     print(f"  {'step':<14} {means['step']:8.3f} s")
     print(f"orchestration overhead: {100 * means['orchestration'] / means['step']:.1f}% of a step "

@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from riskpo.models.tiny import build_tiny_model
 from workers.rollout import make_engine
 from workers.weight_sync import (
+    SyncGroupAddress,
     TensorSpec,
     WeightManifest,
     build_manifest,
@@ -33,7 +34,7 @@ MODEL = {"hidden_size": 768, "num_layers": 8, "num_heads": 12, "head_dim": 64, "
 def sender_main(model_path: str, port: int, manifests: list[WeightManifest], repeats: int) -> None:
     torch.set_num_threads(1)
     engine = make_engine("hf", model_path)  # the sender's copy of the weights
-    sender = make_sender(master_addr="127.0.0.1", master_port=port, world_size=2)
+    sender = make_sender(SyncGroupAddress("127.0.0.1", port, world_size=2))
     for manifest in manifests:
         for _ in range(repeats):
             sender.send(barrier_manifest(), iter([("barrier", torch.zeros(1))]))
@@ -43,7 +44,7 @@ def sender_main(model_path: str, port: int, manifests: list[WeightManifest], rep
 def receiver_main(model_path: str, port: int, manifests: list[WeightManifest], repeats: int, results) -> None:
     torch.set_num_threads(1)
     engine = make_engine("hf", model_path)
-    receiver = make_receiver(master_addr="127.0.0.1", master_port=port, rank=1, world_size=2)
+    receiver = make_receiver(SyncGroupAddress("127.0.0.1", port, world_size=2), rank=1)
     for label_index, manifest in enumerate(manifests):
         for _ in range(repeats):
             list(receiver.receive(barrier_manifest()))

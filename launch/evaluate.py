@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_model_dir(path: str) -> Path:
     """An HF directory from a HF directory, a checkpoint, or a run directory's newest checkpoint."""
-    from riskpo.loop.trainer import HF_EXPORT_SUBDIR, complete_checkpoints
+    from riskpo.run.checkpoints import HF_EXPORT_SUBDIR, complete_checkpoints
 
     candidate = Path(path).expanduser()
     if (candidate / "config.json").is_file():

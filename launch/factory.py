@@ -164,11 +164,13 @@ def connect_ray(run: RunConfig, console: Console) -> bool:
 
 @dataclass
 class RunWorkers:
-    """The three groups a Trainer calls, and their shutdown (placement groups last)."""
+    """What a Trainer calls: the three groups, the weight-sync object that ties the learner to
+    the rollout engines, and their shutdown (placement groups last)."""
 
     rollout: Any
     verifiers: Any
     learner: Any
+    weight_sync: Any
     placement_groups: list[Any] = field(default_factory=list)
 
     def shutdown(self) -> None:
@@ -212,13 +214,15 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
 
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
     """Starts the rollout, verifier and learner groups (learner last: it loads the model),
-    placed as the cluster config says (see launch/placement.py). On failure, what was started
-    is stopped again before the error propagates."""
+    placed as the cluster config says (see launch/placement.py), and the weight sync between
+    learner and engines. On failure, what was started is stopped again before the error
+    propagates."""
     from ray.util.placement_group import remove_placement_group
 
     from workers.learner.group import LearnerGroup
     from workers.rollout.group import RolloutGroup
     from workers.verifier.ray_pool import VerifierPool
+    from workers.weight_sync.sync import WeightSync
 
     c, r = run.cluster, run.rollout
     console.print(f"workers: {r.num_actors} {r.engine} rollout actor(s), "
@@ -249,4 +253,4 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
         raise
     rollout, verifiers, learner = started
     return RunWorkers(rollout=rollout, verifiers=verifiers, learner=learner,
-                      placement_groups=placement.groups)
+                      weight_sync=WeightSync(learner, rollout), placement_groups=placement.groups)

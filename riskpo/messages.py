@@ -118,6 +118,18 @@ class Completion:
     weight_version: int | None = None
 
 
+class NonFiniteSampling(RuntimeError):
+    """An engine met sampling probabilities that are not finite (inf/nan logits): the weights
+    that sampled are broken. Raised by the engines where they sample; weight_version is the
+    learner's number for those weights (stamped by the rollout actor like a Completion's; None:
+    the weights at model_path). Pickles with it, so it survives Ray's wrapping (the driver finds
+    it as RayTaskError.cause)."""
+
+    def __init__(self, message: str, weight_version: int | None = None) -> None:
+        super().__init__(message)
+        self.weight_version = weight_version
+
+
 def render_prompt(prompt: Prompt, tokenizer: Any, index: int = 0) -> list[int]:
     """Token ids of one prompt: given ids as they are, text through the tokenizer (with its
     special tokens, as vLLM does), messages through the chat template with a generation

@@ -15,26 +15,36 @@ The loop's thread owns the learner: when a generation needs the engines synced a
 restarted under it), it asks with request_sync and waits; the loop's thread runs the sync the
 next time it waits for the pipeline (in take or sync). Those samples are then newer than due;
 only a fault changes what a run trains on.
+
+RolloutPipeline keeps that order for any batch; PipelinedRollouts is the loop's rollout mode
+built on it (the RolloutSource interface of riskpo/loop/rollouts.py).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from riskpo.loop.contracts import Learner, WeightSync
+from riskpo.loop.rollouts import PhaseTimer, RolloutBatch, RolloutCollector, pipeline_depth_mismatch
+
 Batch = TypeVar("Batch")
+Result = TypeVar("Result")
 
 
 class RolloutPipeline(Generic[Batch]):
     """produce(step) makes the batch training step `step` uses; it runs on one background thread,
-    in step order, each call once the engines hold the version that step's batch is due from.
+    in step order, each call once the engines hold the version that step's batch is due from
+    (held_version(): what they hold, read under the pipeline's lock; the syncs run under it).
     last_step bounds what is made ahead (no batch for a step that will not train)."""
 
     def __init__(self, produce: Callable[[int], Batch], depth: int, last_step: int,
-                 synced_version: int = 0) -> None:
+                 held_version: Callable[[], int]) -> None:
         if depth < 1:
             raise ValueError(f"a pipeline keeps at least one batch ahead, got depth {depth}")
         self.depth, self.last_step = depth, last_step
@@ -42,11 +52,11 @@ class RolloutPipeline(Generic[Batch]):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts")
         self._pending: deque[tuple[int, Future[Batch]]] = deque()
         self._state = threading.Condition()
-        self._synced = synced_version  # the version the engines hold
+        self._held_version = held_version
         self._generated = 0  # the last step whose batch is made
         self._closed = False
         self._failed = False  # a generation raised: take() raises it, sync() stops waiting
-        self._requests: deque[tuple[Callable[[], int], Future[int]]] = deque()
+        self._requests: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
 
     def take(self, step: int) -> Batch:
         """The batch for training step `step` (waiting for it if it is still being made), after
@@ -71,14 +81,13 @@ class RolloutPipeline(Generic[Batch]):
         self._wait(lambda: self._generated >= target or self._failed)
         with self._state:
             result = action()
-            self._synced = version
             self._state.notify_all()
         return result
 
-    def request_sync(self, action: Callable[[], int]) -> int:
+    def request_sync(self, action: Callable[[], Result]) -> Result:
         """From the generating thread: has the loop's thread run `action` (a sync of the
-        learner's current weights, returning their version) and waits for it."""
-        done: Future[int] = Future()
+        learner's current weights) and waits for its result."""
+        done: Future[Result] = Future()
         with self._state:
             if self._closed:
                 raise RuntimeError("the rollout pipeline was closed")
@@ -95,9 +104,7 @@ class RolloutPipeline(Generic[Batch]):
                     return
                 action, done = self._requests.popleft()
                 try:
-                    version = action()
-                    self._synced = max(self._synced, version)
-                    done.set_result(version)
+                    done.set_result(action())
                 except BaseException as error:  # the generating thread raises it
                     done.set_exception(error)
                 self._state.notify_all()
@@ -140,7 +147,7 @@ class RolloutPipeline(Generic[Batch]):
     def _make(self, step: int) -> Batch:
         due = max(0, step - 1 - self.depth)
         with self._state:
-            self._state.wait_for(lambda: self._synced >= due or self._closed)
+            self._state.wait_for(lambda: self._held_version() >= due or self._closed)
             if self._closed:
                 raise RuntimeError("the rollout pipeline was closed")
         try:
@@ -154,3 +161,63 @@ class RolloutPipeline(Generic[Batch]):
             self._generated = step
             self._state.notify_all()
         return batch
+
+
+class PipelinedRollouts:
+    """trainer.off_policy_steps = k > 0: the batches of the next k steps are made on a
+    background thread while the learner trains (the order above); a checkpoint keeps the batches
+    made ahead, so a resumed run trains on exactly them."""
+
+    waits_on = ("wait_rollouts", "sync")
+
+    def __init__(self, collector: RolloutCollector, weights: WeightSync, learner: Learner,
+                 depth: int, last_step: int, note: Callable[[str, str], None]) -> None:
+        """note(kind, message): an event on the current step."""
+        self.weights, self.learner, self.note = weights, learner, note
+        self.pipeline: RolloutPipeline[RolloutBatch] = RolloutPipeline(
+            lambda step: collector.collect(step, self.resync), depth, last_step,
+            held_version=lambda: weights.version or 0)  # None: the weights at model_path, 0
+
+    def batch_for(self, step: int, timer: PhaseTimer) -> RolloutBatch:
+        with timer("wait_rollouts"):
+            return self.pipeline.take(step)
+
+    def after_update(self, version: int, timer: PhaseTimer) -> dict[str, float]:
+        """The engines take the new weights once the batches due from older weights are made;
+        the wait counts as wait_rollouts."""
+        seconds: list[float] = []
+
+        def sync() -> dict[str, float]:
+            begin = time.perf_counter()
+            try:
+                return self.weights.sync(version)
+            finally:
+                seconds.append(time.perf_counter() - begin)
+
+        begin = time.perf_counter()
+        metrics = self.pipeline.sync(version, sync)
+        timer.add("sync", seconds[0])
+        timer.add("wait_rollouts", time.perf_counter() - begin - seconds[0])
+        return metrics
+
+    def resync(self) -> None:
+        """From the generating thread: the loop's thread gives every engine the learner's
+        current weights."""
+        self.pipeline.request_sync(lambda: self.weights.sync(self.learner.weight_version))
+
+    def state(self) -> dict[str, Any] | None:
+        return {"depth": self.pipeline.depth, "batches": self.pipeline.drain(),
+                "generated": self.pipeline.generated}
+
+    def restore(self, saved: dict[str, Any] | None, step: int, source: Path) -> None:
+        saved_depth = 0 if saved is None else saved["depth"]
+        if saved is None or saved_depth != self.pipeline.depth:
+            raise pipeline_depth_mismatch(source, saved_depth, self.pipeline.depth)
+        self.pipeline.restore(saved["batches"], saved["generated"])
+        if len(saved["batches"]) < self.pipeline.depth and step < self.pipeline.last_step:
+            self.note("pipeline/restart", f"the checkpoint holds {len(saved['batches'])} of the "
+                      f"{self.pipeline.depth} batches made ahead (its run ended there): the next "
+                      "ones come from the restored weights, fresher than an uninterrupted run's")
+
+    def close(self) -> None:
+        self.pipeline.close()

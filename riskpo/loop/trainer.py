@@ -1,25 +1,25 @@
 """The single-controller training loop. A step is a short sequence of named phases, each a
 call into a worker group; no phase knows which engine, transport or estimator is behind it:
 
-    sample prompts -> roll out -> verify -> advantages (+ quantile tracker) -> log-probs ->
-    learn -> sync weights -> log; every K steps evaluate and checkpoint.
+    rollouts (sample prompts, roll out, verify) -> advantages -> log-probs -> learn -> sync
+    weights -> log; every K steps evaluate and checkpoint.
 
-After each step the learner's updates are checked (riskpo/run/stops.py): a run whose loss or
-gradient norm stays non-finite stops, and a model whose last update was not finite is never
-checkpointed. Checkpoints are complete or absent (riskpo/run/checkpoints.py).
+What differs between modes is chosen once, at start-up: whether rollouts are made when a step
+starts or ahead of it (riskpo/loop/rollouts.py, pipeline.py), and whether the engines give up
+their devices while the learner works (riskpo/loop/colocation.py). The weight-sync object owns
+the version the engines hold (riskpo/loop/contracts.py). A checkpoint's contents and the stop
+policy for training that is no longer finite live in riskpo/run/.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from riskpo.algo.config import AlgorithmConfig
@@ -28,34 +28,26 @@ from riskpo.batch import TrainBatch
 from riskpo.data.loaders import DataConfig
 from riskpo.data.rows import Row
 from riskpo.data.sampler import PromptSampler
+from riskpo.loop.colocation import device_sharing
+from riskpo.loop.contracts import Workers
 from riskpo.loop.evaluation import evaluate
-from riskpo.loop.pipeline import RolloutPipeline
-from riskpo.loop.rollouts import PhaseTimer, RolloutBatch, RolloutCollector, Rollouts, staleness
-from riskpo.messages import Completion, SamplingConfig
+from riskpo.loop.pipeline import PipelinedRollouts
+from riskpo.loop.rollouts import (
+    InlineRollouts,
+    PhaseTimer,
+    RolloutBatch,
+    RolloutCollector,
+    Rollouts,
+    RolloutSource,
+    staleness,
+)
+from riskpo.messages import SamplingConfig
 from riskpo.options import require
-from riskpo.run.checkpoints import (
-    COMPLETE_MARKER,
-    HF_EXPORT_SUBDIR,
-    checkpoint_meta,
-    complete_checkpoints,
-    last_complete_checkpoint,
-    remove_checkpoints_after,
-    write_checkpoint,
-)
+from riskpo.run.checkpoints import DriverState, RunCheckpoints, RunClock, capture_rng, restore_rng
 from riskpo.run.record import RunLogger
-from riskpo.run.stops import (
-    NonFiniteTraining,
-    UpdateHealth,
-    checkpoint_note,
-    error_line,
-    mentions_non_finite,
-)
+from riskpo.run.stops import StopPolicy
 
-__all__ = ["COMPLETE_MARKER", "HF_EXPORT_SUBDIR", "Trainer", "TrainerConfig", "checkpoint_meta",
-           "complete_checkpoints"]
-# the worker groups' share of a step, as the loop's thread waits on them
-PHASES = ("generate", "verify", "logprobs", "train", "sync", "sleep", "wake")
-PIPELINED_PHASES = ("wait_rollouts", "logprobs", "train", "sync")  # generation is in the background
+LEARNER_PHASES = ("logprobs", "train")  # the learner's share of a step, as the loop waits on it
 
 
 @dataclass
@@ -96,40 +88,6 @@ class TrainingRun(Protocol):
     rollout: SamplingConfig
 
 
-class RolloutWorkers(Protocol):
-    def generate(self, prompts: Sequence[Any], params: Any) -> list[list[Completion]]: ...
-    def weight_versions(self) -> list[int | None]: ...
-    def metrics(self) -> dict[str, float]: ...
-    def drain_events(self) -> list[dict[str, Any]]: ...
-    def sleep(self) -> None: ...  # colocated: frees the accelerator for the learner
-    def wake_up(self) -> None: ...
-
-
-class VerifierWorkers(Protocol):
-    def verify_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
-    def drain_events(self) -> list[dict[str, Any]]: ...
-
-
-class Learner(Protocol):
-    def compute_logprobs(self, batch: TrainBatch) -> dict[str, float]: ...
-    def train_step(self, batch: TrainBatch) -> dict[str, float]: ...
-    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]: ...
-    def save(self, path: str, extra: dict[str, Any] | None = None) -> None: ...
-    def load(self, path: str) -> dict[str, Any]: ...
-    def export_hf(self, path: str) -> None: ...
-    @property
-    def weight_version(self) -> int: ...
-
-
-@dataclass
-class Workers:
-    """The worker groups the loop calls; built by launch/factory.py from the run config."""
-
-    rollout: RolloutWorkers
-    verifiers: VerifierWorkers
-    learner: Learner
-
-
 def prompts_per_step(algorithm: AlgorithmConfig, prompts: int) -> int:
     """The prompts a step really uses: with drop_last_bundle, whole estimator groups only."""
     size = algorithm.prompts_per_group()
@@ -155,172 +113,103 @@ def describe_step_shape(algorithm: AlgorithmConfig, trainer: TrainerConfig) -> s
 
 
 class Trainer:
+    """fit() runs the steps with their evaluations and checkpoints; train_step() is one step."""
+
     def __init__(self, run: TrainingRun, workers: Workers, train_rows: Sequence[Row],
                  eval_rows: Sequence[Row], logger: RunLogger, run_dir: Path,
                  checkpoint_bytes: int = 0, colocate: bool = False) -> None:
         """checkpoint_bytes: about what the first checkpoint takes (later ones: the last).
         colocate: the engines share the learner's devices, so they sleep while it works."""
-        self.run, self.workers, self.logger, self.run_dir = run, workers, logger, Path(run_dir)
-        self.eval_rows, self.colocate = list(eval_rows), colocate
-        self.sampler = PromptSampler(
-            train_rows, prompts_per_step(run.algorithm, run.trainer.prompts_per_step),
-            shuffle=run.data.shuffle, seed=run.seed)
+        self.run, self.workers, self.logger, self.eval_rows = run, workers, logger, list(eval_rows)
+        t = run.trainer
+        self.sampler = PromptSampler(train_rows, prompts_per_step(run.algorithm, t.prompts_per_step),
+                                     shuffle=run.data.shuffle, seed=run.seed)
         self.estimator = get_advantage_estimator(run.algorithm.name)
         self.advantage_state = AdvantageState(seed=run.seed)
-        # weight versions count the learner's updates: the engines hold engine_version (None:
-        # the weights at model_path, never synced), the learner learner_version
-        self.engine_version: int | None = None
-        self.learner_version = 0
-        self.pipeline: RolloutPipeline[RolloutBatch] | None = None
-        self._restored_batches: tuple[list[tuple[int, RolloutBatch]], int] | None = None
-        self.collector = RolloutCollector(
-            run.algorithm, run.data, run.rollout, run.seed, run.trainer.samples_per_prompt,
-            self.sampler, workers.rollout, workers.verifiers, lambda: self.engine_version,
-            self._resync)
-        self.step = 0
-        self.initial_eval: dict[str, float] = {}
-        self.wall_s_before = 0.0  # wall time of the run before a resume (kept in checkpoints)
-        self._fit_started: float | None = None
-        self.checkpoint_bytes = checkpoint_bytes
-        self.health = UpdateHealth(run.trainer.max_skipped_updates)
-
-    @property
-    def wall_s(self) -> float:
-        """Seconds the run has trained, across resumes."""
-        since = 0.0 if self._fit_started is None else time.perf_counter() - self._fit_started
-        return self.wall_s_before + since
-
-    # ------------------------------------------------------------------ the loop
+        self.step, self.initial_eval, self.clock = 0, {}, RunClock()
+        self.checkpoints = RunCheckpoints(Path(run_dir), t.keep_checkpoints, checkpoint_bytes)
+        self.stops = StopPolicy(t.max_skipped_updates, self.checkpoints)
+        collector = RolloutCollector(run.algorithm, run.data, run.rollout, run.seed, t.samples_per_prompt,
+                                     self.sampler, workers.rollout, workers.verifiers, workers.weight_sync)
+        self.rollouts: RolloutSource = (
+            PipelinedRollouts(collector, workers.weight_sync, workers.learner, t.off_policy_steps,
+                              t.total_steps, self._note) if t.off_policy_steps else
+            InlineRollouts(collector, workers.weight_sync, workers.learner, self._note))
+        self.devices = device_sharing(colocate, workers.rollout)
 
     def fit(self) -> dict[str, Any]:
-        """Trains for trainer.total_steps (from the resumed step), evaluating and saving on the
-        configured steps; returns the summary written to summary.json. Raises RunStopped
-        (riskpo/run/stops.py) when training stops being finite or the disk fills up."""
-        self._fit_started = time.perf_counter()
+        """Trains from the current step to trainer.total_steps, evaluating and saving on their
+        cadence; returns the summary written to summary.json. Raises RunStopped (riskpo/run/
+        stops.py) when training stops being finite or the disk fills up: an engine's
+        NonFiniteSampling stops the run wherever it surfaces (a step's rollouts, an evaluation,
+        the batches made ahead that a checkpoint waits for); any other error propagates."""
+        self.clock.start()
         if self.step == 0 and self.run.trainer.eval_before_training:
             self.initial_eval = self.evaluate()
             self.logger.console.print(f"[bold]before RL[/]: {_format_eval(self.initial_eval)}")
-        self._open_pipeline()
         try:
             final = self._train_until_done()
+        except Exception as error:
+            stop = self.stops.sampling_stop(error, self.step)
+            if stop is not None:
+                raise stop from error
+            raise
         finally:
-            self._close_pipeline()
+            self.rollouts.close()
         self.logger.console.print(f"[bold]after RL[/]: {_format_eval(final)}")
-        wall_s = self.wall_s
+        wall_s = self.clock.seconds
         self.logger.write_summary(self.initial_eval, final, self.step, wall_s,
                                   algorithm=self.run.algorithm.name, seed=self.run.seed)
         return {"initial": self.initial_eval, "final": final, "steps": self.step, "wall_s": wall_s}
 
     def _train_until_done(self) -> dict[str, float]:
         """The steps, their evaluations and checkpoints; returns the final evaluation."""
-        t = self.run.trainer
+        cadence = self.run.trainer
         last_eval: dict[str, float] = {}
-        save_due = False
-        while self.step < t.total_steps:
+        save_pending = False  # a scheduled save waits for a step whose updates were finite
+        while self.step < cadence.total_steps:
             self.step += 1
             metrics, healthy = self.checked_train_step()
-            last_eval = {}
-            stopping = self.health.must_stop()
-            if not stopping and (t.eval_every and self.step % t.eval_every == 0
-                                 or self.step == t.total_steps):
-                last_eval = self.evaluate()
-                metrics.update(last_eval)
-            self.logger.log_step(metrics)
+            stopping = self.stops.must_stop()
+            last_eval = self.evaluate() if not stopping and self._due(cadence.eval_every) else {}
+            self.logger.log_step({**metrics, **last_eval})
             if stopping:
-                raise self.non_finite_stop(self.health.problem(), self.health.first_bad_step)
-            scheduled = bool(t.save_every and self.step % t.save_every == 0
-                             or self.step == t.total_steps)
-            if save_due or scheduled:
-                save_due = not self._save_if_healthy(healthy, say_so=scheduled)
+                raise self.stops.updates_stop(self.step)
+            if save_pending or self._due(cadence.save_every):
+                save_pending = not self._save_if_healthy(healthy, self._due(cadence.save_every))
         return last_eval or self.evaluate()
 
-    def _open_pipeline(self) -> None:
-        """With trainer.off_policy_steps = k > 0, generation runs ahead on a background thread
-        (riskpo/loop/pipeline.py), starting from the batches a checkpoint saved, if any."""
-        depth = self.run.trainer.off_policy_steps
-        if depth == 0:
-            return
-        self.pipeline = RolloutPipeline(self.collector.collect, depth, self.run.trainer.total_steps,
-                                        synced_version=self.learner_version)
-        if self._restored_batches is not None:
-            self.pipeline.restore(*self._restored_batches)
-            self._restored_batches = None
-
-    def _close_pipeline(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
-            self.pipeline = None
-
     def checked_train_step(self) -> tuple[dict[str, float], bool]:
-        """train_step, then the check of its updates: returns (metrics, healthy). The first of a
-        streak of non-finite updates is an event; a policy that samples from non-finite
-        probabilities stops the run at once."""
-        try:
-            metrics = self.train_step()
-        except Exception as error:
-            if mentions_non_finite(error):
-                raise self.non_finite_stop(f"the policy's sampling probabilities are not finite "
-                                           f"({error_line(error)})", self.step) from error
-            raise
-        healthy, news = self.health.observe(metrics)
-        metrics.pop("actor/trailing_skipped_updates", None)
+        """train_step, then the stop policy's look at its updates: returns (metrics, healthy).
+        The first of a streak of non-finite updates is an event."""
+        metrics = self.train_step()
+        healthy, news = self.stops.observe(metrics)
         if news:
             self.logger.event("train/non_finite", news, step=self.step)
         return metrics, healthy
 
-    def non_finite_stop(self, problem: str, first_bad_step: int) -> NonFiniteTraining:
-        """The stop for training that went non-finite at first_bad_step: the weights it started
-        from (trained up to the step before) are broken, so their checkpoints are removed and
-        the newest one before them is named as the last good one."""
-        removed = remove_checkpoints_after(self.run_dir, first_bad_step - 2)
-        note = (f"; removed {', '.join(path.name for path in removed)} (the weights that went "
-                "non-finite)" if removed else "")
-        return NonFiniteTraining(
-            f"training stopped at step {self.step}: {problem}{note}; last good checkpoint: "
-            f"{checkpoint_note(last_complete_checkpoint(self.run_dir))}", self.step)
-
-    def _save_if_healthy(self, healthy: bool, say_so: bool = True) -> bool:
-        """Saves unless the step's updates were not finite (then the next healthy step saves;
-        say_so: an event says it)."""
-        if healthy:
-            self.save_checkpoint()
-            return True
-        if say_so:
-            self.logger.event("checkpoint/deferred", "not saving a model whose last update was "
-                              "not finite; the next step with finite updates saves", step=self.step)
-        return False
-
     def train_step(self) -> dict[str, float]:
-        """One step: its batch of rollouts (made now, or taken from the pipeline), advantages,
-        log-probs, the learner's update, and the engines' new weights."""
-        timer = PhaseTimer()
-        step_start = time.perf_counter()
-        learner = self.workers.learner
-        made = self._rollout_batch(timer)
-        for phase, seconds in made.seconds.items():
-            timer.add(phase, seconds)
-        if self.colocate:
-            with timer("sleep"):
-                self.workers.rollout.sleep()  # the learner's phases have the devices
-        with timer("advantage"):
-            batch, advantage_metrics = self.compute_advantages(made.rollouts)
-        with timer("logprobs"):
-            learner_metrics = learner.compute_logprobs(batch)
-        with timer("train"):
-            learner_metrics.update(learner.train_step(batch))
-        self.learner_version = self.step
-        if self.colocate:
-            with timer("wake"):
-                self.workers.rollout.wake_up()
-        sync_metrics = self._sync_after_step(timer)
+        """One step: its rollouts (made now or ahead), advantages, log-probs, the learner's
+        update, the engines' new weights."""
+        timer, started, learner = PhaseTimer(), time.perf_counter(), self.workers.learner
+        made = self._take_rollouts(timer)
+        with self.devices.learner_turn(timer):
+            with timer("advantage"):
+                batch, advantage_metrics = self.compute_advantages(made.rollouts)
+            with timer("logprobs"):
+                learner_metrics = learner.compute_logprobs(batch)
+            with timer("train"):
+                learner_metrics.update(learner.train_step(batch))
+        sync_metrics = self.rollouts.after_update(learner.weight_version, timer)
         metrics: dict[str, float] = {"step": self.step, **made.metrics, **advantage_metrics,
                                      **staleness(made.rollouts, self.step - 1)}
         metrics.update({f"actor/{key}": value for key, value in learner_metrics.items()})
         metrics.update(sync_metrics)
         metrics.update({f"time/{phase}": seconds for phase, seconds in timer.seconds.items()})
-        metrics["time/step"] = time.perf_counter() - step_start
-        phases = sum(timer.seconds.get(p, 0.0) for p in (PIPELINED_PHASES if self.pipeline else PHASES))
-        metrics["time/orchestration_fraction"] = 1.0 - phases / metrics["time/step"]
+        metrics["time/step"] = time.perf_counter() - started
+        waited = (*self.rollouts.waits_on, *LEARNER_PHASES, *self.devices.phases)
+        metrics["time/orchestration_fraction"] = 1.0 - sum(
+            timer.seconds.get(phase, 0.0) for phase in waited) / metrics["time/step"]
         metrics.update(self._worker_events())
         if metrics["train/masked_samples"]:
             self.logger.event("verifier/masked", f"{metrics['train/masked_samples']:.0f} samples had "
@@ -328,68 +217,16 @@ class Trainer:
                               step=self.step)
         return metrics
 
-    # ------------------------------------------------------------------ phases
-
-    def _rollout_batch(self, timer: PhaseTimer) -> RolloutBatch:
-        """This step's rollouts: made now, or (pipelined) taken from the ones made ahead; the
-        rows it drew and what making it had to say are logged on this step."""
-        if self.pipeline is None:
-            with timer("sync"):
-                self.ensure_rollout_weights()
-            made = self.collector.collect(self.step)
-        else:
-            with timer("wait_rollouts"):
-                made = self.pipeline.take(self.step)
+    def _take_rollouts(self, timer: PhaseTimer) -> RolloutBatch:
+        """This step's rollouts; the rows it drew, what making it had to say and its phase
+        times are recorded on this step."""
+        made = self.rollouts.batch_for(self.step, timer)
         self.logger.log_prompts(self.step, made.epoch, made.rollouts.row_indices, made.dropped)
         for kind, message in made.events:
-            self.logger.event(kind, message, step=self.step)
+            self._note(kind, message)
+        for phase, seconds in made.seconds.items():
+            timer.add(phase, seconds)
         return made
-
-    def _sync_after_step(self, timer: PhaseTimer) -> dict[str, float]:
-        """The engines take the weights of this step (pipelined: once the batches due from
-        older weights are made; the wait counts as wait_rollouts)."""
-        if self.pipeline is None:
-            with timer("sync"):
-                return self._sync_engines()
-        seconds: list[float] = []
-
-        def sync() -> dict[str, float]:
-            begin = time.perf_counter()
-            try:
-                return self._sync_engines()
-            finally:
-                seconds.append(time.perf_counter() - begin)
-
-        begin = time.perf_counter()
-        metrics = self.pipeline.sync(self.step, sync)
-        timer.add("sync", seconds[0])
-        timer.add("wait_rollouts", time.perf_counter() - begin - seconds[0])
-        return metrics
-
-    def _sync_engines(self) -> dict[str, float]:
-        """Gives the rollout engines the learner's current weights, numbered by its updates."""
-        metrics = self.workers.learner.sync_weights(self.workers.rollout, version=self.learner_version)
-        self.engine_version = self.learner_version
-        return metrics
-
-    def _resync(self) -> None:
-        """What the collector asks for when a completion came from other weights than the
-        engines should hold: a sync of the learner's current weights (pipelined: run by the
-        loop's thread, which owns the learner)."""
-        if self.pipeline is None:
-            self._sync_engines()
-        else:
-            self.pipeline.request_sync(lambda: (self._sync_engines(), self.learner_version)[1])
-
-    def ensure_rollout_weights(self) -> None:
-        """Every rollout engine must hold the weights it was last given: an engine that came
-        back from a restart holds the ones at model_path and is re-synced."""
-        versions = self.workers.rollout.weight_versions()
-        if any(version != self.engine_version for version in versions):
-            self.logger.event("rollout/resync", f"engine weight versions {versions}, expected "
-                              f"{self.engine_version} (an actor restarted): syncing weights again "
-                              "before rolling out", step=self.step)
-            self._sync_engines()
 
     def compute_advantages(self, rollouts: Rollouts) -> tuple[TrainBatch, dict[str, float]]:
         """Rewards -> advantages with the configured estimator (which groups the responses
@@ -399,19 +236,7 @@ class Trainer:
         question_ids = torch.arange(len(verdicts)).repeat_interleave(verdicts.rewards.shape[1])
         result = self.estimator(rewards, question_ids, None, self.run.algorithm.options,
                                 self.advantage_state, valid)
-        samples = [s for per_prompt in rollouts.completions for s in per_prompt]
-        # image rows: every sample of a prompt shares the prompt's list of encoded images
-        row_images = [list(row.images) for row in rollouts.rows]
-        images = [row_images[p] for p, per_prompt in enumerate(rollouts.completions)
-                  for _ in per_prompt] if any(row_images) else None
-        batch = TrainBatch(
-            prompt_ids=[s.prompt_token_ids for s in samples],
-            response_ids=[s.token_ids for s in samples],
-            rollout_logprobs=[s.logprobs for s in samples],
-            advantages=result.advantages.float(),
-            loss_mask=valid & torch.tensor([len(s.token_ids) > 0 for s in samples]),
-            loss_weights=result.loss_weights, images=images)
-        return batch, result.metrics
+        return rollouts.train_batch(result.advantages.float(), result.loss_weights), result.metrics
 
     def _worker_events(self) -> dict[str, float]:
         """Faults the worker groups recovered from this step, as events and metrics."""
@@ -424,8 +249,6 @@ class Trainer:
                 counts[f"faults/{name}_{kind}"] = counts.get(f"faults/{name}_{kind}", 0.0) + 1.0
         return counts
 
-    # ------------------------------------------------------------------ evaluation
-
     def evaluate(self) -> dict[str, float]:
         start = time.perf_counter()
         metrics = evaluate(self.workers.rollout, self.workers.verifiers, self.eval_rows,
@@ -433,53 +256,43 @@ class Trainer:
         metrics["time/eval"] = time.perf_counter() - start
         return metrics
 
-    # ------------------------------------------------------------------ checkpoints
+    def _due(self, every: int) -> bool:
+        """Whether a cadence of `every` steps (0: none) falls on this step; the last step always."""
+        return bool(every and self.step % every == 0) or self.step == self.run.trainer.total_steps
+
+    def _save_if_healthy(self, healthy: bool, scheduled: bool) -> bool:
+        """Saves unless the step's updates were not finite (then the next healthy step saves;
+        on a scheduled step an event says so). Returns whether it saved."""
+        if healthy:
+            self.save_checkpoint()
+        elif scheduled:
+            self.logger.event("checkpoint/deferred", "not saving a model whose last update was "
+                              "not finite; the next step with finite updates saves", step=self.step)
+        return healthy
 
     def save_checkpoint(self) -> Path:
         """A complete checkpoint of the learner and the driver's state (riskpo/run/checkpoints.py
         checks the space first and removes a save cut short)."""
-        extra = {
-            "step": self.step,
-            "sampler": self.sampler.state_dict(),
-            "advantage_state": self.advantage_state.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state()},
-            "initial_eval": self.initial_eval,
-            "wandb_run_id": self.logger.wandb_run_id,
-            "wall_s": self.wall_s,
-        }
-        if self.pipeline is not None:  # the batches made ahead are trained on after a resume
-            extra["pipeline"] = {"depth": self.pipeline.depth, "batches": self.pipeline.drain(),
-                                 "generated": self.pipeline.generated}
-        return write_checkpoint(self.run_dir, self.workers.learner, extra,
-                                self.run.trainer.keep_checkpoints, self.checkpoint_bytes)
+        state = DriverState(step=self.step, sampler=self.sampler.state_dict(),
+                            advantage_state=self.advantage_state.state_dict(), rng=capture_rng(),
+                            initial_eval=self.initial_eval, wandb_run_id=self.logger.wandb_run_id,
+                            wall_s=self.clock.seconds, rollouts=self.rollouts.state())
+        return self.checkpoints.save(self.workers.learner, state)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restores learner, optimizer, sampler, RNG, quantile tracker, the run's wall time and
         the batches made ahead, then pushes the restored weights to the rollout engines."""
-        extra = self.workers.learner.load(str(path))
-        pipelined = extra.get("pipeline") or {"depth": 0}
-        if pipelined["depth"] != self.run.trainer.off_policy_steps:
-            raise ValueError(f"{path} was saved with trainer.off_policy_steps={pipelined['depth']}, "
-                             f"this run has {self.run.trainer.off_policy_steps}: resume with "
-                             f"trainer.off_policy_steps={pipelined['depth']}")
-        self.step = self.learner_version = int(extra["step"])
-        if pipelined["depth"]:
-            self._restored_batches = (pipelined["batches"], pipelined["generated"])
-            if len(pipelined["batches"]) < pipelined["depth"] and self.step < self.run.trainer.total_steps:
-                self.logger.event("pipeline/restart", f"the checkpoint holds "
-                                  f"{len(pipelined['batches'])} of the {pipelined['depth']} batches "
-                                  "made ahead (its run ended there): the next ones come from the "
-                                  "restored weights, fresher than an uninterrupted run's",
-                                  step=self.step)
-        self.sampler.load_state_dict(extra["sampler"])
-        self.advantage_state.load_state_dict(extra["advantage_state"])
-        random.setstate(extra["rng"]["python"])
-        np.random.set_state(extra["rng"]["numpy"])
-        torch.set_rng_state(extra["rng"]["torch"])
-        self.initial_eval = dict(extra.get("initial_eval") or {})
-        self.wall_s_before = float(extra.get("wall_s", 0.0))
-        self._sync_engines()
+        state = self.checkpoints.load(self.workers.learner, path)
+        self.step = state.step
+        self.rollouts.restore(state.rollouts, state.step, path)
+        self.sampler.load_state_dict(state.sampler)
+        self.advantage_state.load_state_dict(state.advantage_state)
+        restore_rng(state.rng)
+        self.initial_eval, self.clock = state.initial_eval, RunClock(state.wall_s)
+        self.workers.weight_sync.sync(self.workers.learner.weight_version)
+
+    def _note(self, kind: str, message: str) -> None:
+        self.logger.event(kind, message, step=self.step)
 
 
 def _format_eval(metrics: dict[str, float]) -> str:

@@ -1,16 +1,24 @@
-"""A run's checkpoints on disk: where they go, which are complete, what they hold for the driver,
-and the space the next one needs. A checkpoint is complete once its COMPLETE marker exists
-(written last); one cut short is removed, and the free space a checkpoint needs is checked
-before writing it, so a full disk stops the run with the last complete checkpoint intact.
+"""A run's checkpoints on disk: where they go, which are complete, what they hold for the driver
+(DriverState: step, sampler, advantage state, RNG, initial evaluation, wall time, the batches
+made ahead), and the space the next one needs. A checkpoint is complete once its COMPLETE
+marker exists (written last); one cut short is removed, and the free space a checkpoint needs
+is checked before writing it, so a full disk stops the run with the last complete checkpoint
+intact.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import random
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+import torch
 
 from riskpo.run.stops import NoSpaceLeft, checkpoint_note, error_line
 
@@ -26,10 +34,98 @@ SPACE_MARGIN = 1.05  # times the estimate, plus 1 MiB: the next checkpoint may b
 
 
 class CheckpointWriter(Protocol):
-    """The learner's part in a checkpoint (riskpo.loop.trainer.Learner has it)."""
+    """The learner's part in a checkpoint (riskpo.loop.contracts.Learner has it)."""
 
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None: ...
     def export_hf(self, path: str) -> None: ...
+
+
+class CheckpointLearner(CheckpointWriter, Protocol):
+    def load(self, path: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class DriverState:
+    """What the driver keeps in a checkpoint beside the learner's state, to continue the run
+    exactly: the step, the sampler's position, the advantage estimator's state (RiskPO's
+    quantile tracker), the RNG states, the evaluation before training, the wandb run, the wall
+    time so far, and what the rollout mode made ahead (None when nothing)."""
+
+    step: int
+    sampler: dict[str, Any]
+    advantage_state: dict[str, Any]
+    rng: dict[str, Any]
+    initial_eval: dict[str, float]
+    wandb_run_id: str | None
+    wall_s: float
+    rollouts: dict[str, Any] | None = None
+
+    def to_extra(self) -> dict[str, Any]:
+        """The learner checkpoint's `extra` (driver_meta.json holds step, wall_s, wandb_run_id)."""
+        extra = {"step": self.step, "sampler": self.sampler, "advantage_state": self.advantage_state,
+                 "rng": self.rng, "initial_eval": self.initial_eval,
+                 "wandb_run_id": self.wandb_run_id, "wall_s": self.wall_s}
+        if self.rollouts is not None:
+            extra["pipeline"] = self.rollouts
+        return extra
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> DriverState:
+        return cls(step=int(extra["step"]), sampler=extra["sampler"],
+                   advantage_state=extra["advantage_state"], rng=extra["rng"],
+                   initial_eval=dict(extra.get("initial_eval") or {}),
+                   wandb_run_id=extra.get("wandb_run_id"), wall_s=float(extra.get("wall_s", 0.0)),
+                   rollouts=extra.get("pipeline"))
+
+
+def capture_rng() -> dict[str, Any]:
+    """The driver process's RNG states (python, numpy, torch)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class RunClock:
+    """Seconds the run has trained, across resumes: the time before (kept in checkpoints) plus
+    the time since start()."""
+
+    def __init__(self, before_s: float = 0.0) -> None:
+        self.before_s = before_s
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        since = 0.0 if self._started is None else time.perf_counter() - self._started
+        return self.before_s + since
+
+
+class RunCheckpoints:
+    """The checkpoints of one run directory: the next save (keeping the newest `keep`; the first
+    needs about `first_estimate` bytes), a resume's load, the removal of the weights that went
+    bad, and the newest complete one."""
+
+    def __init__(self, run_dir: Path, keep: int, first_estimate: int) -> None:
+        self.run_dir, self.keep, self.first_estimate = Path(run_dir), keep, first_estimate
+
+    def save(self, learner: CheckpointWriter, state: DriverState) -> Path:
+        return write_checkpoint(self.run_dir, learner, state.to_extra(), self.keep, self.first_estimate)
+
+    def load(self, learner: CheckpointLearner, path: Path) -> DriverState:
+        return DriverState.from_extra(learner.load(str(path)))
+
+    def remove_from(self, step: int) -> list[Path]:
+        """Removes the checkpoints of `step` and later (and incomplete ones); returns them."""
+        return remove_checkpoints_after(self.run_dir, step - 1)
+
+    def last_complete(self) -> Path | None:
+        return last_complete_checkpoint(self.run_dir)
 
 
 def write_checkpoint(run_dir: Path, learner: CheckpointWriter, extra: dict[str, Any],

@@ -34,11 +34,10 @@ SUMMARY_FILE = "summary.json"
 WANDB_SUBDIR = "wandb"
 PLOTS_SUBDIR = "plots"
 STEP_FILES = (METRICS_FILE, PROMPTS_FILE)  # one row per step: a resume drops the rows after its step
-REQUIRED_STEP_KEYS = (
-    "step", "train/reward_mean", "actor/entropy", "time/step", "time/generate", "time/verify",
-    "time/advantage", "time/train", "time/sync",
-)
-PHASES = ("generate", "verify", "advantage", "train", "sync")
+# the phase times (time/<phase>) the progress line shows; every step records them
+PROGRESS_PHASES = ("generate", "verify", "advantage", "train", "sync")
+REQUIRED_STEP_KEYS = ("step", "train/reward_mean", "actor/entropy", "time/step",
+                      *(f"time/{phase}" for phase in PROGRESS_PHASES))
 
 
 BACKENDS = ("wandb", "none")
@@ -245,7 +244,7 @@ def format_step(row: Mapping[str, Any]) -> str:
               if key.startswith("eval/avg@") and value is not None]
     if row.get("actor/entropy") is not None:
         parts.append(f"entropy {row['actor/entropy']:.3f}")
-    times = [f"{phase[:3]} {row[f'time/{phase}']:.2f}" for phase in PHASES
+    times = [f"{phase[:3]} {row[f'time/{phase}']:.2f}" for phase in PROGRESS_PHASES
              if row.get(f"time/{phase}") is not None]
     if row.get("time/step") is not None:
         times.append(f"step {row['time/step']:.2f}s")

@@ -1,5 +1,7 @@
-"""Why a run stops before its last step, and the watch over the learner's updates that decides
-when training that is no longer finite must stop.
+"""Why a run stops before its last step, and the stop policy for training that is no longer
+finite: the watch over the learner's updates (UpdateHealth), the policy that samples from
+non-finite probabilities (the engines' typed NonFiniteSampling), and which checkpoints go with
+the weights that broke.
 
 A stop is an exception carrying one line for the user and the process exit status
 (launch/train.py prints the line, no traceback): 1 for a failure (non-finite training, a full
@@ -9,16 +11,17 @@ disk, a step that failed), 130/143 for an interrupt (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import math
-import re
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+from riskpo.messages import NonFiniteSampling
 
 FAILED = 1  # exit status of a run stopped by a failure
 INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
 NON_FINITE_METRICS = ("actor/loss", "actor/grad_norm")  # checked after every step
-_NON_FINITE_WORDS = re.compile(r"\b(nan|inf)\b|non-finite|not finite", re.IGNORECASE)
 
 
 class RunStopped(RuntimeError):
@@ -66,10 +69,14 @@ def is_finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def mentions_non_finite(error: BaseException) -> bool:
-    """Whether an error says a tensor held inf/nan (torch's sampling check does, for one)."""
-    cause = getattr(error, "cause", None) or error  # a Ray task error carries the actor's
-    return bool(_NON_FINITE_WORDS.search(str(cause).split("\n", 1)[0]))
+def non_finite_sampling(error: BaseException) -> NonFiniteSampling | None:
+    """The engines' NonFiniteSampling behind an error: itself, or the actor's error a Ray task
+    error carries (its `cause`); None for any other error, whatever its message says."""
+    cause = getattr(error, "cause", None)
+    for candidate in (cause, error):
+        if isinstance(candidate, NonFiniteSampling):
+            return candidate
+    return None
 
 
 def error_line(error: BaseException) -> str:
@@ -119,3 +126,57 @@ class UpdateHealth:
         """What went wrong, for the stop line: the metric, how long, since when."""
         return (f"{' and '.join(self.metrics_seen)} not finite for {self.consecutive} consecutive "
                 f"updates since step {self.first_bad_step} (skipped)")
+
+
+class CheckpointShelf(Protocol):
+    """The run's checkpoints as the stop policy sees them (riskpo.run.checkpoints.RunCheckpoints)."""
+
+    def remove_from(self, step: int) -> list[Path]: ...
+    def last_complete(self) -> Path | None: ...
+
+
+class StopPolicy:
+    """When training that is no longer finite stops the run, and what that stop keeps. Updates:
+    trainer.max_skipped_updates bad ones in a row (UpdateHealth). Sampling: at once, when an
+    engine raises NonFiniteSampling. Either way the weights that broke are known, and their
+    checkpoints (and every later one) are removed; the newest before them is the last good one."""
+
+    def __init__(self, max_skipped_updates: int, checkpoints: CheckpointShelf) -> None:
+        self.health = UpdateHealth(max_skipped_updates)
+        self.checkpoints = checkpoints
+
+    def observe(self, metrics: dict[str, float]) -> tuple[bool, str | None]:
+        """Takes a step's metrics (and removes the learner's trailing count of skipped updates,
+        which is the policy's input, not a record); returns (healthy, message of a new streak)."""
+        verdict = self.health.observe(metrics)
+        metrics.pop("actor/trailing_skipped_updates", None)
+        return verdict
+
+    def must_stop(self) -> bool:
+        return self.health.must_stop()
+
+    def updates_stop(self, step: int) -> NonFiniteTraining:
+        """The stop after too many bad updates in a row: the first one started from the weights
+        trained up to the step before it."""
+        return self._stop(step, self.health.problem(), first_bad_step=self.health.first_bad_step)
+
+    def sampling_stop(self, error: BaseException, step: int) -> NonFiniteTraining | None:
+        """The stop for an error that is the engines' NonFiniteSampling (None for any other):
+        the weights that sampled (version v, from the error; the batch of step s is v =
+        s - 1 - trainer.off_policy_steps old) are broken, so the first bad step is v + 1."""
+        failure = non_finite_sampling(error)
+        if failure is None:
+            return None
+        version = failure.weight_version or 0  # None: the weights at model_path
+        problem = (f"the policy's sampling probabilities are not finite (the weights of step "
+                   f"{version} sampled: {error_line(failure)})")
+        return self._stop(step, problem, first_bad_step=version + 1)
+
+    def _stop(self, step: int, problem: str, first_bad_step: int) -> NonFiniteTraining:
+        """The weights trained up to first_bad_step - 1 went bad: their checkpoint and the later
+        ones are removed, and the newest one before them is named as the last good one."""
+        removed = self.checkpoints.remove_from(first_bad_step - 1)
+        note = (f"; removed {', '.join(path.name for path in removed)} (the weights that went "
+                "non-finite)" if removed else "")
+        return NonFiniteTraining(f"training stopped at step {step}: {problem}{note}; last good "
+                                 f"checkpoint: {checkpoint_note(self.checkpoints.last_complete())}", step)

@@ -235,7 +235,8 @@ def test_colocated_rollout_and_learner_share_bundles_and_gpus(cluster, placed):
         assert {actor_node(actor) for actor in workers.rollout.actors} == colocated
         assert {actor_node(rank) for rank in workers.learner.workers} == colocated
         # The engines answer and a weight sync reaches both (gloo: device=cpu).
-        assert workers.learner.sync_weights(workers.rollout)["sync/weight_version"] == 1.0
+        assert workers.weight_sync.sync(7)["sync/weight_version"] == 7.0
+        assert workers.rollout.weight_versions() == [7, 7]
     finally:
         workers.shutdown()
 

@@ -168,7 +168,7 @@ def test_a_sweep_becomes_one_job_per_run_with_statuses_and_summary(
 def test_submit_the_embedded_default_and_read_its_run_dir(
     ray_head: RayHead, tmp_path: Path
 ) -> None:
-    from riskpo.loop.trainer import complete_checkpoints
+    from riskpo.run.checkpoints import complete_checkpoints
     from riskpo.run.record import CONFIG_FILE, REQUIRED_STEP_KEYS
 
     runs_root = tmp_path / "runs"

@@ -16,7 +16,13 @@ from riskpo.batch import TrainBatch
 from workers.learner.base import LearnerBackend
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import RankPlan
-from workers.weight_sync import BroadcastSender, TensorSpec, WeightManifest, make_sender
+from workers.weight_sync import (
+    BroadcastSender,
+    SyncGroupAddress,
+    TensorSpec,
+    WeightManifest,
+    make_sender,
+)
 
 BACKENDS = {"deepspeed": "workers.learner.deepspeed_backend:DeepSpeedBackend"}
 
@@ -93,10 +99,10 @@ class LearnerWorker:
         state = {name: t.detach().to("cpu", copy=True) for name, t in self._backend().named_parameters()}
         return state if self.rank == 0 else None
 
-    def open_weight_sync(self, **transport_kwargs: Any) -> None:
+    def open_weight_sender(self, address: SyncGroupAddress) -> None:
         """Rank 0 hosts the weight-sync group's store and joins as its sender."""
         if self.rank == 0:
-            self.sender = make_sender(**transport_kwargs)
+            self.sender = make_sender(address)
 
     def send_weights(self, manifest: WeightManifest) -> int:
         """Rank 0 broadcasts; the others take part in the layer-by-layer ZeRO-3 gathers."""
@@ -106,7 +112,7 @@ class LearnerWorker:
                 pass
             return 0
         if self.sender is None:
-            raise RuntimeError("send_weights before open_weight_sync")
+            raise RuntimeError("send_weights before open_weight_sender")
         return self.sender.send(manifest, parameters)
 
     def _backend(self) -> LearnerBackend:

@@ -1,10 +1,10 @@
 """The learner group the driver calls: R DeepSpeed ranks as Ray actors in one placement group,
 with old/reference log-probs (computed and kept on the ranks), PPO training steps,
-checkpoints, HF export and weight sync."""
+checkpoints, HF export, and the sending end of the weight sync (workers/weight_sync/sync.py
+ties it to the rollout group's receiving end)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ from riskpo.batch import TrainBatch
 from workers.learner.actor import LearnerWorker
 from workers.learner.config import LearnerSpec
 from workers.learner.microbatch import RankPlan, plan_micro_batches, row_lengths, split_rows
-from workers.weight_sync import WeightManifest, build_manifest
+from workers.weight_sync import SyncGroupAddress, WeightManifest, build_manifest
 
 GROUP_STATE_KEY = "learner_group"  # the group's own entry beside the driver's in a checkpoint
 
@@ -86,9 +86,6 @@ class LearnerGroup:
         ])
         self.master_addr = node_ips[0]
         self._manifest: WeightManifest | None = None
-        self._sync_targets: list[Any] = []
-        self._sync_generation = 0
-        self.weight_version = 0  # of the last sync; every engine holds it after sync_weights
 
     # ---------------------------------------------------------------- training
 
@@ -173,62 +170,41 @@ class LearnerGroup:
         """Full parameters (HF names) as CPU tensors."""
         return ray.get([worker.state_dict.remote() for worker in self.workers])[0]
 
-    # ---------------------------------------------------------------- weight sync
+    # ---------------------------------------------------------------- weight sync: sending
 
-    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]:
-        """Broadcasts the policy from rank 0 to every rollout actor (a RolloutGroup or a list
-        of actors) in buckets; checks they all report the same new weight version. `version`
-        labels the weights (the driver passes the updates they have had, so a re-sync of the
-        same weights keeps its number); None: one more than the last sync's."""
-        actors = rollout_actors(rollout)
-        states = ray.get([actor.sync_state.remote() for actor in actors])
-        asleep = [index for index, state in enumerate(states) if state["sleeping"]]
-        if asleep:  # refused before anything is sent: the broadcast would wait for them
-            raise RuntimeError(f"rollout actors {asleep} are asleep: wake them (wake_up) before "
-                               "syncing weights")
-        # A restarted actor has lost its place in the sync group (and its weights): reopen.
-        reopen = actors != self._sync_targets or not all(state["joined"] for state in states)
-        if reopen:
-            self._open_weight_sync(actors)
-        manifest = self._weight_manifest()
-        start = time.perf_counter()
-        self.weight_version = self.weight_version + 1 if version is None else version
-        receiving = [actor.receive_weights.remote(manifest, self.weight_version) for actor in actors]
-        sent = ray.get([worker.send_weights.remote(manifest) for worker in self.workers])
-        versions = ray.get(receiving)
-        elapsed = time.perf_counter() - start
-        if set(versions) != {self.weight_version}:
-            raise RuntimeError(f"rollout engines report weight versions {versions} after sync "
-                               f"{self.weight_version}")
-        return {
-            "sync/time_s": elapsed,
-            "sync/bytes": float(sent[0]),
-            "sync/bytes_per_s": sent[0] / elapsed,
-            "sync/weight_version": float(self.weight_version),
-            "sync/reopened": float(reopen),
-        }
+    @property
+    def weight_version(self) -> int:
+        """The version of the policy's weights: the updates (train_step calls) they have had,
+        restored by load. The weight-sync object labels the weights it sends with it."""
+        return self.steps
 
-    def _open_weight_sync(self, actors: list[Any]) -> None:
-        transport = {
-            "master_addr": self.master_addr,
-            "master_port": ray.get(self.workers[0].reserve_port.remote()),
-            "world_size": 1 + len(actors),
-            "backend": "nccl" if self.spec.device == "gpu" else "gloo",
-            "group_name": f"weight_sync_{id(self)}_{self._sync_generation}",
-            "timeout_s": self.spec.config.weight_sync_timeout_s,
-        }
-        ray.get([
-            self.workers[0].open_weight_sync.remote(**transport),
-            *[actor.init_weight_sync.remote(rank=rank, **transport) for rank, actor in enumerate(actors, 1)],
-        ])
-        self._sync_targets = actors
-        self._sync_generation += 1
-
-    def _weight_manifest(self) -> WeightManifest:
+    def weight_manifest(self) -> WeightManifest:
+        """Names, shapes and buckets of the weights rank 0 sends, in the order it sends them."""
         if self._manifest is None:
             specs = ray.get(self.workers[0].parameter_specs.remote())
             self._manifest = build_manifest(specs, int(self.spec.config.weight_sync_bucket_mb * (1 << 20)))
         return self._manifest
+
+    def weight_sync_address(self, receivers: int, group_name: str) -> SyncGroupAddress:
+        """A new weight-sync group hosted by rank 0 (a free port on its node) for `receivers`
+        engines: NCCL when the ranks compute on GPUs, gloo otherwise."""
+        return SyncGroupAddress(
+            master_addr=self.master_addr,
+            master_port=ray.get(self.workers[0].reserve_port.remote()),
+            world_size=1 + receivers,
+            backend="nccl" if self.spec.device == "gpu" else "gloo",
+            group_name=group_name,
+            timeout_s=self.spec.config.weight_sync_timeout_s,
+        )
+
+    def join_weight_sync(self, address: SyncGroupAddress) -> list[ray.ObjectRef]:
+        """Has rank 0 join the group as its sender; finishes once every receiver joins."""
+        return [self.workers[0].open_weight_sender.remote(address)]
+
+    def send_weights(self, manifest: WeightManifest) -> list[ray.ObjectRef]:
+        """Every rank takes part (ZeRO-3 gathers layer by layer); rank 0 broadcasts the named
+        parameters in manifest order. The results are the bytes each rank sent."""
+        return [worker.send_weights.remote(manifest) for worker in self.workers]
 
     def shutdown(self) -> None:
         for worker in self.workers:
@@ -250,19 +226,6 @@ def _reserve_bundles(bundle: dict[str, float], num_ranks: int, strategy: str,
             f"within {timeout_s:.0f} s (learner.num_ranks, cpus_per_rank, gpus_per_rank)"
         ) from None
     return group
-
-
-def rollout_actors(rollout: Any) -> list[Any]:
-    """The actor handles behind a RolloutGroup (its `actors`) or a list of actors."""
-    if isinstance(rollout, Sequence):
-        actors = list(rollout)
-    elif hasattr(rollout, "actors"):
-        actors = list(rollout.actors)
-    else:
-        raise TypeError(f"sync_weights needs a RolloutGroup or a list of rollout actors, got {type(rollout).__name__}")
-    if not actors:
-        raise ValueError("sync_weights: no rollout actors to send weights to")
-    return actors
 
 
 def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: Aggregation) -> float:

@@ -1,5 +1,6 @@
 """The rollout actor: one engine (built by make_engine inside the actor's process) behind a
-Ray actor, plus the two weight-sync entry points that feed it new weights.
+Ray actor, plus the receiving end of the weight sync: joining its group, loading what it
+broadcasts, and the record of which weights the engine holds.
 
 `RolloutActor` is a plain class so it can also run in-process; `RolloutGroup` turns it into a
 Ray actor with `ray.remote(RolloutActor).options(...)`.
@@ -12,8 +13,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from riskpo.messages import Completion, Prompt, SamplingParams
+from riskpo.messages import Completion, NonFiniteSampling, Prompt, SamplingParams
 from workers.rollout import make_engine
+from workers.weight_sync import BroadcastReceiver, SyncGroupAddress, WeightManifest, make_receiver
 
 
 class RolloutActor:
@@ -21,22 +23,27 @@ class RolloutActor:
 
     def __init__(self, engine_kind: Any, model_path: str | Path, engine_kwargs: dict | None = None):
         self.engine = make_engine(engine_kind, model_path, **(engine_kwargs or {}))
-        self._receiver = None
-        self._synced_version: int | None = None  # the learner's numbering, once it has synced
+        self._receiver: BroadcastReceiver | None = None
+        self._weight_version: int | None = None  # the learner's number, once it has synced
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """The engine's completions, each stamped with the learner's version of the weights
-        that sampled it (None before the first sync), so the driver can check them."""
-        completions = self.engine.generate(prompts, params)
+        that sampled it (None before the first sync), so the driver can check them; a
+        NonFiniteSampling is stamped the same way (the driver removes those weights' checkpoints)."""
+        try:
+            completions = self.engine.generate(prompts, params)
+        except NonFiniteSampling as error:
+            error.weight_version = self._weight_version
+            raise
         for samples in completions:
             for completion in samples:
-                completion.weight_version = self._synced_version
+                completion.weight_version = self._weight_version
         return completions
 
     def weight_version(self) -> int | None:
         """The learner's version of the weights held; None before the first sync (the weights
         at model_path: at start, and after a restart)."""
-        return self._synced_version
+        return self._weight_version
 
     def sleep(self) -> None:
         self.engine.sleep()
@@ -53,20 +60,19 @@ class RolloutActor:
         }
 
     def sync_state(self) -> dict[str, bool]:
-        """joined: this actor is in the learner's weight-sync group (a restarted one is not);
+        """joined: this actor is in the weight-sync group (a restarted one is not);
         sleeping: its engine would refuse the weights."""
         return {"joined": self._receiver is not None, "sleeping": self.engine.sleeping}
 
-    def init_weight_sync(self, **transport_kwargs: Any) -> None:
-        from workers.weight_sync import make_receiver
+    def join_weight_sync(self, address: SyncGroupAddress, rank: int) -> None:
+        """Joins the weight-sync group as receiver `rank` (blocks until every member joins)."""
+        self._receiver = make_receiver(address, rank)
 
-        self._receiver = make_receiver(**transport_kwargs)
-
-    def receive_weights(self, manifest: Any, version: int | None = None) -> int:
-        """Loads the weights the sender broadcasts; `version` is the learner's number for them
-        (None: the engine's count of loads)."""
+    def receive_weights(self, manifest: WeightManifest, version: int) -> int:
+        """Loads the weights the sender broadcasts, which the learner numbers `version`;
+        returns the version now held (weights the engine refused are not recorded as held)."""
         if self._receiver is None:
-            raise RuntimeError("RolloutActor.receive_weights before init_weight_sync")
+            raise RuntimeError("RolloutActor.receive_weights before join_weight_sync")
         self.engine.load_weights(self._receiver.receive(manifest))
-        self._synced_version = self.engine.weight_version if version is None else version
-        return self._synced_version
+        self._weight_version = version
+        return self._weight_version

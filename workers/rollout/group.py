@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from riskpo.messages import Completion, Prompt, SamplingParams
 from workers.rollout.actor import RolloutActor
+from workers.weight_sync import SyncGroupAddress, WeightManifest
 
 ACTOR_LOST_ERRORS = (RayActorError, ActorUnavailableError)
 
@@ -99,7 +100,8 @@ class RolloutGroup:
     group with one bundle per actor (bundle_indices default to 0..num_actors-1).
 
     A restarted actor comes back with the weights at model_path (weight_version None):
-    weight_versions() shows it, and the driver's next weight sync must cover it."""
+    weight_versions() shows it, and the next weight sync covers it (the weight-sync object asks
+    sync_states() and has the actors join again)."""
 
     def __init__(
         self,
@@ -240,10 +242,27 @@ class RolloutGroup:
         """Figures of the last generate call (and the running count of actor failures)."""
         return dict(self._metrics)
 
-    # ---- the rest of the actor surface ------------------------------------------------
+    # ---- the receiving end of the weight sync (workers/weight_sync/sync.py) -------------
 
     def weight_versions(self) -> list[int | None]:
+        """The learner's version of the weights each engine holds (None: those at model_path)."""
         return self._call_every_actor("weight_version")
+
+    def sync_states(self) -> list[dict[str, bool]]:
+        """Per actor: joined (in the weight-sync group; a restarted actor is not) and sleeping."""
+        return ray.get([actor.sync_state.remote() for actor in self.actors])
+
+    def join_weight_sync(self, address: SyncGroupAddress) -> list[ray.ObjectRef]:
+        """Has actor i join the group as receiver i + 1; the joins finish once the sender joins."""
+        return [actor.join_weight_sync.remote(address, rank)
+                for rank, actor in enumerate(self.actors, 1)]
+
+    def receive_weights(self, manifest: WeightManifest, version: int) -> list[ray.ObjectRef]:
+        """Has every actor load the broadcast weights, numbered `version`; each result is the
+        version that actor then holds."""
+        return [actor.receive_weights.remote(manifest, version) for actor in self.actors]
+
+    # ---- the rest of the actor surface ------------------------------------------------
 
     def sleep(self) -> None:
         self._call_every_actor("sleep")

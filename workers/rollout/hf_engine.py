@@ -23,7 +23,13 @@ from riskpo.models.vlm import (
     suppressed_token_ids,
     token_type_inputs,
 )
-from workers.rollout.engine import first_stop_string
+from workers.rollout.engine import (
+    SleepState,
+    checked_weights,
+    first_stop_string,
+    require_finite_logprobs,
+    sampling_checked,
+)
 
 
 @contextmanager
@@ -96,8 +102,7 @@ class HFEngine:
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
         )
-        self._weight_version = 0
-        self._sleeping = False
+        self._sleep = SleepState("HFEngine")
 
     def _eos_token_ids(self) -> list[int]:
         configured = self.model.generation_config.eos_token_id
@@ -111,8 +116,7 @@ class HFEngine:
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         params.validate()
-        if self._sleeping:
-            raise RuntimeError("HFEngine.generate called while asleep; call wake_up() first")
+        self._sleep.require_awake("generate")
         rendered = [self._render(p, i) for i, p in enumerate(prompts)]
         prompt_ids = [token_ids for token_ids, _ in rendered]
         results: list[list[Completion]] = [[] for _ in prompt_ids]
@@ -172,13 +176,14 @@ class HFEngine:
         stopping = StoppingCriteriaList()
         if params.stop:
             stopping.append(StopStringCriteria(self.tokenizer, params.stop, prompt_width))
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=self._generation_config(params),
-            stopping_criteria=stopping,
-            **self._image_kwargs(batch_pixels or [], params.n, input_ids),
-        )
+        with sampling_checked("HFEngine"):
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self._generation_config(params),
+                stopping_criteria=stopping,
+                **self._image_kwargs(batch_pixels or [], params.n, input_ids),
+            )
         response_ids = output.sequences[:, prompt_width:]  # [rows, steps]
         token_logprobs = self._sampled_logprobs(output.scores, response_ids)  # [rows, steps]
         completions = [
@@ -225,6 +230,7 @@ class HFEngine:
         params: SamplingParams,
     ) -> Completion:
         length, finish_reason = self._response_end(response_ids, params)
+        require_finite_logprobs(logprobs[:length], "HFEngine")
         tokens = response_ids[:length]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         stop_at = first_stop_string(text, params.stop)
@@ -268,38 +274,30 @@ class HFEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies named tensors into the model; unknown names and shape mismatches raise, and
         so does a sleeping engine (wake it first: its weights are not where they run)."""
-        if self._sleeping:
-            raise RuntimeError("HFEngine.load_weights called while asleep; call wake_up() first")
+        self._sleep.require_awake("load_weights")
         targets = self.model.state_dict(keep_vars=True)
+        shapes = {name: tuple(target.shape) for name, target in targets.items()}
         with torch.no_grad():
-            for name, tensor in weights:
-                if name not in targets:
-                    raise KeyError(f"HFEngine.load_weights: unknown parameter {name!r}")
+            for name, tensor in checked_weights(weights, shapes, "HFEngine"):
                 target = targets[name]
-                if tuple(target.shape) != tuple(tensor.shape):
-                    raise ValueError(
-                        f"HFEngine.load_weights: {name!r} has shape {tuple(tensor.shape)}, "
-                        f"the model expects {tuple(target.shape)}"
-                    )
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
-        self._weight_version += 1
-
-    @property
-    def weight_version(self) -> int:
-        return self._weight_version
 
     @property
     def sleeping(self) -> bool:
-        return self._sleeping
+        return self._sleep.sleeping
 
     def sleep(self) -> None:
         """On a GPU, moves the weights to CPU memory and frees the cache; a no-op on CPU."""
-        if self.device.type == "cuda" and not self._sleeping:
-            self.model.to("cpu")
-            torch.cuda.empty_cache()
-        self._sleeping = True
+        self._sleep.sleep(self._free_device_memory)
 
     def wake_up(self) -> None:
-        if self.device.type == "cuda" and self._sleeping:
+        self._sleep.wake_up(self._restore_device_memory)
+
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def _restore_device_memory(self) -> None:
+        if self.device.type == "cuda":
             self.model.to(self.device)
-        self._sleeping = False

@@ -25,6 +25,12 @@ from riskpo.models.vlm import (
     text_tokenizer,
 )
 from workers.rollout import vllm_api
+from workers.rollout.engine import (
+    SleepState,
+    checked_weights,
+    require_finite_logprobs,
+    sampling_checked,
+)
 
 
 def expected_weight_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
@@ -84,13 +90,11 @@ class VLLMEngine:
             enable_sleep_mode=enable_sleep_mode,
             extra_engine_args={"enforce_eager": enforce_eager, **(engine_args or {})},
         )
-        self._weight_version = 0
-        self._sleeping = False
+        self._sleep = SleepState("VLLMEngine")
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         params.validate()
-        if self._sleeping:
-            raise RuntimeError("VLLMEngine.generate called while asleep; call wake_up() first")
+        self._sleep.require_awake("generate")
         rendered = [self._render(p, i) for i, p in enumerate(prompts)]
         prompt_ids = [ids for ids, _ in rendered]
         images = [decoded for _, decoded in rendered]
@@ -103,7 +107,8 @@ class VLLMEngine:
             )
             for index in range(len(prompt_ids))
         ]
-        outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt, images)
+        with sampling_checked("VLLMEngine"):
+            outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt, images)
         return [
             [self._completion(request.prompt_token_ids, sample) for sample in request.outputs]
             for request in outputs
@@ -126,7 +131,8 @@ class VLLMEngine:
         single = vllm_api.sampling_params(replace(params, n=1), None, self.banned_words)
         repeated = [ids for ids in prompt_ids for _ in range(params.n)]
         repeated_images = [image for image in images for _ in range(params.n)]
-        outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated), repeated_images)
+        with sampling_checked("VLLMEngine"):
+            outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated), repeated_images)
         flat = [self._completion(request.prompt_token_ids, request.outputs[0]) for request in outputs]
         return [flat[i : i + params.n] for i in range(0, len(flat), params.n)]
 
@@ -134,9 +140,11 @@ class VLLMEngine:
     def _completion(prompt_ids: list[int], sample: Any) -> Completion:
         if sample.finish_reason not in ("stop", "length"):
             raise RuntimeError(f"VLLMEngine: a request finished with {sample.finish_reason!r}")
+        logprobs = vllm_api.sampled_logprobs(sample)
+        require_finite_logprobs(logprobs, "VLLMEngine")
         return Completion(
             token_ids=list(sample.token_ids),
-            logprobs=vllm_api.sampled_logprobs(sample),
+            logprobs=logprobs,
             finish_reason=sample.finish_reason,
             text=sample.text,
             prompt_token_ids=list(prompt_ids),
@@ -146,36 +154,25 @@ class VLLMEngine:
         """Checks names and shapes against the HF model, then reloads them in every worker
         and resets the prefix cache; a sleeping engine refuses (wake it first: at sleep level 2
         its weights are gone, and loading into a sleeping engine would be lost)."""
-        if self._sleeping:
-            raise RuntimeError("VLLMEngine.load_weights called while asleep; call wake_up() first")
-        named = list(weights)
-        for name, tensor in named:
-            if name not in self.weight_shapes:
-                raise KeyError(f"VLLMEngine.load_weights: unknown parameter {name!r}")
-            if tuple(tensor.shape) != self.weight_shapes[name]:
-                raise ValueError(
-                    f"VLLMEngine.load_weights: {name!r} has shape {tuple(tensor.shape)}, "
-                    f"the model expects {self.weight_shapes[name]}"
-                )
-        vllm_api.reload_weights(self.llm, named)
-        self._weight_version += 1
-
-    @property
-    def weight_version(self) -> int:
-        return self._weight_version
+        self._sleep.require_awake("load_weights")
+        vllm_api.reload_weights(self.llm, list(checked_weights(weights, self.weight_shapes, "VLLMEngine")))
 
     @property
     def sleeping(self) -> bool:
-        return self._sleeping
+        return self._sleep.sleeping
 
     def sleep(self) -> None:
         """vLLM sleep mode where the platform has it (level 1 keeps weights in CPU memory;
         level 2 drops them, so load_weights must follow wake_up); otherwise a no-op."""
-        if self.sleep_mode and not self._sleeping:
-            vllm_api.sleep(self.llm, self.sleep_level)
-        self._sleeping = True
+        self._sleep.sleep(self._release_memory)
 
     def wake_up(self) -> None:
-        if self.sleep_mode and self._sleeping:
+        self._sleep.wake_up(self._restore_memory)
+
+    def _release_memory(self) -> None:
+        if self.sleep_mode:
+            vllm_api.sleep(self.llm, self.sleep_level)
+
+    def _restore_memory(self) -> None:
+        if self.sleep_mode:
             vllm_api.wake_up(self.llm)
-        self._sleeping = False

@@ -1,8 +1,10 @@
 """Weight sync from learner rank 0 to the rollout engines: a manifest over Ray, the bytes in
 buckets over a standalone torch.distributed group (gloo on CPU, NCCL on GPU, one code path).
 
-The rollout actor calls `make_receiver(**transport_kwargs)`; learner rank 0 calls
-`make_sender(...)`. Both block until every member of the group has joined.
+Learner rank 0 calls `make_sender(address)`, each rollout actor `make_receiver(address, rank)`,
+with the same SyncGroupAddress; both block until every member of the group has joined. The
+object that ties a learner group to a rollout group and owns the weight version the engines
+hold is `workers.weight_sync.sync.WeightSync` (it imports Ray; this package does not).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from workers.weight_sync.transport import (
     Backend,
     BroadcastReceiver,
     BroadcastSender,
+    SyncGroupAddress,
     open_process_group,
 )
 
@@ -20,6 +23,7 @@ __all__ = [
     "Backend",
     "BroadcastReceiver",
     "BroadcastSender",
+    "SyncGroupAddress",
     "TensorSpec",
     "WeightManifest",
     "build_manifest",
@@ -28,48 +32,13 @@ __all__ = [
 ]
 
 
-def make_sender(
-    *,
-    master_addr: str,
-    master_port: int,
-    world_size: int,
-    backend: Backend = "gloo",
-    group_name: str = "weight_sync",
-    timeout_s: float = 600.0,
-) -> BroadcastSender:
-    """The sending end (rank 0, which also hosts the rendezvous store at master_port)."""
-    group = open_process_group(
-        master_addr=master_addr,
-        master_port=master_port,
-        rank=SENDER_RANK,
-        world_size=world_size,
-        backend=backend,
-        group_name=group_name,
-        timeout_s=timeout_s,
-    )
-    return BroadcastSender(group, backend)
+def make_sender(address: SyncGroupAddress) -> BroadcastSender:
+    """The sending end (rank 0, which also hosts the rendezvous store at address.master_port)."""
+    return BroadcastSender(open_process_group(address, SENDER_RANK), address.backend)
 
 
-def make_receiver(
-    *,
-    master_addr: str,
-    master_port: int,
-    rank: int,
-    world_size: int,
-    backend: Backend = "gloo",
-    group_name: str = "weight_sync",
-    timeout_s: float = 600.0,
-) -> BroadcastReceiver:
-    """A receiving end (rank >= 1): what a rollout worker builds from its transport kwargs."""
+def make_receiver(address: SyncGroupAddress, rank: int) -> BroadcastReceiver:
+    """A receiving end (rank >= 1): what a rollout actor builds when it joins the group."""
     if rank == SENDER_RANK:
         raise ValueError(f"make_receiver: rank {SENDER_RANK} is the sender's; receivers are 1..N")
-    group = open_process_group(
-        master_addr=master_addr,
-        master_port=master_port,
-        rank=rank,
-        world_size=world_size,
-        backend=backend,
-        group_name=group_name,
-        timeout_s=timeout_s,
-    )
-    return BroadcastReceiver(group, backend)
+    return BroadcastReceiver(open_process_group(address, rank), address.backend)

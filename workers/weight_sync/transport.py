@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,36 +20,41 @@ Backend = Literal["gloo", "nccl"]
 SENDER_RANK = 0
 
 
-def open_process_group(
-    *,
-    master_addr: str,
-    master_port: int,
-    rank: int,
-    world_size: int,
-    backend: Backend = "gloo",
-    group_name: str = "weight_sync",
-    timeout_s: float = 600.0,
-) -> dist.ProcessGroup:
+@dataclass(frozen=True)
+class SyncGroupAddress:
+    """Where and how the members of one weight-sync group meet: the sender (rank 0) hosts the
+    rendezvous store at master_addr:master_port; world_size counts the sender and every
+    receiver; group_name keeps the store's keys apart from an earlier group's."""
+
+    master_addr: str
+    master_port: int
+    world_size: int
+    backend: Backend = "gloo"
+    group_name: str = "weight_sync"
+    timeout_s: float = 600.0
+
+
+def open_process_group(address: SyncGroupAddress, rank: int) -> dist.ProcessGroup:
     """Joins a standalone process group (rank 0 hosts the store); blocks until all ranks join."""
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"weight sync: backend must be 'gloo' or 'nccl', got {backend!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"weight sync: rank {rank} outside a group of {world_size}")
-    timeout = datetime.timedelta(seconds=timeout_s)
+    if address.backend not in ("gloo", "nccl"):
+        raise ValueError(f"weight sync: backend must be 'gloo' or 'nccl', got {address.backend!r}")
+    if not 0 <= rank < address.world_size:
+        raise ValueError(f"weight sync: rank {rank} outside a group of {address.world_size}")
+    timeout = datetime.timedelta(seconds=address.timeout_s)
     store = dist.TCPStore(
-        master_addr,
-        master_port,
-        world_size,
+        address.master_addr,
+        address.master_port,
+        address.world_size,
         is_master=rank == SENDER_RANK,
         timeout=timeout,
         wait_for_workers=False,
     )
-    prefixed = dist.PrefixStore(group_name, store)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+    prefixed = dist.PrefixStore(address.group_name, store)
+    if address.backend == "gloo":
+        return dist.ProcessGroupGloo(prefixed, rank, address.world_size, timeout)
     options = dist.ProcessGroupNCCL.Options()
     options._timeout = timeout
-    return dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
+    return dist.ProcessGroupNCCL(prefixed, rank, address.world_size, options)
 
 
 def transport_device(backend: Backend) -> torch.device:

@@ -38,7 +38,7 @@ class Engines:
 @pytest.mark.parametrize("training_s", [0.0, 0.03])
 def test_each_batch_is_made_by_the_version_it_is_due_from_whatever_the_timing(depth, training_s):
     engines = Engines(jitter=0.02)
-    pipeline = RolloutPipeline(engines.generate, depth, last_step=9)
+    pipeline = RolloutPipeline(engines.generate, depth, last_step=9, held_version=lambda: engines.version)
     versions = []
     try:
         for step in range(1, 10):
@@ -56,13 +56,14 @@ def test_each_batch_is_made_by_the_version_it_is_due_from_whatever_the_timing(de
 
 def test_drained_batches_restore_in_order():
     engines = Engines()
-    first = RolloutPipeline(engines.generate, 2, last_step=10)
+    first = RolloutPipeline(engines.generate, 2, last_step=10, held_version=lambda: engines.version)
     first.take(1)
     saved, generated = first.drain(), first.generated
     first.close()
     assert [step for step, _ in saved] == [2, 3] and generated == 3
+    engines.sync(1)  # a resume gives the engines the restored weights
     resumed = RolloutPipeline(lambda step: pytest.fail(f"regenerated step {step}"), 2, last_step=10,
-                              synced_version=1)
+                              held_version=lambda: engines.version)
     resumed.restore(saved, generated)
     assert resumed.take(2) == saved[0][1]
     resumed._produce = engines.generate  # the next batches are new
@@ -72,7 +73,7 @@ def test_drained_batches_restore_in_order():
 
 def test_close_releases_a_generation_waiting_for_its_weights():
     engines = Engines()
-    pipeline = RolloutPipeline(engines.generate, 1, last_step=5)
+    pipeline = RolloutPipeline(engines.generate, 1, last_step=5, held_version=lambda: engines.version)
     pipeline.take(1)
     pipeline.take(2)  # step 3 waits for version 1, which never comes
     begin = time.perf_counter()
@@ -96,7 +97,7 @@ def test_a_sync_the_generation_asks_for_runs_on_the_loops_thread(asked_at):
             assert pipeline.request_sync(resync) == learner_version
         return engines.generate(step)
 
-    pipeline = RolloutPipeline(produce, 1, last_step=6)
+    pipeline = RolloutPipeline(produce, 1, last_step=6, held_version=lambda: engines.version)
     learner_version = 0
     try:
         for step in range(1, 7):
@@ -114,7 +115,7 @@ def test_a_failed_generation_is_raised_by_take_not_waited_for_forever():
             raise ValueError("bad row")
         return step
 
-    pipeline = RolloutPipeline(produce, 1, last_step=5)
+    pipeline = RolloutPipeline(produce, 1, last_step=5, held_version=lambda: 0)
     try:
         assert pipeline.take(1) == 1
         pipeline.sync(1, lambda: None)  # would wait for step 2's batch, which failed

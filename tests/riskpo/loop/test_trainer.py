@@ -6,148 +6,18 @@ order, versions and resume, and the colocated engines' sleep/wake order."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from rich.console import Console
 
-from launch.config import compose_config, validate
 from riskpo.batch import TrainBatch
-from riskpo.data.loaders import load_train_and_eval
-from riskpo.loop.trainer import Trainer, Workers, checkpoint_meta, complete_checkpoints
 from riskpo.messages import Completion, SamplingParams
-from riskpo.run.record import RunLogger, read_metrics
-
-QUIET = ["logger.backend=none", "logger.progress=none", "logger.plots=false",
-         "model.warmstart.enabled=false", "data.train.size=200", "data.eval.size=6",
-         "data.eval_samples=4", "trainer.samples_per_prompt=4"]
-
-
-def _draw(*key: object) -> float:
-    """A deterministic number in [0, 1) from a key (the fake policy's coin)."""
-    digest = hashlib.sha256(repr(key).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-class FakeRollout:
-    """Answers "a+b=" right with a per-prompt skill: prompts ending in 0-2 are always right,
-    3-5 always wrong, the rest right half of the time (so some groups carry no signal). Like a
-    real engine it stamps the weight version, refuses to work asleep, and can take a while."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.version, self.calls, self.log, self.asleep = None, [], [], False
-        self.seconds = seconds
-
-    def generate(self, prompts: list[Any], params: SamplingParams) -> list[list[Completion]]:
-        if self.asleep:
-            raise RuntimeError("generate called while asleep")
-        self.calls.append((len(prompts), params))
-        self.log.append(("generate", self.version))
-        time.sleep(self.seconds)
-        out = []
-        for prompt in prompts:
-            a, b = prompt.text.rstrip("=").split("+")
-            truth, last = int(a) + int(b), int(b) % 10
-            samples = []
-            for j in range(params.n):
-                right = last <= 2 or (last > 5 and _draw(prompt.text, j, params.seed) < 0.5)
-                text = str(truth if right else truth + 1)
-                samples.append(Completion([5] * len(text), [-0.5] * len(text), "stop", text, [1, 2],
-                                          self.version))
-            out.append(samples)
-        return out
-
-    def weight_versions(self) -> list[int | None]:
-        return [self.version]
-
-    def sleep(self) -> None:
-        self.log.append(("sleep", self.version))
-        self.asleep = True
-
-    def wake_up(self) -> None:
-        self.log.append(("wake", self.version))
-        self.asleep = False
-
-    def metrics(self) -> dict[str, float]:
-        return {"rollout/calls": float(len(self.calls))}
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        return []
-
-
-class FakeVerifiers:
-    def verify_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{"reward": float(r["response"] == r["ground_truth"]),
-                 "status": "ok" if r["response"] == r["ground_truth"] else "wrong_answer"}
-                for r in rows]
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        return []
-
-
-class FakeLearner:
-    """Keeps the batches it was given; a checkpoint is the driver's `extra`, pickled."""
-
-    def __init__(self, rollout: FakeRollout, seconds: float = 0.0) -> None:
-        self.rollout, self.batches, self.weight_version = rollout, [], 0
-        self.seconds = seconds
-
-    def compute_logprobs(self, batch: TrainBatch) -> dict[str, float]:
-        self.rollout.log.append(("logprobs", self.weight_version))
-        return {"rollout_learner_logprob_gap": 0.0}
-
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        self.rollout.log.append(("train", self.weight_version))
-        time.sleep(self.seconds)
-        self.batches.append(batch)
-        return {"loss": float(batch.advantages.abs().mean()), "entropy": 0.5}
-
-    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]:
-        if rollout.asleep:
-            raise RuntimeError("weights sent to a sleeping engine")
-        self.weight_version = self.weight_version + 1 if version is None else version
-        rollout.version = self.weight_version
-        rollout.log.append(("sync", self.weight_version))
-        return {"sync/weight_version": float(self.weight_version)}
-
-    def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        torch.save({"extra": extra, "version": self.weight_version}, Path(path) / "learner.pt")
-
-    def load(self, path: str) -> dict[str, Any]:
-        state = torch.load(Path(path) / "learner.pt", weights_only=False)
-        self.weight_version = state["version"]
-        return state["extra"]
-
-    def export_hf(self, path: str) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-
-def make_trainer(run_dir: Path, overrides: list[str], rollout: FakeRollout | None = None,
-                 learner_seconds: float = 0.0, colocate: bool = False,
-                 ) -> tuple[Trainer, FakeLearner, RunLogger]:
-    cfg = compose_config([*QUIET, *overrides, f"run_dir={run_dir}"])
-    run = validate(cfg)
-    train_rows, eval_rows = load_train_and_eval(run.data)
-    rollout = rollout or FakeRollout()
-    learner = FakeLearner(rollout, learner_seconds)
-    logger = RunLogger(run_dir, run.logger, {}, run.trainer.total_steps, "fake",
-                       console=Console(stderr=True, quiet=True))
-    trainer = Trainer(run, Workers(rollout, FakeVerifiers(), learner), train_rows, eval_rows,
-                      logger, run_dir, colocate=colocate)
-    return trainer, learner, logger
-
-
-def fit(trainer: Trainer, logger: RunLogger) -> dict[str, Any]:
-    try:
-        return trainer.fit()
-    finally:
-        logger.close()
+from riskpo.run.checkpoints import checkpoint_meta, complete_checkpoints
+from riskpo.run.record import read_metrics
+from tests.riskpo.loop.fakes import FakeLearner, FakeRollout, FakeVerifiers, fit, make_trainer
 
 
 def test_dynamic_sampling_keeps_whole_bundles_of_prompts_with_a_signal(tmp_path):
@@ -165,6 +35,22 @@ def test_dynamic_sampling_keeps_whole_bundles_of_prompts_with_a_signal(tmp_path)
         assert row["dynamic/dropped_prompts"] > 0 and row["dynamic/refill_rounds"] >= 1
         assert len(batch) == kept * 4 == row["train/samples"] == rollouts.verdicts.rewards.numel()
         assert bool(rollouts.verdicts.has_signal().all())  # right and wrong answers in each
+
+
+def test_dynamic_sampling_counts_the_generation_of_every_refill_round(tmp_path):
+    rollout = FakeRollout()  # each call: 0.5 s, its tokens, one actor failure
+    rows = _run(tmp_path, "run", ["algorithm.dynamic_sampling.enabled=true",
+                                  "algorithm.dynamic_sampling.max_refill_rounds=5",
+                                  "trainer.total_steps=3"], rollout=rollout)
+    calls = iter(rollout.figures[:-2])  # the last two: the final evaluation (sampled, greedy)
+    for row in rows:
+        made = [next(calls) for _ in range(int(row["dynamic/refill_rounds"]) + 1)]
+        tokens = sum(call["rollout/response_tokens"] for call in made)
+        assert row["rollout/seconds"] == 0.5 * len(made) and row["rollout/response_tokens"] == tokens
+        assert row["rollout/actor_failures"] == len(made)
+        assert row["rollout/tokens_per_s"] == pytest.approx(tokens / (0.5 * len(made)))
+        assert row["rollout/calls"] == rollout.figures.index(made[-1]) + 1  # a running total
+    assert next(calls, None) is None and len(rows) < len(rollout.figures) - 2
 
 
 def test_dynamic_sampling_that_finds_no_signal_says_what_to_change(tmp_path, monkeypatch):
@@ -222,9 +108,12 @@ def test_resume_restores_the_loop_bookkeeping(tmp_path):
 TRAIN_KEYS = ("train/reward_mean", "adv/mean", "riskpo/tracked_q_alpha", "riskpo/tracked_q_beta")
 
 
-def _run(tmp_path: Path, name: str, overrides: list[str], **options: Any) -> list[dict[str, Any]]:
+def _run(tmp_path: Path, name: str, overrides: list[str], rollout: FakeRollout | None = None,
+         learner_seconds: float = 0.0, colocate: bool = False) -> list[dict[str, Any]]:
+    rollout = rollout or FakeRollout()
     trainer, _, logger = make_trainer(tmp_path / name, [
-        "trainer.eval_before_training=false", "trainer.eval_every=0", *overrides], **options)
+        "trainer.eval_before_training=false", "trainer.eval_every=0", *overrides], rollout=rollout,
+        learner=FakeLearner(rollout, seconds=learner_seconds), colocate=colocate)
     fit(trainer, logger)
     return read_metrics(tmp_path / name)
 
@@ -340,6 +229,9 @@ def test_samples_from_a_restarted_engine_are_rolled_out_again_after_a_sync(tmp_p
     # generation 4 is step 4's, due from version 3 - k
     assert len(resyncs) == 1 and f"version(s) None, not {3 - depth}" in resyncs[0]["message"]
     assert all(row["rollout/staleness_max"] <= depth for row in disturbed)
+    # the rolled-out-again prompts' generation counts in the step's figures with the first one
+    trained = len(rollout.figures) - 2  # the last two: the final evaluation (sampled, greedy)
+    assert sum(row["rollout/actor_failures"] for row in disturbed) == trained == 6
     bad = [i for i, (kind, version) in enumerate(rollout.log) if kind == "generate" and version is None][-1]
     after = rollout.log[bad + 1:]
     synced = next(i for i, (kind, _) in enumerate(after) if kind == "sync")

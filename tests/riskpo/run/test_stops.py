@@ -8,128 +8,33 @@ from __future__ import annotations
 
 import errno
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from rich.console import Console
 
 from launch.config import compose_config, validate
 from riskpo.algo.losses import TOKEN_WEIGHTED_METRICS
-from riskpo.batch import TrainBatch
-from riskpo.data.loaders import load_train_and_eval
-from riskpo.loop.trainer import Trainer, Workers, describe_step_shape
-from riskpo.messages import Completion, SamplingParams
+from riskpo.loop.trainer import describe_step_shape
+from riskpo.messages import NonFiniteSampling
 from riskpo.run import checkpoints
 from riskpo.run.checkpoints import complete_checkpoints, write_checkpoint
-from riskpo.run.record import PROMPTS_FILE, RunLogger, read_jsonl, read_metrics
-from riskpo.run.stops import NonFiniteTraining, NoSpaceLeft, UpdateHealth
+from riskpo.run.record import PROMPTS_FILE, read_jsonl, read_metrics
+from riskpo.run.stops import NonFiniteTraining, NoSpaceLeft, UpdateHealth, non_finite_sampling
+from tests.riskpo.loop import fakes
+from tests.riskpo.loop.fakes import FakeLearner, FakeRollout, FakeVerifiers, fit
 from workers.learner.group import _combine_mini_batch_metrics
 
-QUIET = ["logger.backend=none", "logger.progress=none", "logger.plots=false",
-         "model.warmstart.enabled=false", "data.train.size=200", "data.eval.size=4",
-         "data.eval_samples=2", "data.eval_greedy=false", "trainer.samples_per_prompt=4",
+STOPS = ["data.eval.size=4", "data.eval_samples=2", "data.eval_greedy=false",
          "trainer.eval_every=0", "trainer.eval_before_training=false"]
-SAMPLING_ERROR = "probability tensor contains either `inf`, `nan` or element < 0"
-
-
-class FakeRollout:
-    """Answers every prompt with '0' (so rewards vary with the question); can be told to fail
-    the way torch's sampler fails on a policy whose logits are not finite."""
-
-    def __init__(self) -> None:
-        self.version, self.fail_from_step, self.step = None, None, 0
-
-    def generate(self, prompts: list[Any], params: SamplingParams) -> list[list[Completion]]:
-        if self.fail_from_step is not None and self.step >= self.fail_from_step:
-            raise RuntimeError(SAMPLING_ERROR)
-        return [[Completion([5], [-0.5], "stop", str(j % 3), [1, 2], self.version)
-                 for j in range(params.n)] for _ in prompts]
-
-    def weight_versions(self) -> list[int | None]:
-        return [self.version]
-
-    def metrics(self) -> dict[str, float]:
-        return {}
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        return []
-
-
-class FakeVerifiers:
-    def verify_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{"reward": float(r["response"] == r["ground_truth"][-1:]), "status": "ok"} for r in rows]
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        return []
-
-
-class FakeLearner:
-    """Reports skipped (non-finite) updates on the steps in `bad_steps`; a checkpoint is the
-    driver's `extra` plus a padding file of `checkpoint_bytes`."""
-
-    def __init__(self, rollout: FakeRollout, bad_steps: set[int] = frozenset(),
-                 step_seconds: float = 0.0) -> None:
-        self.rollout, self.bad_steps, self.step_seconds = rollout, set(bad_steps), step_seconds
-        self.weight_version, self.steps, self.saves = 0, 0, []
-        self.checkpoint_bytes, self.fail_save = 1000, None
-
-    def compute_logprobs(self, batch: TrainBatch) -> dict[str, float]:
-        return {"rollout_learner_logprob_gap": 0.0}
-
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        self.steps += 1
-        time.sleep(self.step_seconds)
-        bad = self.steps in self.bad_steps
-        return {"loss": float("nan") if bad else 0.5, "grad_norm": float("inf") if bad else 1.0,
-                "entropy": 0.5, "mini_batches": 1.0, "skipped_updates": float(bad),
-                "trailing_skipped_updates": float(bad)}
-
-    def sync_weights(self, rollout: Any, version: int | None = None) -> dict[str, float]:
-        self.weight_version = self.weight_version + 1 if version is None else version
-        rollout.version = self.weight_version
-        rollout.step = self.steps + 1
-        return {"sync/weight_version": float(self.weight_version)}
-
-    def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        self.saves.append(extra["step"])
-        Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / "padding.bin").write_bytes(b"x" * self.checkpoint_bytes)
-        if self.fail_save is not None:
-            raise self.fail_save
-        torch.save({"extra": extra, "version": self.weight_version}, Path(path) / "learner.pt")
-
-    def load(self, path: str) -> dict[str, Any]:
-        state = torch.load(Path(path) / "learner.pt", weights_only=False)
-        self.weight_version = state["version"]
-        self.steps = state["extra"]["step"]
-        return state["extra"]
-
-    def export_hf(self, path: str) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def make_trainer(run_dir: Path, overrides: list[str], resume_step: int | None = None,
-                 **learner_options: Any) -> tuple[Trainer, FakeLearner, RunLogger]:
-    cfg = compose_config([*QUIET, *overrides, f"run_dir={run_dir}"])
-    run = validate(cfg)
-    train_rows, eval_rows = load_train_and_eval(run.data)
-    rollout = FakeRollout()
-    learner = FakeLearner(rollout, **learner_options)
-    logger = RunLogger(run_dir, run.logger, {}, run.trainer.total_steps, "fake",
-                       resume_step=resume_step, console=Console(stderr=True, quiet=True))
-    trainer = Trainer(run, Workers(rollout, FakeVerifiers(), learner), train_rows, eval_rows,
-                      logger, run_dir)
-    return trainer, learner, logger
-
-
-def fit(trainer: Trainer, logger: RunLogger) -> dict[str, Any]:
-    try:
-        return trainer.fit()
-    finally:
-        logger.close()
+                 rollout: FakeRollout | None = None, **learner_options: Any):
+    """fakes.make_trainer without evaluations; learner_options go to the FakeLearner."""
+    rollout = rollout or FakeRollout()
+    return fakes.make_trainer(run_dir, [*STOPS, *overrides], learner=FakeLearner(rollout, **learner_options),
+                              resume_step=resume_step)
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:
@@ -186,15 +91,71 @@ def test_max_skipped_updates_zero_never_stops(tmp_path):
 
 
 def test_sampling_from_non_finite_probabilities_stops_at_once(tmp_path):
+    rollout = FakeRollout(broken_from=3)  # the weights of step 3 sample inf/nan (in step 4)
     trainer, _, logger = make_trainer(
-        tmp_path, ["trainer.total_steps=10", "trainer.save_every=1", "trainer.keep_checkpoints=0"])
-    trainer.workers.rollout.fail_from_step = 4  # the weights of step 3 sample inf/nan
+        tmp_path, ["trainer.total_steps=10", "trainer.save_every=1", "trainer.keep_checkpoints=0"],
+        rollout=rollout)
     with pytest.raises(NonFiniteTraining) as stop:
         fit(trainer, logger)
     message = str(stop.value)
-    assert "step 4" in message and "sampling probabilities are not finite" in message
+    assert stop.value.step == 4 and "step 4" in message
+    assert "sampling probabilities are not finite (the weights of step 3 sampled" in message
     assert "removed step_000003" in message and message.endswith("step_000002")
     assert checkpoint_names(tmp_path) == ["step_000001", "step_000002"]
+
+
+@pytest.mark.parametrize(("depth", "save_every", "broken"), [(1, 2, 4), (2, 2, 4), (1, 1, 3), (2, 2, 5)])
+def test_a_pipelined_sampling_failure_removes_every_checkpoint_of_the_broken_weights(
+        tmp_path, depth, save_every, broken):
+    """trainer.off_policy_steps = k: step s trains on a batch of version s - 1 - k, so weights
+    that sample inf/nan are found up to k steps late (in the step that takes the batch, or in
+    a checkpoint, which waits for the batches made ahead); their checkpoint and the later ones
+    (descended from them) go, and the newest one before them is the last good one."""
+    rollout = FakeRollout(seconds=0.002, broken_from=broken)
+    trainer, _, logger = make_trainer(
+        tmp_path, ["trainer.total_steps=12", f"trainer.save_every={save_every}",
+                   "trainer.keep_checkpoints=0", f"trainer.off_policy_steps={depth}"], rollout=rollout)
+    with pytest.raises(NonFiniteTraining) as stop:
+        fit(trainer, logger)
+    message = str(stop.value)
+    assert broken < stop.value.step <= broken + 1 + depth
+    assert f"the weights of step {broken} sampled" in message
+    last_good = max(step for step in range(1, broken) if step % save_every == 0)
+    assert message.endswith(f"last good checkpoint: {tmp_path / 'checkpoints' / f'step_{last_good:06d}'}")
+    assert checkpoint_names(tmp_path) == [f"step_{s:06d}" for s in range(1, broken) if s % save_every == 0]
+
+
+def test_an_error_that_only_mentions_nan_is_not_a_sampling_stop(tmp_path, monkeypatch):
+    """A verifier that returns a NaN reward makes the advantage check raise ("reward of row ..
+    is nan"): a plain error of that step, which keeps every checkpoint."""
+    trainer, _, logger = make_trainer(tmp_path, ["trainer.total_steps=5", "trainer.save_every=1",
+                                                 "trainer.keep_checkpoints=0"])
+    verify, calls = FakeVerifiers.verify_batch, []
+
+    def nan_in_step_3(self: FakeVerifiers, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(len(rows))
+        results = verify(self, rows)
+        if len(calls) == 3:
+            results[3] = {"reward": float("nan"), "status": "ok"}
+        return results
+
+    monkeypatch.setattr(FakeVerifiers, "verify_batch", nan_in_step_3)
+    with pytest.raises(ValueError, match=r"reward of row 3 .* is nan") as error:
+        fit(trainer, logger)
+    assert not isinstance(error.value, NonFiniteTraining)
+    assert checkpoint_names(tmp_path) == ["step_000001", "step_000002"]
+
+
+def test_non_finite_sampling_is_found_by_type_also_inside_ray_errors():
+    from ray.exceptions import RayTaskError
+
+    sampling = NonFiniteSampling("HFEngine: probability tensor contains either `inf`...", 7)
+    wrapped = RayTaskError("RolloutActor.generate", "Traceback ...", sampling)
+    assert non_finite_sampling(sampling) is sampling
+    assert non_finite_sampling(wrapped).weight_version == 7
+    assert non_finite_sampling(wrapped.as_instanceof_cause()).weight_version == 7
+    assert non_finite_sampling(ValueError("reward of row 3 (question id 0) is nan")) is None
+    assert non_finite_sampling(RuntimeError("probability tensor contains either `inf`, `nan`")) is None
 
 
 @pytest.mark.parametrize(("per_mini_batch", "skipped", "trailing"), [
@@ -321,12 +282,12 @@ def test_dynamic_sampling_records_the_dropped_prompts(tmp_path):
 
 def test_wall_time_covers_the_run_across_a_resume(tmp_path):
     first, _, logger = make_trainer(tmp_path, ["trainer.total_steps=2", "trainer.save_every=2"],
-                                    step_seconds=0.2)
+                                    seconds=0.2)
     fit(first, logger)
     resumed, _, logger = make_trainer(tmp_path, ["trainer.total_steps=4"], resume_step=2,
-                                      step_seconds=0.2)
+                                      seconds=0.2)
     resumed.load_checkpoint(complete_checkpoints(tmp_path)[-1])
-    assert resumed.wall_s_before >= 0.4
+    assert resumed.clock.seconds >= 0.4  # the time before the checkpoint
     summary = fit(resumed, logger)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["wall_s"] == summary["wall_s"] >= 4 * 0.2  # all four steps, not the last two

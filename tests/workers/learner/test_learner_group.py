@@ -181,16 +181,17 @@ def test_weight_sync_reaches_every_rollout_engine(
     import ray
 
     from riskpo.messages import Prompt, SamplingParams
+    from workers.weight_sync.sync import WeightSync
 
     kind, rollout_group = rollout_group
 
     learner_group.train_step(make_batch(seed=3))
-    version_before = learner_group.weight_version
-    metrics = learner_group.sync_weights(rollout_group)
+    sync = WeightSync(learner_group, rollout_group)
+    metrics = sync.sync(learner_group.weight_version)
     after = rollout_group.weight_versions()
-    # every engine holds the learner's numbering of the sync it just received
-    assert after == [version_before + 1] * len(after) == [learner_group.weight_version] * len(after)
-    assert metrics["sync/weight_version"] == learner_group.weight_version
+    # every engine holds the learner's version of the weights it received: the updates they had
+    assert after == [learner_group.weight_version] * len(after) == [sync.version] * len(after)
+    assert metrics["sync/weight_version"] == learner_group.weight_version == learner_group.steps
     assert metrics["sync/bytes"] > 0 and metrics["sync/bytes_per_s"] > 0
 
     learner_state = learner_group.state_dict()

@@ -178,9 +178,11 @@ def test_weight_sync_reaches_every_engine_vision_tower_included(
         learner_group, rollout_group, tiny_vlm_path, processor) -> None:
     import ray
 
+    from workers.weight_sync.sync import WeightSync
+
     kind, rollout_group = rollout_group
     learner_group.train_step(make_vlm_batch(processor, seed=3))
-    learner_group.sync_weights(rollout_group)
+    WeightSync(learner_group, rollout_group).sync(learner_group.weight_version)
     assert rollout_group.weight_versions() == [learner_group.weight_version] * 2
     learner_state = learner_group.state_dict()
     model = reference_model(tiny_vlm_path, learner_state)

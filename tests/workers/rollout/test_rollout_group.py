@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rollout_test_support import ENGINE_KWARGS, VLLM_AVAILABLE
 
-from riskpo.messages import Prompt, SamplingParams
+from riskpo.messages import NonFiniteSampling, Prompt, SamplingParams
 from workers.rollout import make_engine
 from workers.rollout.hf_engine import HFEngine
 
@@ -91,11 +91,35 @@ def test_actor_weight_sync_entry_points_feed_the_engine(tiny_model_path, other_t
             assert manifest == "manifest-1"
             return iter(weights.items())
 
-    with pytest.raises(RuntimeError, match="init_weight_sync"):
-        actor.receive_weights("manifest-1")
+    with pytest.raises(RuntimeError, match="join_weight_sync"):
+        actor.receive_weights("manifest-1", 4)
     actor._receiver = FakeReceiver()
-    assert actor.receive_weights("manifest-1") == 1
-    assert actor.ping()["weight_version"] == 1
+    assert actor.receive_weights("manifest-1", 4) == 4  # the learner's number for them
+    assert actor.ping()["weight_version"] == 4 == actor.weight_version()
+    completions = actor.generate(PROMPTS[:1], GREEDY)
+    assert {c.weight_version for c in completions[0]} == {4}
+    actor.sleep()
+    with pytest.raises(RuntimeError, match="asleep"):
+        actor.receive_weights("manifest-1", 5)
+    assert actor.weight_version() == 4  # weights the engine refused are not held
+
+
+class NonFiniteEngine(HFEngine):
+    def generate(self, prompts, params):
+        raise NonFiniteSampling("HFEngine: probability tensor contains either `inf`, `nan` or element < 0")
+
+
+def test_the_actor_stamps_non_finite_sampling_with_the_weights_that_sampled(tiny_model_path):
+    import pickle
+
+    from workers.rollout.actor import RolloutActor
+
+    actor = RolloutActor(NonFiniteEngine, tiny_model_path, ENGINE_KWARGS["hf"])
+    actor._weight_version = 6  # as a sync of version 6 leaves it
+    with pytest.raises(NonFiniteSampling) as error:
+        actor.generate(PROMPTS[:1], GREEDY)
+    assert error.value.weight_version == 6
+    assert pickle.loads(pickle.dumps(error.value)).weight_version == 6  # what crosses Ray
 
 
 # ---- Ray ------------------------------------------------------------------------------

@@ -8,7 +8,13 @@ import threading
 import pytest
 import torch
 
-from workers.weight_sync import TensorSpec, build_manifest, make_receiver, make_sender
+from workers.weight_sync import (
+    SyncGroupAddress,
+    TensorSpec,
+    build_manifest,
+    make_receiver,
+    make_sender,
+)
 from workers.weight_sync.manifest import BYTE_ALIGNMENT
 
 
@@ -55,17 +61,17 @@ def test_manifest_rejects_duplicate_names() -> None:
 def test_broadcast_round_trip_to_two_receivers(bucket_bytes: int) -> None:
     named = _named_tensors()
     manifest = build_manifest(_specs(named), bucket_bytes)
-    address = {"master_addr": "127.0.0.1", "master_port": _free_port(), "world_size": 3}
+    address = SyncGroupAddress("127.0.0.1", _free_port(), world_size=3)
     received: dict[int, list[tuple[str, torch.Tensor]]] = {}
 
     def receive(rank: int) -> None:
-        receiver = make_receiver(rank=rank, **address)
+        receiver = make_receiver(address, rank)
         received[rank] = [(name, t.clone()) for name, t in receiver.receive(manifest)]
 
     threads = [threading.Thread(target=receive, args=(rank,)) for rank in (1, 2)]
     for thread in threads:
         thread.start()
-    sent_bytes = make_sender(**address).send(manifest, iter(named))
+    sent_bytes = make_sender(address).send(manifest, iter(named))
     for thread in threads:
         thread.join(timeout=30)
     assert sent_bytes == manifest.num_bytes
@@ -78,8 +84,8 @@ def test_broadcast_round_trip_to_two_receivers(bucket_bytes: int) -> None:
 def test_sender_names_a_tensor_that_disagrees_with_the_manifest() -> None:
     named = _named_tensors()
     manifest = build_manifest(_specs(named), bucket_bytes=1 << 20)
-    address = {"master_addr": "127.0.0.1", "master_port": _free_port(), "world_size": 1}
-    sender = make_sender(**address)
+    address = SyncGroupAddress("127.0.0.1", _free_port(), world_size=1)
+    sender = make_sender(address)
     wrong = [(name, t.float() if name == "counts" else t) for name, t in named]
     with pytest.raises(ValueError, match="'counts' is"):
         sender.send(manifest, iter(wrong))
