@@ -41,12 +41,7 @@ def _line_plot(path: Path, rows, keys: Sequence[str], title: str, ylabel: str) -
     for key, steps, values in curves:
         axis.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
     axis.set(title=title, xlabel="step", ylabel=ylabel)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axis, path)
 
 
 def _pass_at_k_curve(path: Path, rows) -> Path | None:
@@ -62,6 +57,11 @@ def _pass_at_k_curve(path: Path, rows) -> Path | None:
         axis.plot([k for k, _ in points], [v for _, v in points], marker="o",
                   label=f"{label} (step {row['step']})")
     axis.set(title="pass@k against k", xlabel="k", ylabel="pass@k", xscale="log")
+    return _save(figure, axis, path)
+
+
+def _save(figure: Any, axis: Any, path: Path) -> Path:
+    """Grid and legend, then the PNG at `path`; the figure is closed."""
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
