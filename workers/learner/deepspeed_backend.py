@@ -81,6 +81,9 @@ class DeepSpeedBackend(LearnerBackend):
         self.images = None if self.processor is None else ImageInputs(self.processor)
         model = self._load_model(model_path, torch.float32)
         self.suppressed = suppressed_token_ids(model.config)  # never sampled (riskpo/models/vlm.py)
+        # from_pretrained returns the model in eval mode, where transformers skips gradient
+        # checkpointing (its layers checkpoint only while self.training): the policy trains
+        model.train()
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
