@@ -206,7 +206,10 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
                       gpu_memory_utilization=r.gpu_memory_utilization,
                       enforce_eager=r.enforce_eager)
         if run.cluster.colocate:  # the loop puts the engines to sleep while the learner works
-            kwargs.update(enable_sleep_mode=True, sleep_level=r.sleep_level)
+            # vLLM has sleep mode only on GPUs (it refuses it elsewhere): an engine computing on
+            # CPUs (cluster.device=cpu, a rehearsal) still sleeps and wakes, freeing nothing
+            kwargs.update(enable_sleep_mode=computes_on_gpu(run, run.cluster.rollout_gpus_per_actor),
+                          sleep_level=r.sleep_level)
     elif computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):
         kwargs["device"] = "cuda"  # Ray's CUDA_VISIBLE_DEVICES makes the actor's GPU device 0
     return kwargs
