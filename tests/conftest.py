@@ -1,4 +1,7 @@
-"""Shared pytest fixtures: one local Ray cluster per session (starting one per test costs ~3 s each)."""
+"""Shared pytest fixtures (one local Ray cluster per session: starting one per test costs ~3 s
+each), and the rule of the two test lanes: a test is `slow` when it starts a process or trains a
+model; the fast lane (`make test-fast`) runs the others, in-process. A test that uses a fixture
+starting processes (PROCESS_FIXTURES) is marked slow here; the others carry the marker."""
 
 from __future__ import annotations
 
@@ -10,6 +13,17 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# fixtures that start processes: the Ray cluster, the verifiers' worker processes and sandbox
+PROCESS_FIXTURES = frozenset({"ray_cluster", "code_executor", "code_verifier", "patient_code_verifier",
+                              "math_verifier", "patient_math_verifier"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks slow every test that uses a fixture of PROCESS_FIXTURES."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

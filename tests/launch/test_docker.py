@@ -28,6 +28,7 @@ def _hadolint() -> str:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_hadolint_clean(dockerfile: str) -> None:
     result = subprocess.run([_hadolint(), "--no-color", str(DOCKER / dockerfile)],

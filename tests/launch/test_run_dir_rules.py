@@ -177,6 +177,7 @@ def test_a_checkpoint_resumed_into_another_run_is_refused(tmp_path):
     assert plan_run(run, config, fresh).resume_step == 3  # a fresh directory may start from it
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_whose_cleanup_is_stuck_still_exits_with_its_status(tmp_path):
     """riskpo-train arms a watchdog when interrupted: if stopping the workers or Ray hangs, the
     process still exits (with the interrupt's status and its one line), and events.jsonl says

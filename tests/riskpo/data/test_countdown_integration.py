@@ -58,6 +58,7 @@ def test_an_option_of_another_task_is_refused_naming_its_task():
         validate(compose_config(["data=countdown", "data.train.options.num_number=4"]))
 
 
+@pytest.mark.slow
 def test_the_warm_start_accepts_any_correct_expression_and_never_sees_held_out_rows():
     heldout = load_dataset(COUNTDOWN, "eval")
     excluded = {row.prompt_key for row in heldout}

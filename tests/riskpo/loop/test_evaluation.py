@@ -21,6 +21,7 @@ def test_pass_k_ladder():
     assert default_pass_k(1) == [1]
 
 
+@pytest.mark.slow
 def test_arithmetic_rows_are_graded_on_the_final_number():
     rows = load_dataset(DatasetConfig(size=3, seed=0))
     verifier = MathVerifier()
@@ -33,6 +34,7 @@ def test_arithmetic_rows_are_graded_on_the_final_number():
         verifier.close()
 
 
+@pytest.mark.slow
 def test_humaneval_completions_run_after_their_prompt():
     rows, problems = humaneval_rows()[:2], list(read_problems().values())[:2]
     executor = CodeExecutor(1)

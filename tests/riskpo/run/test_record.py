@@ -94,6 +94,7 @@ def test_format_step_lists_phase_times():
     assert "gen 0.30" in line and "step 0.30s" in line
 
 
+@pytest.mark.slow
 def test_wandb_runs_offline_inside_the_run_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -222,6 +222,7 @@ def test_a_math_worker_that_cannot_start_fails_fast():
         verifier.close()
 
 
+@pytest.mark.slow
 def test_an_interpreter_without_math_verify_fails_fast(tmp_path, monkeypatch):
     from workers.verifier import math_verifier as M
 

@@ -19,11 +19,13 @@ def no_landlock(monkeypatch):
     monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
 
 
+@pytest.mark.slow
 def test_strict_refuses_a_code_actor_on_a_machine_missing_a_layer(no_landlock):
     with pytest.raises(SandboxUnavailable, match="landlock"):
         VerifierActor("code", VerifierConfig(sandbox="strict").limits())
 
 
+@pytest.mark.slow
 def test_auto_starts_degraded_and_says_which_layer_is_missing(no_landlock):
     actor = VerifierActor("code", VerifierConfig(sandbox="auto").limits())
     try:
