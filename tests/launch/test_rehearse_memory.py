@@ -1,0 +1,166 @@
+"""The memory formula (launch/memory.py) against the code it describes: the loss's copies of the
+logits and a decoder layer's saved activations measured on the code itself, a learner step
+measured through the learner (launch/rehearse/probe.py), and docs/cluster.md's table, which is
+the formula's output. A change to the loss, the model code or DeepSpeed's buffers that the
+formula does not follow fails here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.memory import (
+    NO_GRAD_LOGITS_BYTES,
+    TRAIN_LOGITS_BYTES,
+    LearnerShape,
+    ModelShape,
+    TextShape,
+    layer_activation_bytes,
+    micro_batch_terms,
+    no_grad_terms,
+    state_terms,
+)
+from launch.rehearse.data import corpus
+from launch.rehearse.models import ModelScale, build_model, model_facts
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _peak_allocated(run) -> int:
+    """Peak bytes torch's CPU allocator held for what `run` allocated (the profiler's record)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text())["traceEvents"]
+    return max(e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_logits_copies_are_those_the_loss_code_makes(dtype):
+    from riskpo.algo.losses import (
+        LossConfig,
+        build_policy_loss,
+        micro_batch_objective,
+        token_logprobs,
+    )
+    from riskpo.algo.registry import get_advantage_estimator
+
+    rows, length, vocab, width = 4, 129, 4096, 32
+    tokens = rows * (length - 1)
+    torch_dtype = getattr(torch, dtype)
+    hidden = torch.randn(rows, length, width, dtype=torch_dtype, requires_grad=True)
+    head = torch.randn(vocab, width, dtype=torch_dtype, requires_grad=True)
+    ids = torch.randint(0, vocab, (rows, length))
+    old = torch.full((rows, length - 1), -8.0)
+    loss = build_policy_loss(LossConfig(**get_advantage_estimator("riskpo").loss))
+
+    def train() -> None:
+        logits = hidden @ head.T
+        objective, _ = micro_batch_objective(
+            logits, ids, torch.ones(rows, length - 1, dtype=torch.bool), torch.randn(rows), old, loss,
+            loss_units=float(tokens), temperature=1.0, rollout_logprobs=old, loss_weights=torch.full((rows,), 0.25))
+        del logits
+        objective.backward()
+
+    def no_grad() -> None:
+        with torch.no_grad():
+            token_logprobs(hidden @ head.T, ids, 1.0)
+
+    gradients = (hidden.numel() + head.numel()) * hidden.element_size()
+    assert (_peak_allocated(train) - gradients) / (tokens * vocab) == pytest.approx(TRAIN_LOGITS_BYTES[dtype], rel=0.03)
+    assert _peak_allocated(no_grad) / (tokens * vocab) == pytest.approx(NO_GRAD_LOGITS_BYTES[dtype], rel=0.03)
+
+
+def test_a_decoder_layer_saves_what_the_formula_counts(tmp_path):
+    """Saved-tensor hooks on the scaled Qwen2 model in training mode, one layer against two."""
+    from riskpo.models.loading import load_policy
+
+    model_dir = build_model(model_facts("Qwen/Qwen2.5-1.5B-Instruct"), ModelScale(), corpus(), tmp_path)
+    model = load_policy(model_dir, torch.bfloat16).train()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_bytes(layers: int) -> int:
+        model.model.layers = model.model.layers[:layers]
+        saved: dict[int, int] = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in parameters:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        ids = torch.randint(3, 700, (4, 256))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        return sum(saved.values())
+
+    config = model.config
+    text = TextShape(1, config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                     config.num_key_value_heads, config.hidden_size // config.num_attention_heads, config.vocab_size)
+    per_layer = (saved_bytes(2) - saved_bytes(1)) / (4 * 256)
+    assert per_layer == pytest.approx(layer_activation_bytes(text, 2), rel=0.02)
+
+
+def _probe(model_dir: Path, checkpointing: bool) -> dict:
+    request = {"model_path": str(model_dir), "prompt_tokens": 96, "response_tokens": 32,
+               "learner": {"zero_stage": 2, "dtype": "bfloat16", "gradient_checkpointing": checkpointing,
+                           "micro_batch_token_budget": 4096}}
+    result = subprocess.run([sys.executable, "-m", "launch.rehearse.probe", json.dumps(request)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_formula_matches_a_learner_step_measured_through_the_learner(tmp_path):
+    """ZeRO-2 in bf16 on one rank, two micro-batches at the budget; with checkpointing the step
+    needs less (it did not before the learner trained in training mode: transformers checkpoints
+    only then, and the measured step matched the formula without checkpointing)."""
+    model_dir = build_model(model_facts("Qwen/Qwen2.5-1.5B-Instruct"), ModelScale(), corpus(), tmp_path)
+    model = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
+    peaks = {}
+    for checkpointing in (True, False):
+        measured = _probe(model_dir, checkpointing)
+        phases = measured["phases"]
+        learner = LearnerShape(1, 2, "bfloat16", checkpointing, measured["micro_batch_tokens"])
+        step = phases["train_step"]["peak"] - phases["train_step"]["before"]
+        pairs = [(sum(t.bytes for t in state_terms(model, learner, after_step=False)), phases["init"]["end"]),
+                 (sum(t.bytes for t in no_grad_terms(model, learner)),
+                  phases["old_logprobs"]["peak"] - phases["old_logprobs"]["before"]),
+                 (sum(t.bytes for t in micro_batch_terms(model, learner)), step),
+                 (sum(t.bytes for t in state_terms(model, learner)), phases["train_step"]["end"])]
+        for formula, actual in pairs:
+            assert actual == pytest.approx(formula, rel=0.03)
+        peaks[checkpointing] = step
+    tokens, layers = measured["micro_batch_tokens"], model.text.layers
+    saved = tokens * ((layers - 1) * layer_activation_bytes(model.text, 2) - layers * 2 * model.text.hidden)
+    assert peaks[False] - peaks[True] > saved / 2  # 0 while checkpointing was a no-op
+
+
+def test_zero_stages_place_the_state_where_deepspeed_does():
+    text = TextShape(28, 1536, 8960, 12, 2, 128, 151936)
+    model = ModelShape(1_543_714_304, text)
+    stage2, stage3 = (LearnerShape(4, stage, "bfloat16", True, 16384) for stage in (2, 3))
+    by_name = {t.name: t.bytes for t in state_terms(model, stage2)}
+    assert by_name["weights"] == 2 * model.parameters and by_name["Adam m and v (fp32)"] == 2 * model.parameters
+    assert {t.name: t.bytes for t in state_terms(model, stage3)}["weights"] == model.parameters // 2
+    assert {t.name for t in micro_batch_terms(model, stage2)} >= {"logits copies of the loss", "gradient partition"}
+
+
+def test_docs_cluster_md_holds_the_table_the_formula_prints(monkeypatch, tmp_path):
+    from launch.memory import recipe_table
+
+    monkeypatch.setenv("RISKPO_CACHE", str(tmp_path))
+    assert recipe_table() in (REPO / "docs" / "cluster.md").read_text(), \
+        "docs/cluster.md's memory table is stale: paste `python -m launch.memory` into it"
