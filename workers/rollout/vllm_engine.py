@@ -6,13 +6,14 @@ expands them and the completions carry its expanded prompt ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
 from riskpo.models.loading import load_tokenizer
@@ -32,6 +33,30 @@ from workers.rollout.engine import (
     sampling_checked,
 )
 
+KV_CACHE_MARGIN = 1.1  # the CPU KV cache holds 10% more blocks than the sequences need
+KV_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DEFAULT_KV_CACHE_SEQUENCES = 64  # an engine built without a run's figure (tests, benchmarks)
+
+
+def kv_cache_bytes(config: PretrainedConfig, dtype: str, sequences: int, max_model_len: int,
+                   block_tokens: int = vllm_api.CPU_BLOCK_TOKENS) -> int:
+    """The KV cache that holds `sequences` sequences of max_model_len tokens at once (each a
+    whole number of blocks), KV_CACHE_MARGIN more: per token 2 (K and V) x layers x KV heads
+    x head size x the element's bytes (dtype's; auto: the model's own)."""
+    text = config.get_text_config()
+    if dtype == "auto":
+        dtype = str(getattr(text, "dtype", None) or config.dtype).removeprefix("torch.")
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_size = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_size * KV_ELEMENT_BYTES[dtype]
+    blocks = math.ceil(sequences * math.ceil(max_model_len / block_tokens) * KV_CACHE_MARGIN)
+    return blocks * block_tokens * per_token
+
+
+def longest_sequence(config: PretrainedConfig) -> int:
+    """The model's own limit on prompt + response tokens (vLLM's max_model_len by default)."""
+    return int(config.get_text_config().max_position_embeddings)
+
 
 def expected_weight_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
     """HF parameter names and shapes of the model (built on the meta device: no memory)."""
@@ -46,7 +71,11 @@ class VLLMEngine:
 
     Log-probs are vLLM's "processed_logprobs": after temperature and top-k/top-p, as the
     hf engine's. With params.seed set, prompt i samples with seed + i * n (+ sample index),
-    so duplicated prompts still get distinct samples."""
+    so duplicated prompts still get distinct samples.
+
+    On CPU the KV cache is kv_cache_memory_bytes, or else sized by kv_cache_bytes for
+    kv_cache_sequences sequences of max_model_len tokens (null: the model's limit) at once:
+    a run passes the most sequences it sends one engine in a call (launch/factory.py)."""
 
     def __init__(
         self,
@@ -58,6 +87,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.85,
         kv_cache_memory_bytes: int | None = None,
+        kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES,
         enable_sleep_mode: bool | None = None,
         sleep_level: int = 1,
         enforce_eager: bool = False,
@@ -69,6 +99,8 @@ class VLLMEngine:
             )
         if sleep_level not in (1, 2):
             raise ValueError(f"VLLMEngine: sleep_level must be 1 or 2, got {sleep_level}")
+        if kv_cache_sequences < 1:
+            raise ValueError(f"VLLMEngine: kv_cache_sequences must be >= 1, got {kv_cache_sequences}")
         vllm_api.import_vllm()
         model_path = str(model_path)
         if enable_sleep_mode is None:
@@ -79,6 +111,13 @@ class VLLMEngine:
         # a VLM never writes its image token (riskpo/models/vlm.py): banned as a bad word
         self.banned_words = [] if self.processor is None else [image_text(self.processor)]
         self.weight_shapes = expected_weight_shapes(model_path)
+        if not torch.cuda.is_available():
+            config = AutoConfig.from_pretrained(model_path)
+            max_model_len = max_model_len or longest_sequence(config)
+            if kv_cache_memory_bytes is None:
+                kv_cache_memory_bytes = kv_cache_bytes(
+                    config, dtype, min(kv_cache_sequences, vllm_api.CPU_MAX_SEQUENCES), max_model_len)
+        self.kv_cache_memory_bytes = kv_cache_memory_bytes
         self.llm = vllm_api.create_llm(
             model_path,
             tensor_parallel_size=tensor_parallel_size,
