@@ -109,7 +109,7 @@ def _plan_workers(plan: RehearsalPlan, recipe: RunConfig, cpu_count: int, engine
         plan.scale("rollout.enforce_eager", r.enforce_eager, True,
                    "vLLM's torch.compile takes minutes on a CPU; the GPU run compiles", kind="replaced")
         plan.keep("rollout.gpu_memory_utilization", r.gpu_memory_utilization,
-                  "a GPU's share; on a CPU the engine sizes its KV cache itself (workers/rollout/vllm_api.py)")
+                  "a GPU's share; on a CPU the KV cache holds the run's sequences (rollout.kv_cache_gib)")
     if c.address:
         plan.scale("cluster.address", c.address, None, "a local Ray cluster on this machine", kind="replaced")
     plan.scale("cluster.device", c.device, "cpu", "actors compute on CPUs; their GPUs are placement labels",
