@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from launch.placement import ClusterConfig, computes_on_gpu
+from launch.placement import ClusterConfig
+from launch.settle import record_settled, settle_auto
 from riskpo.algo.config import AlgorithmConfig, check_step_shape, group_estimators
 from riskpo.algo.losses import POLICY_LOSSES, LossConfig
 from riskpo.algo.registry import estimators, estimators_with_option
@@ -31,7 +32,6 @@ from riskpo.data.registry import task_named, tiny_model_tasks
 from riskpo.loop.trainer import TrainerConfig
 from riskpo.messages import SamplingConfig
 from riskpo.models.config import TINY_MODEL, ModelConfig
-from riskpo.models.precision import resolve_dtype
 from riskpo.options import ConfigError, join, one_of, require
 from riskpo.run.record import LoggerConfig
 from workers.learner.config import LearnerConfig
@@ -265,7 +265,7 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """Checks the whole run config once, before any actor starts; returns it typed. The keys
-    of SETTLED_KEYS settle their `auto` here, in the run returned and in cfg when it is a
+    of launch/settle.py SETTLED_KEYS settle their `auto` here, in the run returned and in cfg when it is a
     DictConfig (the config.yaml written from it records the values the run used).
 
     Raises ConfigError naming the first offending key and what would work."""
@@ -297,40 +297,11 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                 "cluster.colocate=true the engines and the learner take turns on the same GPUs",
                 "use trainer.off_policy_steps=0, or cluster.colocate=false")
     run.logger.check("logger")
-    _settle_engine_dtype(run)
-    _settle_importance_correction(run)
+    settle_auto(run)  # dtypes, thread shares, importance correction (launch/settle.py)
     _check_truncated_sampling(run)
     if isinstance(cfg, DictConfig):
-        _record_settled(cfg, run)
+        record_settled(cfg, run)
     return run
-
-
-# Keys whose `auto` validate() settles from the machine (not from the config alone), and
-# records in the composed config: config.yaml then holds what the run used.
-SETTLED_KEYS = ("model.dtype",)
-
-
-def _record_settled(cfg: DictConfig, run: RunConfig) -> None:
-    for key in SETTLED_KEYS:
-        value = run
-        for part in key.split("."):
-            value = getattr(value, part)
-        OmegaConf.update(cfg, key, value, merge=False)
-
-
-def _settle_engine_dtype(run: RunConfig) -> None:
-    """model.dtype=auto: bfloat16 where the rollout engines compute on a GPU or on a CPU with
-    native bf16, float32 elsewhere (riskpo/models/precision.py); config.yaml keeps the result."""
-    on_gpu = computes_on_gpu(run, run.cluster.rollout_gpus_per_actor)
-    run.model.dtype = resolve_dtype(run.model.dtype, on_gpu)
-
-
-def _settle_importance_correction(run: RunConfig) -> None:
-    """algorithm.loss.importance_correction=auto: token-level truncated IS when the rollouts
-    are off-policy (trainer.off_policy_steps > 0), none when they are the learner's own."""
-    loss = run.algorithm.loss
-    if loss.importance_correction == "auto":
-        loss.importance_correction = "token" if run.trainer.off_policy_steps > 0 else "none"
 
 
 def _check_truncated_sampling(run: RunConfig) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from launch.config import RunConfig
+from launch.machine import node_cpu_ids, omp_env, vllm_thread_binding
 from launch.placement import (
     check_resources,
     computes_on_gpu,
@@ -233,6 +234,27 @@ def engine_sequences(run: RunConfig) -> int:
     return math.ceil(max(train, rows * run.data.eval_samples) / run.rollout.num_actors)
 
 
+def thread_environments(run: RunConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment of each rollout actor and of each learner rank: the thread counts
+    validate() settled (launch/machine.py thread_shares), OpenMP's passive waiting, and for a
+    vLLM engine on CPUs its thread binding (read where vLLM runs its workers as processes;
+    in-process, as here, OMP_NUM_THREADS sizes its threads). Verifiers keep ACTOR_ENV's one."""
+    c, r = run.cluster, run.rollout
+    rollout_env = omp_env(c.rollout_threads_per_actor)
+    if r.engine == "vllm" and not computes_on_gpu(run, c.rollout_gpus_per_actor):
+        rollout_env["VLLM_CPU_OMP_THREADS_BIND"] = vllm_thread_binding(
+            node_cpu_ids(c.num_cpus), c.rollout_threads_per_actor, r.num_actors, r.tensor_parallel_size)
+    return rollout_env, omp_env(c.learner_threads_per_rank)
+
+
+def _use_one_thread() -> None:
+    """The driver's own tensor work (advantages, batches) is small: one intra-op thread (two
+    threads beside busy actors made such ops 10-20x slower here)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
     """Starts the rollout, verifier and learner groups (learner last: it loads the model),
     placed as the cluster config says (see launch/placement.py), and the weight sync between
@@ -246,6 +268,12 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
     from workers.weight_sync.sync import WeightSync
 
     c, r = run.cluster, run.rollout
+    rollout_env, learner_env = thread_environments(run)
+    console.print(f"threads: {c.rollout_threads_per_actor} per rollout actor, "
+                  f"{c.learner_threads_per_rank} per learner rank ("
+                  f"{'split: they overlap' if run.trainer.off_policy_steps else 'they take turns'}), "
+                  "1 per verifier, 1 in the driver", highlight=False)
+    _use_one_thread()
     console.print(f"workers: {r.num_actors} {r.engine} rollout actor(s), "
                   f"{run.verifier.num_math_actors} math + {run.verifier.num_code_actors} code "
                   f"verifier actor(s), {run.learner.num_ranks} learner rank(s) (ZeRO-{run.learner.zero_stage})"
@@ -258,14 +286,15 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
             num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
             engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
             num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=placement.rollout,
-            bundle_indices=placement.rollout_bundles))
+            bundle_indices=placement.rollout_bundles, runtime_env={"env_vars": rollout_env}))
         started.append(VerifierPool(
             run.verifier.actor_counts, verifier_limits(run), placement_group=placement.verifier,
             bundle_indices=placement.verifier_bundles))
         started.append(LearnerGroup(
             model_path, learner_spec(run), cpus_per_rank=c.learner_cpus_per_rank,
             gpus_per_rank=c.learner_gpus_per_rank * share, placement_strategy=c.placement_strategy,
-            bundle_resources=node_marker(run, "learner"), placement_group=placement.learner))
+            bundle_resources=node_marker(run, "learner"), placement_group=placement.learner,
+            runtime_env={"env_vars": learner_env}))
     except BaseException:
         for group in reversed(started):
             group.shutdown()
