@@ -265,8 +265,8 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """Checks the whole run config once, before any actor starts; returns it typed. The keys
-    of launch/settle.py SETTLED_KEYS settle their `auto` here, in the run returned and in cfg when it is a
-    DictConfig (the config.yaml written from it records the values the run used).
+    of launch/settle.py SETTLED_KEYS settle their `auto` here, in the run returned and in cfg
+    when it is a DictConfig (the config.yaml written from it records the values the run used).
 
     Raises ConfigError naming the first offending key and what would work."""
     run = to_dataclass(cfg)
@@ -388,7 +388,6 @@ def _check_learner_fits_step(run: RunConfig) -> None:
     require(learner.micro_batch_token_budget >= longest, "learner.micro_batch_token_budget",
             f"{learner.micro_batch_token_budget} tokens cannot hold one sequence of up to {longest}",
             f"use at least {longest}")
-
 
 
 # --------------------------------------------------------------------------- declared keys

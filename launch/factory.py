@@ -31,7 +31,8 @@ from riskpo.options import ConfigError
 from workers.learner.config import LearnerSpec
 from workers.rollout.vllm_api import CPU_MAX_SEQUENCES
 
-# Set in every actor: no usage reporting, no JIT builds of DeepSpeed's CPU ops, quiet tokenizers.
+# Set in every actor: no usage reporting, no JIT builds of DeepSpeed's CPU ops, quiet tokenizers,
+# one OpenMP thread (rollout actors and learner ranks get their share instead: thread_environments).
 ACTOR_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",

@@ -28,6 +28,10 @@ class ClusterConfig:
     rollout_cpus_per_actor: float = 1.0
     learner_cpus_per_rank: float = 1.0
     verifier_cpus_per_actor: float = 1.0
+    # OpenMP threads of each rollout actor and learner rank; auto: the phases take turns on the
+    # node's CPUs, or split them when they overlap (launch/machine.py thread_shares)
+    rollout_threads_per_actor: int | str = "auto"
+    learner_threads_per_rank: int | str = "auto"
     colocate: bool = False  # rollout actor i and learner rank i share bundle i (and its GPU)
     # Custom resources that mark nodes (`ray start --resources`). Each actor of the group takes
     # one unit, so a node advertising N hosts at most N of them; null: any node with room.
@@ -43,6 +47,11 @@ class ClusterConfig:
         for name in ("rollout_gpus_per_actor", "learner_gpus_per_rank", "rollout_cpus_per_actor",
                      "learner_cpus_per_rank", "verifier_cpus_per_actor"):
             require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        for name in ("rollout_threads_per_actor", "learner_threads_per_rank"):
+            value = getattr(self, name)
+            counts = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            require(value == "auto" or counts, f"{key}.{name}",
+                    f"{value!r} is no thread count", "use auto or an integer >= 1")
         one_of(self.placement_strategy, PLACEMENT_STRATEGIES, f"{key}.placement_strategy")
         require(self.connect_timeout_s > 0, f"{key}.connect_timeout_s", "must be > 0 seconds")
         require(self.num_cpus is None or self.num_cpus >= 1, f"{key}.num_cpus", "must be >= 1 or null")

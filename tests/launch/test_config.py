@@ -149,12 +149,16 @@ def test_colocation_and_an_off_policy_pipeline_are_refused_together_naming_both_
     assert error.value.key == "trainer.off_policy_steps" and "cluster.colocate" in str(error.value)
 
 
+FLOAT32 = ["model.dtype=float32", "learner.dtype=float32"]
+
+
 @pytest.mark.parametrize(("overrides", "settled"), [
-    ([], "none"), (["trainer.off_policy_steps=1"], "token"),
-    (["trainer.off_policy_steps=2", "algorithm.loss.importance_correction=sequence"], "sequence"),
-    (["trainer.off_policy_steps=1", "algorithm.loss.importance_correction=none"], "none"),
+    (FLOAT32, "none"), ([*FLOAT32, "trainer.off_policy_steps=1"], "token"),
+    ([*FLOAT32, "trainer.off_policy_steps=2", "algorithm.loss.importance_correction=sequence"], "sequence"),
+    ([*FLOAT32, "trainer.off_policy_steps=1", "algorithm.loss.importance_correction=none"], "none"),
 ])
 def test_importance_correction_auto_is_on_exactly_when_rollouts_are_off_policy(overrides, settled):
+    """In float32 on both sides (the bf16 half of the rule: tests/launch/test_settle.py)."""
     assert validate(compose_config(overrides)).algorithm.loss.importance_correction == settled
 
 

@@ -10,22 +10,24 @@ from riskpo.options import one_of, require
 
 STRATEGIES = ("deepspeed",)  # learner backends; an FSDP2 module would add "fsdp2"
 DEVICES = ("cpu", "gpu")
-DTYPES = ("float32", "bfloat16")  # what the learner computes in (fp16 needs loss scaling: not here)
+# what the learner computes in (fp16 needs loss scaling: not here); auto is settled at start-up
+# (launch/settle.py: bfloat16 on a GPU or a CPU with native bf16, else float32)
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
 class LearnerConfig:
     """Parallelism and memory: num_ranks data-parallel ranks (one Ray actor each); zero_stage
-    0-3; dtype float32 (CPU) or bfloat16 (CPU or GPU); offload / offload_params move ZeRO state
-    to host memory (GPU only in practice: DeepSpeed's CPU Adam JIT-builds). Each train step
-    runs algorithm.loss.ppo_epochs passes over the batch, each split into num_mini_batches
-    optimizer steps; a mini-batch is split per rank into micro-batches of at most
-    micro_batch_token_budget padded tokens (gradient accumulation)."""
+    0-3; dtype float32 or bfloat16 (auto: settled at start-up, launch/settle.py); offload /
+    offload_params move ZeRO state to host memory (GPU only in practice: DeepSpeed's CPU Adam
+    JIT-builds). Each train step runs algorithm.loss.ppo_epochs passes over the batch, each
+    split into num_mini_batches optimizer steps; a mini-batch is split per rank into
+    micro-batches of at most micro_batch_token_budget padded tokens (gradient accumulation)."""
 
     num_ranks: int = 1
     strategy: str = "deepspeed"
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3
-    dtype: str = "float32"
+    dtype: str = "auto"
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -79,3 +81,6 @@ class LearnerSpec:
             raise ValueError(f"LearnerSpec.device must be one of {DEVICES}, got {self.device!r}")
         if self.temperature <= 0:
             raise ValueError(f"LearnerSpec.temperature must be > 0, got {self.temperature}")
+        if self.config.dtype == "auto":
+            raise ValueError("LearnerSpec: learner.dtype=auto is settled before a rank starts "
+                             "(launch/settle.py); give float32 or bfloat16")

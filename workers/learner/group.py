@@ -53,10 +53,12 @@ class LearnerGroup:
         placement_timeout_s: float = 300.0,
         bundle_resources: dict[str, float] | None = None,
         placement_group: PlacementGroup | None = None,
+        runtime_env: dict[str, Any] | None = None,
     ) -> None:
         """Rank r runs in bundle r of a placement group: its own (one bundle per rank of
         {CPU, GPU, **bundle_resources}), or `placement_group` when given (colocation: bundles
-        shared with rollout actors; the caller removes it)."""
+        shared with rollout actors; the caller removes it). runtime_env: the ranks' Ray runtime
+        environment (launch/factory.py gives their thread share as env_vars)."""
         self.spec = spec
         config = spec.config
         self.steps = 0  # train_step calls so far: seeds the mini-batch shuffle
@@ -74,6 +76,7 @@ class LearnerGroup:
                 num_cpus=cpus_per_rank,
                 num_gpus=gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
+                **({"runtime_env": runtime_env} if runtime_env else {}),
             ).remote(rank, config.num_ranks, spec)
             for rank in range(config.num_ranks)
         ]

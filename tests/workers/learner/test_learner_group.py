@@ -42,6 +42,7 @@ def learner_group(request: pytest.FixtureRequest, ray_cluster, tiny_model_path: 
     config = LearnerConfig(
         num_ranks=2,
         zero_stage=request.param,
+        dtype="float32",
         lr=3e-3,
         num_mini_batches=2,
         micro_batch_token_budget=40,  # several micro-batches per rank, unequal counts

@@ -90,7 +90,7 @@ def train_one_step(loss: LossConfig, budget: int) -> TorchBackend:
     """prepare + train_step of one step in two mini-batches, each cut into micro-batches of at
     most `budget` padded tokens, as the learner group plans them."""
     backend = TorchBackend()
-    backend.initialize("", LearnerSpec(LearnerConfig(micro_batch_token_budget=budget), loss), 0, 1)
+    backend.initialize("", LearnerSpec(LearnerConfig(dtype="float32", micro_batch_token_budget=budget), loss), 0, 1)
     batch = make_batch()
     lengths = row_lengths(batch)
     rows = list(range(len(batch)))

@@ -34,7 +34,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("zero_stage", [1, 2])
 def test_non_finite_gradients_are_a_skipped_update(ray_cluster, tiny_model_path, zero_stage):
-    config = LearnerConfig(num_ranks=1, zero_stage=zero_stage, lr=1e-3, num_mini_batches=1)
+    config = LearnerConfig(num_ranks=1, zero_stage=zero_stage, dtype="float32", lr=1e-3, num_mini_batches=1)
     group = LearnerGroup(str(tiny_model_path), LearnerSpec(config))
     try:
         before = group.state_dict()

@@ -38,7 +38,7 @@ def test_the_logged_learning_rate_is_the_one_each_update_used(ray_cluster, tiny_
     """Warm-up 4, lr 1e-3: update u uses (u + 1) / 4 * lr and logs it (it logged the next
     update's, 5e-4 for the first). Adam's first step moves every parameter with a gradient by
     about the rate itself (no weight decay): 2.5e-4."""
-    config = LearnerConfig(num_ranks=1, zero_stage=1, lr=1e-3, warmup_steps=4, weight_decay=0.0)
+    config = LearnerConfig(num_ranks=1, zero_stage=1, dtype="float32", lr=1e-3, warmup_steps=4, weight_decay=0.0)
     group = LearnerGroup(str(tiny_model_path), LearnerSpec(config))
     try:
         before = group.state_dict()
@@ -57,7 +57,7 @@ def test_kl_cov_gradient_is_the_same_for_one_and_many_micro_batches(ray_cluster,
     mini-batch in one micro-batch, then from the same checkpoint in one micro-batch per row:
     the same selection (the penalised share) and the same gradient norms and weights."""
     loss = LossConfig(name="kl_cov", options={"fraction": 0.05})
-    config = LearnerConfig(num_ranks=1, zero_stage=1, lr=1e-3, num_mini_batches=2, micro_batch_token_budget=4096)
+    config = LearnerConfig(num_ranks=1, zero_stage=1, dtype="float32", lr=1e-3, num_mini_batches=2, micro_batch_token_budget=4096)
     group = LearnerGroup(str(tiny_model_path), LearnerSpec(config, loss))
     try:
         batch = make_batch()

@@ -90,7 +90,7 @@ def reference_model(tiny_vlm_path: Path, state: dict[str, torch.Tensor]):
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
 def learner_group(request: pytest.FixtureRequest, ray_cluster, tiny_vlm_path: Path):
-    config = LearnerConfig(num_ranks=2, zero_stage=request.param, lr=3e-3, num_mini_batches=2,
+    config = LearnerConfig(num_ranks=2, zero_stage=request.param, dtype="float32", lr=3e-3, num_mini_batches=2,
                            micro_batch_token_budget=20)  # 2 rows of ~10 tokens: empty micro-batches
     group = LearnerGroup(str(tiny_vlm_path), LearnerSpec(config))
     yield group
