@@ -259,10 +259,15 @@ def micro_batch_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
 
 
 def no_grad_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
-    """The old (and reference) log-prob passes: the logits copies of token_logprobs."""
+    """The old (and reference) log-prob passes: the logits copies of token_logprobs, or where
+    the vocabulary is small beside the layers (the tiny models), a layer's own peak: the MLP's
+    gate, up, SiLU and product (4 w i) beside the residual stream and its norm (2 w h)."""
+    text, tokens, width = model.text, learner.micro_batch_tokens, COMPUTE_BYTES[learner.dtype]
     bytes_ = NO_GRAD_LOGITS_BYTES[learner.dtype]
-    return [Term("logits copies (no grad)", int(bytes_ * learner.micro_batch_tokens * model.text.vocab),
-                 f"{bytes_} B x T x V")]
+    logits = Term("logits copies (no grad)", int(bytes_ * tokens * text.vocab), f"{bytes_} B x T x V")
+    layer = Term("a layer's forward (no grad)", tokens * (4 * width * text.intermediate + 2 * width * text.hidden),
+                 "T x (4 w i + 2 w h)")
+    return [max(logits, layer, key=lambda term: term.bytes)]
 
 
 def engine_terms(model: ModelShape, engine: EngineShape, gpu_bytes: int) -> tuple[Term | None, Term | None]:

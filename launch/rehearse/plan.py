@@ -57,17 +57,23 @@ def plan_rehearsal(recipe: RunConfig, model_dir: str, model_note: str, cpu_count
     model at model_dir (model_note says what was scaled and kept in it). engine_note: why the
     recipe's engine is replaced here (None: it is kept)."""
     plan = RehearsalPlan()
-    plan.scale("model.path", recipe.model.path, model_dir, model_note)
-    if recipe.model.tokenizer:
+    scaled_model = model_dir != recipe.model.path
+    if scaled_model:
+        plan.scale("model.path", recipe.model.path, model_dir, model_note)
+    else:
+        plan.keep("model.path", recipe.model.path, model_note)
+    if scaled_model and recipe.model.tokenizer:
         plan.scale("model.tokenizer", recipe.model.tokenizer, None, "the scaled model's directory holds its tokenizer")
-    _plan_steps(plan, recipe)
+    _plan_steps(plan, recipe, scaled_model)
     _plan_workers(plan, recipe, cpu_count, engine_note)
     _plan_learner(plan, recipe)
     _plan_kept(plan, recipe)
     return plan
 
 
-def _plan_steps(plan: RehearsalPlan, recipe: RunConfig) -> None:
+def _plan_steps(plan: RehearsalPlan, recipe: RunConfig, scaled_model: bool) -> None:
+    """Steps, prompts, response length and held-out problems (a model kept as it is keeps its
+    held-out split: the tiny models' warm start is cached by it)."""
     t, d, r = recipe.trainer, recipe.data, recipe.rollout
     plan.scale("trainer.total_steps", t.total_steps, REHEARSAL_STEPS, "two steps: the second trains on synced weights")
     plan.scale("trainer.eval_every", t.eval_every, REHEARSAL_STEPS, "the last step evaluates")
@@ -82,9 +88,12 @@ def _plan_steps(plan: RehearsalPlan, recipe: RunConfig) -> None:
     if prompts != t.prompts_per_step:
         plan.scale("trainer.prompts_per_step", t.prompts_per_step, prompts, why)
     plan.keep("trainer.samples_per_prompt", t.samples_per_prompt, "the group size the estimator sees")
-    plan.scale("rollout.max_new_tokens", r.max_new_tokens, min(r.max_new_tokens, REHEARSAL_NEW_TOKENS),
-               "responses of a random model; the learner's budget below is the recipe's")
-    if d.eval.size is None or d.eval.size > REHEARSAL_EVAL_PROMPTS:
+    if r.max_new_tokens > REHEARSAL_NEW_TOKENS:
+        plan.scale("rollout.max_new_tokens", r.max_new_tokens, REHEARSAL_NEW_TOKENS,
+                   "responses of a random model; the learner's budget below is the recipe's")
+    else:
+        plan.keep("rollout.max_new_tokens", r.max_new_tokens, "response tokens")
+    if scaled_model and (d.eval.size is None or d.eval.size > REHEARSAL_EVAL_PROMPTS):
         plan.scale("data.eval.size", d.eval.size, REHEARSAL_EVAL_PROMPTS, "held-out problems evaluated")
     plan.keep("data.eval_samples", d.eval_samples, "samples per held-out problem (avg@k, pass@k)")
     plan.keep("data.max_prompt_length", d.max_prompt_length, "checked on every row at load time")
@@ -94,13 +103,12 @@ def _plan_workers(plan: RehearsalPlan, recipe: RunConfig, cpu_count: int, engine
     c, r, learner = recipe.cluster, recipe.rollout, recipe.learner
     ranks = min(learner.num_ranks, max(MIN_RANKS, cpu_count // 2))
     actors = ranks if c.colocate else min(r.num_actors, ranks)
-    why = f"{cpu_count} cores here; at least {MIN_RANKS} ranks on gloo"
     for key, recipe_value, value in (("learner.num_ranks", learner.num_ranks, ranks),
                                      ("rollout.num_actors", r.num_actors, actors)):
         if value != recipe_value:
-            plan.scale(key, recipe_value, value, why)
+            plan.scale(key, recipe_value, value, f"{cpu_count} cores here; at least {MIN_RANKS} ranks on gloo")
         else:
-            plan.keep(key, value, why)
+            plan.keep(key, value, "the recipe's, which the cores allow")
     if engine_note:
         plan.scale("rollout.engine", r.engine, "hf", engine_note, kind="replaced")
     else:

@@ -118,16 +118,13 @@ def _plan(recipe: RunConfig, facts: ModelFacts | None) -> RehearsalPlan:
 
     if facts is None:
         model_dir = recipe.model.path
-        note = "already on this machine"
+        note = "a model already on this machine, used as it is"
     else:
         scale = ModelScale()
         model_dir = str(rehearsal_model_dir(facts, scale, corpus(), cache_root() / "rehearsal" / "models"))
         note = _model_note(facts, scale, model_dir)
     engine_note = VLM_ENGINE_NOTE if facts is not None and facts.is_vision and recipe.rollout.engine == "vllm" else None
-    plan = plan_rehearsal(recipe, model_dir, note, os.cpu_count() or 1, engine_note)
-    if facts is None:
-        plan.overrides.pop("model.path")
-    return plan
+    return plan_rehearsal(recipe, model_dir, note, os.cpu_count() or 1, engine_note)
 
 
 def _model_note(facts: ModelFacts, scale: ModelScale, model_dir: str) -> str:
@@ -167,7 +164,9 @@ def _local_cluster(simulated_gpus: int) -> Iterator[None]:
 def _report_memory(recipe: RunConfig, run: RunConfig, facts: ModelFacts | None, console: Console) -> None:
     """Memory per GPU of the real recipe (launch/memory.py), then the same formula beside one
     learner rank measured at the rehearsal's scale (launch/rehearse/probe.py, in a process of
-    its own: it starts a torch.distributed group)."""
+    its own: it starts a torch.distributed group). A model kept as it is (tiny, a local
+    directory) is its own real model."""
+    from launch.factory import prepare_model
     from launch.memory import (
         LearnerShape,
         ModelShape,
@@ -176,19 +175,22 @@ def _report_memory(recipe: RunConfig, run: RunConfig, facts: ModelFacts | None, 
         recipe_estimate,
     )
 
-    if facts is not None:
-        estimate = recipe_estimate(recipe, facts.config)
-        console.print(describe_estimate(estimate, f"the real recipe ({facts.hub_id}, {recipe.learner.num_ranks} "
-                                        f"GPUs, micro_batch_token_budget {recipe.learner.micro_batch_token_budget})"),
-                      highlight=False, soft_wrap=True, markup=False)
+    model_dir = prepare_model(run, console)  # the rehearsal's model (cached: no work again)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    real = facts.config if facts is not None else config
+    title = facts.hub_id if facts is not None else recipe.model.path
+    console.print(describe_estimate(recipe_estimate(recipe, real), f"the real recipe ({title}, "
+                                    f"{recipe.learner.num_ranks} GPUs, micro_batch_token_budget "
+                                    f"{recipe.learner.micro_batch_token_budget})"),
+                  highlight=False, soft_wrap=True, markup=False)
     learner = dataclasses.replace(run.learner, num_ranks=1)
-    request = ProbeRequest(model_path=run.model.path, learner=dataclasses.asdict(learner),
+    request = ProbeRequest(model_path=model_dir, learner=dataclasses.asdict(learner),
                            loss=dataclasses.asdict(run.algorithm.loss), prompt_tokens=PROBE_PROMPT_TOKENS,
                            response_tokens=run.rollout.max_new_tokens, temperature=run.rollout.temperature or 1.0)
     measured = _run_probe(request)
-    model = ModelShape.from_config(json.loads((Path(run.model.path) / "config.json").read_text()))
     shape = dataclasses.replace(LearnerShape.from_config(learner), micro_batch_tokens=measured["micro_batch_tokens"])
-    console.print(describe_check(model, shape, measured), highlight=False, soft_wrap=True, markup=False)
+    console.print(describe_check(ModelShape.from_config(config), shape, measured),
+                  highlight=False, soft_wrap=True, markup=False)
 
 
 def _run_probe(request: ProbeRequest) -> dict[str, Any]:
