@@ -31,7 +31,7 @@ def cache(tmp_path_factory):
 def rehearse(recipe: str, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RISKPO_CACHE": str(cache), "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.run([sys.executable, "-m", "launch.train", f"experiment={recipe}", "rehearse=true",
-                           f"run_dir={run_dir}", "logger=none"],
+                           f"run_dir={run_dir}", "logger=none", "logger.plots=false"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
