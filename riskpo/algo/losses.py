@@ -97,9 +97,9 @@ class LossConfig:
 class LearnerNeeds:
     """The passes a loss needs from the learner (workers/learner plans a step from these).
 
-    old_logprobs_from_training_forward: whether an on-policy step with a single update could
-    take the old log-probs from its own (detached) training forward instead of a separate
-    no-grad pass (issue 25); the learner runs the separate pass today in every case.
+    old_logprobs_from_training_forward: whether an on-policy step with a single update (one
+    PPO epoch, one mini-batch) may take the old log-probs from its own (detached) training
+    forward instead of a separate no-grad pass: their values are the same (issue 25).
     mini_batch_pre_pass: a no-grad forward over each mini-batch (per rank) before its
     micro-batches, whose log-probs the loss selects tokens from (PolicyLoss.select); such a
     loss reads old log-probs before any training forward, so they come from a separate pass.
@@ -322,13 +322,39 @@ def micro_batch_objective(
     loss_weights: torch.Tensor | None = None,
     selected: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """policy_objective from the logits [B, L, V] of the policy on input_ids [B, L]: their
+    log-probs of the sampled tokens and entropy at the sampling temperature (the learner
+    computes the same two from hidden states in chunks over tokens instead:
+    workers/learner/logits.py)."""
+    logprobs = token_logprobs(logits, input_ids, temperature)
+    entropy = entropy_from_logits(logits[:, :-1].float() / temperature)
+    return policy_objective(logprobs, entropy, response_mask, advantages, old_logprobs, loss,
+                            loss_units=loss_units, rollout_logprobs=rollout_logprobs,
+                            ref_logprobs=ref_logprobs, loss_weights=loss_weights, selected=selected)
+
+
+def policy_objective(
+    logprobs: torch.Tensor,
+    entropy: torch.Tensor,
+    response_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    loss: PolicyLoss,
+    *,
+    loss_units: float,
+    rollout_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    loss_weights: torch.Tensor | None = None,
+    selected: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the objective of its whole mini-batch, and its metric sums.
 
-    logits [B, L, V] of the policy on input_ids [B, L]; response_mask, old/rollout/ref
-    log-probs and the pre-pass selection [B, L-1] aligned with the targets input_ids[:, 1:];
-    advantages [B]; loss_weights [B] (paper_mean). loss_units is the mini-batch's normaliser
-    (the aggregation's units over all micro-batches and ranks), so the shares of all
-    micro-batches add up to
+    logprobs [B, L-1]: the policy's log-prob of each target token input_ids[:, t+1] at the
+    sampling temperature, entropy [B, L-1] its entropy there (float32; a gradient only where an
+    entropy bonus needs one); response_mask, old/rollout/ref log-probs and the pre-pass
+    selection [B, L-1] aligned with them; advantages [B]; loss_weights [B] (paper_mean).
+    loss_units is the mini-batch's normaliser (the aggregation's units over all micro-batches
+    and ranks), so the shares of all micro-batches add up to
         policy term - entropy_coef * entropy + kl_coef * KL
     of the whole mini-batch, each aggregated as config.aggregation says; the policy and KL
     terms are weighted by the truncated importance weights when a correction is on.
@@ -337,7 +363,7 @@ def micro_batch_objective(
     mask = response_mask.bool()
     # a masked vocabulary entry may be a target outside the loss (a VLM's image token in its
     # prompt): its -inf log-prob must not reach the sums
-    logprobs = torch.where(mask, token_logprobs(logits, input_ids, temperature), 0.0)
+    logprobs = torch.where(mask, logprobs, 0.0)
     token_loss, metrics = loss.token_losses(logprobs, old_logprobs, advantages, mask, selected)
     sample_weight = _importance_weight(old_logprobs, rollout_logprobs, mask, config, metrics)
     if sample_weight is not None:
@@ -347,7 +373,6 @@ def micro_batch_objective(
         return loss.aggregation.share(values, mask, loss_weights, loss_units)
 
     objective = share(token_loss)
-    entropy = entropy_from_logits(logits[:, :-1].float() / temperature)
     if config.entropy_coef > 0:
         objective = objective - config.entropy_coef * share(entropy)
     kl = torch.zeros_like(logprobs)

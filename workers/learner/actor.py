@@ -75,8 +75,9 @@ class LearnerWorker:
         self.backend = getattr(importlib.import_module(module_name), class_name)()
         self.backend.initialize(model_path, self.spec, self.rank, self.world_size)
 
-    def prepare(self, batch: TrainBatch, plan: RankPlan, needs: LearnerNeeds) -> dict[str, float]:
-        return self._backend().prepare(batch, plan, needs)
+    def prepare(self, batch: TrainBatch, plan: RankPlan, needs: LearnerNeeds, *,
+                old_logprobs_pass: bool = True) -> dict[str, float]:
+        return self._backend().prepare(batch, plan, needs, old_logprobs_pass=old_logprobs_pass)
 
     def train_step(self, plans: list[RankPlan], loss_units: list[float], step: int,
                    needs: LearnerNeeds) -> list[dict[str, float]]:

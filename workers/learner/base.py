@@ -1,13 +1,15 @@
 """The learner backend interface (one data-parallel rank) and the PPO step every backend shares.
 
-A backend (DeepSpeed today, FSDP2 later) implements the primitives below -- initialize,
-forward, backward, optimizer step, full-parameter iteration, save/load, export -- and inherits
-`prepare` and `train_step`, so adding a backend is one module. The objective itself is
-riskpo.algo.losses.micro_batch_objective, and the passes a step runs are those the policy loss
-declares (riskpo.algo.losses.LearnerNeeds): the old log-probs, the reference's when the KL term
-is on, and for Clip-Cov and KL-Cov a no-grad pre-pass over each mini-batch whose token
-selection the micro-batches then share. A vision-language policy's micro-batches carry the
-pixel inputs of their rows' images (workers/learner/vision.py).
+A backend (DeepSpeed today, FSDP2 later) implements the primitives below -- initialize, the
+policy's last hidden states, backward, optimizer step, full-parameter iteration, save/load,
+export -- and inherits `prepare` and `train_step`, so adding a backend is one module. Log-probs
+and entropy come from the hidden states in chunks of tokens (workers/learner/logits.py); the
+objective is riskpo.algo.losses.policy_objective, and the passes a step runs are those the
+policy loss declares (riskpo.algo.losses.LearnerNeeds): the old log-probs (a no-grad pass, or,
+for an on-policy step of one update, the training forward's own, detached), the reference's
+when the KL term is on, and for Clip-Cov and KL-Cov a no-grad pre-pass over each mini-batch
+whose token selection the micro-batches then share. A vision-language policy's micro-batches
+carry the pixel inputs of their rows' images (workers/learner/vision.py).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from riskpo.algo.losses import (
     LearnerNeeds,
     PolicyLoss,
     build_policy_loss,
-    micro_batch_objective,
-    token_logprobs,
+    policy_objective,
 )
 from riskpo.batch import TrainBatch
 from workers.learner.config import LearnerSpec
+from workers.learner.logits import TokenStats, token_stats
 from workers.learner.microbatch import (
     MicroBatch,
     RankPlan,
@@ -45,10 +47,12 @@ from workers.weight_sync import TensorSpec
 @dataclass
 class PreparedBatch:
     """A step's batch as one rank holds it: the rows it trains on, with the policy's log-probs
-    before the update (and the reference model's, when KL is on), kept here for the step."""
+    before the update (and the reference model's, when KL is on), kept here for the step.
+    old_logprobs is None until the training forward of a step planned without the separate
+    pass fills it (its first and only mini-batch sees the weights before the update)."""
 
     batch: TrainBatch
-    old_logprobs: RowLogprobs
+    old_logprobs: RowLogprobs | None
     ref_logprobs: RowLogprobs | None
 
 
@@ -61,6 +65,7 @@ class LearnerBackend(ABC):
     world_size: int
     pad_token_id: int
     device: torch.device
+    suppressed: list[int]  # token ids the policy never samples (a VLM's image token): prob. 0
     prepared: PreparedBatch | None = None  # the current step's batch (prepare -> train_step)
     images: ImageInputs | None = None  # set by initialize for a vision-language model
 
@@ -72,8 +77,11 @@ class LearnerBackend(ABC):
         optimizer; the distributed default group is already up."""
 
     @abstractmethod
-    def forward(self, micro: MicroBatch, *, reference: bool = False) -> torch.Tensor:
-        """Logits [B, L, V] of the policy (or the frozen reference model)."""
+    def hidden_states(self, micro: MicroBatch, *,
+                      reference: bool = False) -> tuple[torch.Tensor, torch.nn.Module]:
+        """The last hidden states [B, L, H] of the policy (or the frozen reference model) on the
+        micro-batch, and its output layer, which maps them to logits. Under autograd the call
+        takes part in the backward (ZeRO's hooks)."""
 
     @abstractmethod
     def backward(self, loss: torch.Tensor, *, last_micro_batch: bool) -> None:
@@ -106,28 +114,45 @@ class LearnerBackend(ABC):
 
     # ---------------------------------------------------------------- shared PPO logic
 
+    def token_stats(self, micro: MicroBatch, positions: torch.Tensor, *, reference: bool = False,
+                    entropy: bool = False, entropy_grad: bool = False) -> TokenStats:
+        """Log-probs (and entropy) of the micro-batch's targets at `positions` [B, L-1], from
+        the hidden states in chunks of learner.logit_chunk_tokens tokens."""
+        hidden, output_layer = self.hidden_states(micro, reference=reference)
+        return token_stats(hidden, output_layer, micro.input_ids, positions, self.spec.temperature,
+                           self.suppressed, chunk_tokens=self.logit_chunk_tokens(),
+                           entropy=entropy, entropy_grad=entropy_grad)
+
+    def logit_chunk_tokens(self) -> int | None:
+        """learner.logit_chunk_tokens, or None (one chunk per micro-batch) where a backend's
+        every call of the output layer is a collective (ZeRO-3)."""
+        return self.spec.config.logit_chunk_tokens
+
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch, plan: RankPlan, *, reference: bool = False) -> dict[int, torch.Tensor]:
         """Per-token log-probs of the response tokens of the planned rows (row -> [len])."""
         values: dict[int, torch.Tensor] = {}
         for rows in plan:
             micro = self._collate(batch, rows).to(self.device)
-            logits = self.forward(micro, reference=reference)
+            stats = self.token_stats(micro, micro.response_positions, reference=reference)
             if rows:
-                per_token = token_logprobs(logits, micro.input_ids, self.spec.temperature).cpu()
-                values.update(response_values(batch, rows, per_token))
+                values.update(response_values(batch, rows, stats.logprobs.cpu()))
         return values
 
-    def prepare(self, batch: TrainBatch, plan: RankPlan, needs: LearnerNeeds) -> dict[str, float]:
-        """Computes and keeps the old log-probs of this rank's rows of the step's batch (a
-        separate no-grad pass; issue 25 may take them from the training forward where
-        needs.old_logprobs_from_training_forward allows), and the reference's when the loss
-        needs them; returns the sums behind the rollout-vs-learner log-prob gap."""
+    def prepare(self, batch: TrainBatch, plan: RankPlan, needs: LearnerNeeds, *,
+                old_logprobs_pass: bool = True) -> dict[str, float]:
+        """Keeps this rank's rows of the step's batch with the old log-probs -- from a separate
+        no-grad pass over `plan`, or (old_logprobs_pass False: an on-policy step of one
+        update) left for the training forward to take -- and the reference's when the loss
+        needs them; returns the sums behind the rollout-vs-learner log-prob gap (none without
+        the pass: train_step returns them)."""
         if self.images is not None:
             self.images.new_batch()
-        old = self.logprobs(batch, plan)
+        old = self.logprobs(batch, plan) if old_logprobs_pass else None
         ref = self.logprobs(batch, plan, reference=True) if needs.reference_model else None
         self.prepared = PreparedBatch(batch, old, ref)
+        if old is None:
+            return {}
         gap, tokens = 0.0, 0
         for row in sorted(old):
             rollout = batch.rollout_logprobs[row]
@@ -142,23 +167,35 @@ class LearnerBackend(ABC):
         m's normaliser (its aggregation's units over all ranks) so micro-batch losses add up to
         the loss of the whole mini-batch. With needs.mini_batch_pre_pass the loss first selects
         tokens over the rank's whole mini-batch (`step`, the group's train_step count, seeds
-        Clip-Cov's draw). Returns per-mini-batch sums."""
+        Clip-Cov's draw). Without old log-probs yet (prepare without the pass) the step has one
+        mini-batch, whose training forward gives them (detached): the result then carries the
+        gap sums. Returns per-mini-batch sums."""
         prepared = self.prepared
         if prepared is None:
             raise ValueError("train_step before prepare: the step's log-probs are not computed")
+        from_training = prepared.old_logprobs is None
+        if from_training and (len(mini_batch_plans) > 1 or needs.mini_batch_pre_pass):
+            raise ValueError("the old log-probs come from the training forward only in a step of "
+                             "one update without a pre-pass")
         loss = build_policy_loss(self.spec.loss)
-        results = []
+        results, taken = [], {}
         for mini_batch, (plan, units) in enumerate(zip(mini_batch_plans, loss_units, strict=True)):
             selection = (self._pre_pass_selection(loss, plan, step, mini_batch)
                          if needs.mini_batch_pre_pass else None)
             sums: dict[str, float] = dict.fromkeys(("loss", "tokens", *TOKEN_WEIGHTED_METRICS), 0.0)
+            if from_training:
+                sums.update(gap_sum=0.0, gap_tokens=0.0)
             for index, rows in enumerate(plan):
                 micro = self._collate(prepared.batch, rows, prepared.old_logprobs,
                                       prepared.ref_logprobs, selection).to(self.device)
-                micro_loss = self._micro_batch_loss(loss, micro, units, sums)
+                micro_loss, old = self._micro_batch_loss(loss, micro, units, sums)
+                if old is not None and rows:
+                    taken.update(response_values(prepared.batch, rows, old.cpu()))
                 self.backward(micro_loss, last_micro_batch=index == len(plan) - 1)
             sums.update(self.optimizer_step())
             results.append(sums)
+        if from_training:  # a second train_step on this batch starts from these
+            prepared.old_logprobs = taken
         return results
 
     @torch.no_grad()
@@ -196,20 +233,28 @@ class LearnerBackend(ABC):
         return self.images.attach(micro, batch, rows, self.pad_token_id)
 
     def _micro_batch_loss(self, loss: PolicyLoss, micro: MicroBatch, loss_units: float,
-                          sums: dict[str, float]) -> torch.Tensor:
+                          sums: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This micro-batch's share of the mini-batch loss, times world_size (data-parallel
-        gradient averaging divides by it again); adds its metric sums into `sums`."""
-        logits = self.forward(micro)
-        if micro.is_empty:
-            return logits.float().sum() * 0.0  # keeps the collectives of this micro-step in step
-        objective, micro_sums = micro_batch_objective(
-            logits, micro.input_ids, micro.response_mask, micro.advantages, micro.old_logprobs,
-            loss, loss_units=loss_units, temperature=self.spec.temperature,
-            rollout_logprobs=micro.rollout_logprobs, ref_logprobs=micro.ref_logprobs,
-            loss_weights=micro.loss_weights, selected=micro.selected)
+        gradient averaging divides by it again); adds its metric sums into `sums`. Without old
+        log-probs in the micro-batch its own (detached) are the old ones: returned too, with the
+        gap to the rollout's added to the sums."""
+        stats = self.token_stats(micro, micro.response_mask, entropy=True,
+                                 entropy_grad=loss.config.entropy_coef > 0)
+        if micro.is_empty:  # keeps the collectives of this micro-step in step
+            return stats.logprobs.sum() * 0.0, None
+        old = micro.old_logprobs
+        if old is None:
+            old = stats.logprobs.detach()
+            gap = (micro.rollout_logprobs - old).abs() * micro.response_mask
+            sums["gap_sum"] += float(gap.sum())
+            sums["gap_tokens"] += float(micro.response_mask.sum())
+        objective, micro_sums = policy_objective(
+            stats.logprobs, stats.entropy, micro.response_mask, micro.advantages, old, loss,
+            loss_units=loss_units, rollout_logprobs=micro.rollout_logprobs,
+            ref_logprobs=micro.ref_logprobs, loss_weights=micro.loss_weights, selected=micro.selected)
         for key, value in micro_sums.items():
             sums[key] += value
-        return objective * self.world_size
+        return objective * self.world_size, old if micro.old_logprobs is None else None
 
 
 def ensure_directory(path: str) -> Path:

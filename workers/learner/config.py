@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from riskpo.algo.losses import LossConfig
 from riskpo.options import one_of, require
+from workers.learner.logits import LOGIT_CHUNK_TOKENS
 
 STRATEGIES = ("deepspeed",)  # learner backends; an FSDP2 module would add "fsdp2"
 DEVICES = ("cpu", "gpu")
@@ -35,6 +36,8 @@ class LearnerConfig:
     warmup_steps: int = 0  # linear warm-up over optimizer steps, then constant
     num_mini_batches: int = 1  # optimizer steps per PPO epoch
     micro_batch_token_budget: int = 8192  # tokens per forward/backward micro-batch
+    # tokens whose vocabulary-wide logits exist at once (workers/learner/logits.py)
+    logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS
     offload: bool = False  # ZeRO optimizer offload to CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     gradient_checkpointing: bool = False
@@ -55,6 +58,7 @@ class LearnerConfig:
         require(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
         require(self.num_mini_batches >= 1, f"{key}.num_mini_batches", "must be >= 1")
         require(self.micro_batch_token_budget >= 1, f"{key}.micro_batch_token_budget", "must be >= 1")
+        require(self.logit_chunk_tokens >= 1, f"{key}.logit_chunk_tokens", "must be >= 1")
         require(not self.offload or self.zero_stage >= 1, f"{key}.offload",
                 "optimizer offload needs ZeRO stage >= 1", f"set {key}.zero_stage=1 or more")
         require(not self.offload_params or self.zero_stage == 3, f"{key}.offload_params",

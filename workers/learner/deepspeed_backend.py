@@ -17,7 +17,6 @@ from transformers import AutoTokenizer, PreTrainedModel
 from riskpo.models.loading import load_policy
 from riskpo.models.vlm import (
     load_processor,
-    mask_suppressed,
     suppressed_token_ids,
     token_type_inputs,
 )
@@ -108,19 +107,31 @@ class DeepSpeedBackend(LearnerBackend):
             self.reference = self._load_model(model_path, TORCH_DTYPES[config.dtype]).to(self.device)
             self.reference.requires_grad_(False)
 
-    def forward(self, micro: MicroBatch, *, reference: bool = False) -> torch.Tensor:
-        model = self.engine
+    def hidden_states(self, micro: MicroBatch, *,
+                      reference: bool = False) -> tuple[torch.Tensor, torch.nn.Module]:
+        """Through the DeepSpeed engine (its backward hooks) for the policy; the model keeps the
+        logits of the last position only (logits_to_keep=1): the learner's chunked pass makes
+        the rest from the final hidden states (after the final norm, as the output layer takes
+        them)."""
+        model, module = self.engine, self.engine.module
         if reference:
             if self.reference is None:
                 raise ValueError("reference log-probs asked for, but kl_coef is 0 (no reference model)")
-            model = self.reference
-        logits = model(
+            model = module = self.reference
+        output = model(
             input_ids=micro.input_ids,
             attention_mask=micro.attention_mask,
             use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
             **self._vision_kwargs(micro),
-        ).logits
-        return mask_suppressed(logits, self.suppressed)
+        )
+        return output.hidden_states[-1], module.get_output_embeddings()
+
+    def logit_chunk_tokens(self) -> int | None:
+        """ZeRO-3 gathers the output layer's weight at every call, a collective: one chunk per
+        micro-batch keeps the calls equal on every rank (their token counts differ)."""
+        return None if self.spec.config.zero_stage == 3 else self.spec.config.logit_chunk_tokens
 
     def _vision_kwargs(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         """Pixel inputs (floats in the learner's dtype) and token-type ids of a VLM's rows."""

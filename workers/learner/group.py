@@ -30,13 +30,18 @@ class StepPlan:
     """How one step's rows are spread and which passes run: rank r computes log-probs for its
     shard in the micro-batches logprob_plans[r] (the reference's too when needs says so) and
     trains mini-batch m on mini_batch_plans[r][m], normalised by loss_units[m] (after the
-    loss's pre-pass over that mini-batch when it declares one)."""
+    loss's pre-pass over that mini-batch when it declares one). logprob_plans are the first
+    epoch's mini-batches' micro-batches in order, so the first mini-batch's training forwards
+    see exactly the rows, padding and weights the old log-probs were computed with: its ratios
+    are 1 in any precision. old_logprobs_pass False: the step is one on-policy update and the
+    old log-probs are its training forward's (one forward less)."""
 
     step: int
     needs: LearnerNeeds
     logprob_plans: list[RankPlan]
     mini_batch_plans: list[list[RankPlan]]
     loss_units: list[float]
+    old_logprobs_pass: bool = True
 
 
 class LearnerGroup:
@@ -96,17 +101,16 @@ class LearnerGroup:
         """Sends the step's batch to the ranks once; each computes the old (and, with KL, the
         reference) log-probs of the rows it trains on and keeps them for train_step. Returns
         rollout_learner_logprob_gap: mean |rollout log-prob - learner log-prob| over the loss
-        rows' response tokens (engine/learner numerics, or off-policy drift)."""
-        plan = self._plan_step(batch)
+        rows' response tokens (engine/learner numerics, or off-policy drift); for a step whose
+        old log-probs come from its training forward, train_step returns it instead."""
+        plan = plan_step(batch, self.spec, self.steps)
         batch_ref = ray.put(batch)
         sums = ray.get([
-            worker.prepare.remote(batch_ref, shard, plan.needs)
+            worker.prepare.remote(batch_ref, shard, plan.needs, old_logprobs_pass=plan.old_logprobs_pass)
             for worker, shard in zip(self.workers, plan.logprob_plans, strict=True)
         ])
         self._prepared = (batch, plan)
-        tokens = sum(s["gap_tokens"] for s in sums)
-        gap = sum(s["gap_sum"] for s in sums) / tokens if tokens else float("nan")
-        return {"rollout_learner_logprob_gap": gap}
+        return _logprob_gap(sums) if plan.old_logprobs_pass else {}
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """PPO epochs x mini-batches of optimizer steps on the batch (its log-probs are
@@ -114,42 +118,17 @@ class LearnerGroup:
         averaged over mini-batches."""
         if self._prepared is None or self._prepared[0] is not batch:
             self.compute_logprobs(batch)
-        plan = self._prepared[1] if self._prepared else self._plan_step(batch)
+        plan = self._prepared[1] if self._prepared else plan_step(batch, self.spec, self.steps)
         if self.steps != plan.step:  # the same batch trained again: a new shuffle
-            plan = self._plan_step(batch)
+            plan = plan_step(batch, self.spec, self.steps)
         per_rank = ray.get([
             worker.train_step.remote(plans, plan.loss_units, plan.step, plan.needs)
             for worker, plans in zip(self.workers, plan.mini_batch_plans, strict=True)
         ])
         self.steps += 1
-        return _combine_mini_batch_metrics(per_rank)
-
-    def _plan_step(self, batch: TrainBatch) -> StepPlan:
-        """Rows split over ranks once per step (rank r keeps the log-probs of its shard), then
-        each PPO epoch shuffles every shard and cuts it into num_mini_batches mini-batches;
-        mini-batch m is the m-th slice of every shard. The passes are those the loss declares;
-        each mini-batch's normaliser is its aggregation's units."""
-        config, loss = self.spec.config, self.spec.loss
-        aggregation = get_aggregation(loss.aggregation)
-        lengths = row_lengths(batch)
-        budget = config.micro_batch_token_budget
-        shards = split_rows(range(len(batch)), config.num_ranks)
-        generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + self.steps)
-        plan = StepPlan(step=self.steps, needs=loss.needs,
-                        logprob_plans=plan_micro_batches(shards, lengths, budget),
-                        mini_batch_plans=[[] for _ in self.workers], loss_units=[])
-        for _ in range(loss.ppo_epochs):
-            orders = [[shard[i] for i in torch.randperm(len(shard), generator=generator).tolist()]
-                      for shard in shards]
-            slices = [split_rows(order, config.num_mini_batches) for order in orders]
-            for mini_batch in zip(*slices, strict=True):
-                units = _loss_units(batch, [row for rows in mini_batch for row in rows], aggregation)
-                if units == 0:
-                    continue  # nothing to learn from (all rows masked): no optimizer step
-                for rank, rank_plan in enumerate(plan_micro_batches(mini_batch, lengths, budget)):
-                    plan.mini_batch_plans[rank].append(rank_plan)
-                plan.loss_units.append(units)
-        return plan
+        gap_sums = [mini_batches[0] for mini_batches in per_rank if mini_batches and "gap_sum" in mini_batches[0]]
+        metrics = _combine_mini_batch_metrics(per_rank)
+        return {**metrics, **_logprob_gap(gap_sums)} if gap_sums else metrics
 
     # ---------------------------------------------------------------- checkpoints, export
 
@@ -216,6 +195,41 @@ class LearnerGroup:
             remove_placement_group(self.placement_group)
 
 
+def plan_step(batch: TrainBatch, spec: LearnerSpec, step: int) -> StepPlan:
+    """The plan of train_step call number `step`: rows split over the ranks once (rank r keeps
+    the log-probs of its shard), then each PPO epoch shuffles every shard (seeded by the seed
+    and `step`) and cuts it into num_mini_batches mini-batches; mini-batch m is the m-th slice
+    of every shard. The passes are those the loss declares; each mini-batch's normaliser is its
+    aggregation's units."""
+    config, loss = spec.config, spec.loss
+    aggregation = get_aggregation(loss.aggregation)
+    lengths = row_lengths(batch)
+    budget = config.micro_batch_token_budget
+    shards = split_rows(range(len(batch)), config.num_ranks)
+    generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + step)
+    plan = StepPlan(step=step, needs=loss.needs, logprob_plans=[[] for _ in shards],
+                    mini_batch_plans=[[] for _ in shards], loss_units=[])
+    for epoch in range(loss.ppo_epochs):
+        orders = [[shard[i] for i in torch.randperm(len(shard), generator=generator).tolist()]
+                  for shard in shards]
+        slices = [split_rows(order, config.num_mini_batches) for order in orders]
+        for mini_batch in zip(*slices, strict=True):
+            rank_plans = plan_micro_batches(mini_batch, lengths, budget)
+            if epoch == 0:  # every row once, packed as the first epoch trains it
+                for rank, rank_plan in enumerate(rank_plans):
+                    plan.logprob_plans[rank] += rank_plan
+            units = _loss_units(batch, [row for rows in mini_batch for row in rows], aggregation)
+            if units == 0:
+                continue  # nothing to learn from (all rows masked): no optimizer step
+            for rank, rank_plan in enumerate(rank_plans):
+                plan.mini_batch_plans[rank].append(rank_plan)
+            plan.loss_units.append(units)
+    plan.old_logprobs_pass = not (loss.needs.old_logprobs_from_training_forward
+                                  and not loss.needs.mini_batch_pre_pass
+                                  and loss.ppo_epochs == 1 and config.num_mini_batches == 1)
+    return plan
+
+
 def _reserve_bundles(bundle: dict[str, float], num_ranks: int, strategy: str,
                      timeout_s: float) -> PlacementGroup:
     """A ready placement group of num_ranks copies of bundle, or a RuntimeError naming the keys."""
@@ -237,6 +251,12 @@ def _loss_units(batch: TrainBatch, rows: Sequence[int], aggregation: Aggregation
     loss_tokens = [len(batch.response_ids[row]) if batch.loss_mask[row] else 0 for row in rows]
     weights = None if batch.loss_weights is None else [float(batch.loss_weights[row]) for row in rows]
     return aggregation.units(loss_tokens, weights)
+
+
+def _logprob_gap(sums: list[dict[str, float]]) -> dict[str, float]:
+    """rollout_learner_logprob_gap from the ranks' sums of |rollout - learner| and tokens."""
+    tokens = sum(s["gap_tokens"] for s in sums)
+    return {"rollout_learner_logprob_gap": sum(s["gap_sum"] for s in sums) / tokens if tokens else float("nan")}
 
 
 def _combine_mini_batch_metrics(per_rank: list[list[dict[str, float]]]) -> dict[str, float]:

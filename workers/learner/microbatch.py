@@ -28,6 +28,7 @@ class MicroBatch:
     input_ids: torch.Tensor  # [B, L] long
     attention_mask: torch.Tensor  # [B, L] long
     response_mask: torch.Tensor  # [B, L-1] bool: target is a response token of a loss row
+    response_positions: torch.Tensor  # [B, L-1] bool: target is a response token (any row)
     advantages: torch.Tensor  # [B] float
     rollout_logprobs: torch.Tensor  # [B, L-1] float, 0 outside the response
     old_logprobs: torch.Tensor | None  # [B, L-1]
@@ -104,17 +105,19 @@ def collate(batch: TrainBatch, rows: Sequence[int], pad_token_id: int,
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), length - 1), dtype=torch.bool)
+    response_positions = torch.zeros((len(rows), length - 1), dtype=torch.bool)
     for slot, (index, sequence) in enumerate(zip(rows, sequences, strict=True)):
         input_ids[slot, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         attention_mask[slot, : len(sequence)] = 1
         start = len(batch.prompt_ids[index]) - 1
-        response_mask[slot, start : start + len(batch.response_ids[index])] = bool(batch.loss_mask[index])
+        response_positions[slot, start : start + len(batch.response_ids[index])] = True
+    loss_rows = batch.loss_mask[list(rows)].bool().unsqueeze(-1)
     rollout = {i: torch.tensor(batch.rollout_logprobs[i], dtype=torch.float32) for i in rows}
     return MicroBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        response_mask=response_mask,
+        response_mask=response_positions & loss_rows,
+        response_positions=response_positions,
         advantages=batch.advantages[list(rows)].float(),
         rollout_logprobs=_scatter(batch, rows, rollout, length),
         old_logprobs=None if old_logprobs is None else _scatter(batch, rows, old_logprobs, length),
@@ -150,6 +153,7 @@ def _empty_micro_batch(pad_token_id: int) -> MicroBatch:
         input_ids=torch.full((1, 2), pad_token_id, dtype=torch.long),
         attention_mask=torch.ones((1, 2), dtype=torch.long),
         response_mask=torch.zeros((1, 1), dtype=torch.bool),
+        response_positions=torch.zeros((1, 1), dtype=torch.bool),
         advantages=torch.zeros(1),
         rollout_logprobs=zeros,
         old_logprobs=zeros,

@@ -90,6 +90,7 @@ def append_row(micro: MicroBatch, token_ids: list[int], pad_token_id: int) -> Mi
         attention_mask=torch.cat([torch.nn.functional.pad(
             micro.attention_mask, (0, width - micro.attention_mask.shape[1])), row_mask]),
         response_mask=widen(micro.response_mask, False, width - 1),
+        response_positions=widen(micro.response_positions, False, width - 1),
         advantages=extend(micro.advantages),
         rollout_logprobs=widen(micro.rollout_logprobs, 0.0, width - 1),
         old_logprobs=widen(micro.old_logprobs, 0.0, width - 1),

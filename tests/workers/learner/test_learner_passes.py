@@ -17,7 +17,7 @@ from riskpo.algo.losses import ClipCovLoss, KLCovLoss, LossConfig
 from riskpo.batch import TrainBatch
 from workers.learner.base import LearnerBackend
 from workers.learner.config import LearnerConfig, LearnerSpec
-from workers.learner.group import _loss_units
+from workers.learner.group import _loss_units, plan_step
 from workers.learner.microbatch import MicroBatch, plan_micro_batches, row_lengths, split_rows
 from workers.weight_sync import TensorSpec
 
@@ -32,17 +32,18 @@ class TorchBackend(LearnerBackend):
 
     def initialize(self, model_path: str, spec: LearnerSpec, rank: int, world_size: int) -> None:
         self.spec, self.rank, self.world_size = spec, rank, world_size
-        self.pad_token_id, self.device = 0, torch.device("cpu")
+        self.pad_token_id, self.device, self.suppressed = 0, torch.device("cpu"), []
         torch.manual_seed(0)
         self.model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 8), torch.nn.Tanh(), torch.nn.Linear(8, VOCAB))
         self.reference = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 8), torch.nn.Linear(8, VOCAB))
         self.gradients: list[torch.Tensor] = []
         self.forwards = {"grad": 0, "no_grad": 0, "reference": 0}
 
-    def forward(self, micro: MicroBatch, *, reference: bool = False) -> torch.Tensor:
+    def hidden_states(self, micro: MicroBatch, *, reference: bool = False) -> tuple[torch.Tensor, torch.nn.Module]:
         kind = "reference" if reference else "grad" if torch.is_grad_enabled() else "no_grad"
         self.forwards[kind] += 1
-        return (self.reference if reference else self.model)(micro.input_ids)
+        model = self.reference if reference else self.model
+        return model[:-1](micro.input_ids), model[-1]
 
     def backward(self, loss: torch.Tensor, *, last_micro_batch: bool) -> None:
         loss.backward()
@@ -149,9 +150,9 @@ def test_covariance_controls_select_over_the_mini_batch_whatever_the_micro_batch
     (LossConfig(name="clip_cov", kl_coef=0.1), True, True),
 ])
 def test_a_rank_runs_the_passes_its_loss_declares(loss, reference_pass, pre_pass):
-    """Old log-probs in a separate pass always (today), the reference's only with the KL term,
-    and a no-grad pre-pass over each mini-batch before its training forwards only for the
-    losses that declare one: forwards counted per micro-batch of each plan."""
+    """In a step of two mini-batches: old log-probs in a separate pass, the reference's only
+    with the KL term, and a no-grad pre-pass over each mini-batch before its training forwards
+    only for the losses that declare one: forwards counted per micro-batch of each plan."""
     budget = 40
     batch = make_batch()
     lengths = row_lengths(batch)
@@ -163,3 +164,66 @@ def test_a_rank_runs_the_passes_its_loss_declares(loss, reference_pass, pre_pass
     assert backend.forwards["reference"] == (logprob_micro_batches if reference_pass else 0)
     assert backend.forwards["no_grad"] == logprob_micro_batches + (training_micro_batches if pre_pass else 0)
     assert backend.forwards["grad"] == training_micro_batches
+
+
+def one_update(loss: LossConfig, *, old_logprobs_pass: bool, budget: int = 40) -> tuple[TorchBackend, list[dict]]:
+    """One on-policy step of one update planned as the learner group plans it, with or without
+    the separate old-log-prob pass."""
+    spec = LearnerSpec(LearnerConfig(dtype="float32", micro_batch_token_budget=budget), loss)
+    backend = TorchBackend()
+    backend.initialize("", spec, 0, 1)
+    batch = make_batch()
+    plan = plan_step(batch, spec, step=0)
+    prepared = backend.prepare(batch, plan.logprob_plans[0], loss.needs, old_logprobs_pass=old_logprobs_pass)
+    results = backend.train_step(plan.mini_batch_plans[0], plan.loss_units, 0, loss.needs)
+    return backend, [prepared, *results]
+
+
+@pytest.mark.parametrize("loss", [
+    LossConfig(),
+    LossConfig(aggregation="seq_mean_token_sum", ratio="sequence", dual_clip=None),
+    LossConfig(importance_correction="token", kl_coef=0.1, kl_kind="k1", entropy_coef=0.01),
+], ids=["token_ppo", "sequence_ratio", "corrected_kl_entropy"])
+def test_one_forward_less_gives_the_two_pass_loss_and_gradient(loss):
+    """The old log-probs of an on-policy update taken from its own training forward (detached)
+    give the loss, metrics, gradient and rollout-learner gap of the separate no-grad pass,
+    with no no-grad forward; a second update on the batch starts from the same old log-probs."""
+    two_pass, (gap, two_pass_metrics) = one_update(loss, old_logprobs_pass=True)
+    one_pass, (none, one_pass_metrics) = one_update(loss, old_logprobs_pass=False)
+    assert two_pass.forwards["no_grad"] > 0 and one_pass.forwards["no_grad"] == 0
+    assert one_pass.forwards["grad"] == two_pass.forwards["grad"]
+    assert torch.equal(one_pass.gradients[0], two_pass.gradients[0])
+    assert none == {} and gap["gap_tokens"] > 0
+    assert one_pass_metrics.pop("gap_sum") == pytest.approx(gap["gap_sum"], rel=1e-6)
+    assert one_pass_metrics.pop("gap_tokens") == gap["gap_tokens"]
+    assert one_pass_metrics == two_pass_metrics
+    taken, computed = one_pass.prepared.old_logprobs, two_pass.prepared.old_logprobs
+    assert all(torch.equal(taken[row], computed[row]) for row in computed if one_pass.prepared.batch.loss_mask[row])
+
+
+@pytest.mark.parametrize(("changes", "separate_pass"), [
+    ({}, False),
+    ({"num_mini_batches": 2}, True),
+    ({"loss": LossConfig(ppo_epochs=2)}, True),
+    ({"loss": LossConfig(name="clip_cov")}, True),
+    ({"loss": LossConfig(kl_coef=0.1)}, False),  # the reference's pass stays; the old one goes
+])
+def test_the_plan_takes_old_logprobs_from_training_only_for_one_on_policy_update(changes, separate_pass):
+    loss = changes.pop("loss", LossConfig())
+    spec = LearnerSpec(LearnerConfig(dtype="float32", micro_batch_token_budget=40, **changes), loss)
+    assert plan_step(make_batch(), spec, step=0).old_logprobs_pass == separate_pass
+
+
+def test_the_old_logprob_pass_runs_the_first_epochs_micro_batches():
+    """Two ranks, two mini-batches, two epochs: each rank's log-prob plan is its first epoch's
+    micro-batches in order (every row once), so the first mini-batch trains on exactly what the
+    old log-probs were computed on: ratio 1 in any precision."""
+    spec = LearnerSpec(LearnerConfig(dtype="float32", num_ranks=2, num_mini_batches=2,
+                                     micro_batch_token_budget=30), LossConfig(ppo_epochs=2))
+    plan = plan_step(make_batch(), spec, step=3)
+    assert plan.old_logprobs_pass and len(plan.loss_units) == 4
+    for rank in range(2):
+        first_epoch = [micro for mini_batch in plan.mini_batch_plans[rank][:2] for micro in mini_batch]
+        assert plan.logprob_plans[rank] == first_epoch
+    rows = sorted(row for rank_plan in plan.logprob_plans for micro in rank_plan for row in micro)
+    assert rows == list(range(len(make_batch())))
