@@ -36,7 +36,7 @@ from workers.verifier.math_verifier import MathVerifier  # noqa: E402
 
 ENGINE_KWARGS = {
     "hf": {"dtype": "float32"},
-    "vllm": {"dtype": "float32", "max_model_len": 1024},
+    "vllm": {"dtype": "float32", "max_model_len": 1024, "kv_cache_sequences": 160},
 }
 
 
@@ -60,10 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--instruction", default=None)
     parser.add_argument("--system-prompt", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk", type=int, default=10,
-                        help="prompts per generate call (the rollout group sends chunks too; "
-                        "vLLM on CPU fails on seeded requests whose prompts overflow one "
-                        "scheduler step, 4096 tokens)")
+    parser.add_argument("--chunk", type=int, default=40,
+                        help="prompts per generate call (several engines: each chunk goes to "
+                        "each in turn; riskpo-train sends a vLLM actor its whole batch)")
     parser.add_argument("--show", type=int, default=0, help="print this many responses")
     return parser.parse_args()
 

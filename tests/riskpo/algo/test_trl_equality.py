@@ -1,9 +1,11 @@
 """Our GRPO loss and its gradient equal TRL's (trl 1.16, pinned in the dev extra) on identical
-inputs: TRL's own code path (GRPOTrainer._compute_loss, with its fused LM head) against
-riskpo.algo.losses.micro_batch_objective, on a tiny model, for each TRL loss type that maps
-onto one of our aggregations, at token and sequence ratio level, with the PPO clip active
-and the dual clip off (TRL's delta=None). bench/trl_side_by_side.py compares the two trainers'
-speed, memory and rewards on the SmolLM2 pilot."""
+inputs: TRL's own code path (GRPOTrainer._compute_loss, with its fused LM head) against the
+learner's (the final hidden states, log-probs and entropy in chunks of tokens by
+workers/learner/logits.py token_stats, riskpo.algo.losses.policy_objective), on a tiny model,
+for each TRL loss type that maps onto one of our aggregations, at token and sequence ratio
+level, with the PPO clip active and the dual clip off (TRL's delta=None).
+bench/trl_side_by_side.py compares the two trainers' speed, memory and rewards on the SmolLM2
+pilot."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from riskpo.algo.losses import LossConfig, build_policy_loss, micro_batch_objective
+from riskpo.algo.losses import LossConfig, build_policy_loss, policy_objective
 from riskpo.models.loading import load_model_and_tokenizer
 from riskpo.models.tiny import build_tiny_model
+from workers.learner.logits import token_stats
 
 TEMPERATURE = 0.7
 CLIP = 0.2
@@ -77,8 +80,10 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def ours(model: torch.nn.Module, inputs: dict[str, torch.Tensor], aggregation: str,
          level: str) -> tuple[torch.Tensor, dict[str, float]]:
-    """Our objective on the same rows: targets input_ids[:, 1:], the completion's aligned at
-    PROMPT - 1; normalised by the aggregation's units over the batch (one micro-batch)."""
+    """Our objective on the same rows, as the learner computes it (workers/learner: the final
+    hidden states with logits_to_keep=1, the output layer on the response positions in
+    chunks): targets input_ids[:, 1:], the completion's aligned at PROMPT - 1; normalised by
+    the aggregation's units over the batch (one micro-batch)."""
     loss = build_policy_loss(LossConfig(aggregation=aggregation, ratio=level, dual_clip=None,
                                         clip_low=CLIP, clip_high=CLIP, importance_correction="none"))
     input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
@@ -89,9 +94,12 @@ def ours(model: torch.nn.Module, inputs: dict[str, torch.Tensor], aggregation: s
     old = torch.zeros(rows, targets)
     old[:, PROMPT - 1:] = inputs["old_per_token_logps"]
     units = loss.aggregation.units(inputs["completion_mask"].sum(1).tolist(), None)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return micro_batch_objective(logits, input_ids, response_mask, inputs["advantages"], old, loss,
-                                 loss_units=units, temperature=TEMPERATURE)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   output_hidden_states=True, logits_to_keep=1)
+    stats = token_stats(output.hidden_states[-1], model.get_output_embeddings(), input_ids,
+                        response_mask, TEMPERATURE, chunk_tokens=4)  # several chunks
+    return policy_objective(stats.logprobs, stats.entropy, response_mask, inputs["advantages"], old,
+                            loss, loss_units=units)
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
