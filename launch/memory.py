@@ -26,16 +26,19 @@ GPU_MEMORY_BYTES = int(79.2 * GIB)  # an 80 GB H100/A100 as torch.cuda reports i
 DEEPSPEED_REDUCE_BUCKET = int(5e8)
 DEEPSPEED_ALLGATHER_BUCKET = int(5e8)
 
-# The loss's copies of the logits (riskpo/algo/losses.py), in bytes per token per vocabulary
-# entry at their peak, for bf16 logits (fp32 logits: the .float() copies are the logits
-# themselves). tests/launch/test_memory.py measures them on the code.
-# Training forward: the model's logits (2) and log_softmax's saved output (4) stay while the
-# entropy is computed from a second fp32 copy divided by the temperature (4), max-shifted (4),
-# its softmax (4), the -inf test (1), zeros_like (4) and where's result (4).
-TRAIN_LOGITS_BYTES = {"bfloat16": 27, "float32": 29}
-# Log-prob passes without gradients (old / reference log-probs): logits (2), .float() (4) and
-# its division by the temperature (4), which log_softmax then replaces (fp32 logits: 4 + 4 + 4,
-# and half a copy more measured on a CPU).
+# The learner's copies of the logits (workers/learner/logits.py _chunk_stats): log-probs and
+# entropy come from the final hidden states in chunks of learner.logit_chunk_tokens response
+# tokens (LOGIT_CHUNK_TOKENS, ZeRO-3: one chunk a micro-batch), each chunk checkpointed, so at
+# most one chunk's vocabulary-wide buffers exist at once. Bytes per chunk token per vocabulary
+# entry at their peak, for bf16 logits (fp32 logits: .float() is the logits themselves);
+# tests/launch/test_rehearse_memory.py measures them on the code.
+# Training (with the entropy): the output layer's logits (2) and their fp32 copy divided by the
+# temperature (4) stay while the entropy takes max-shifted logits (4), their softmax (4), the
+# -inf test (1), zeros_like (4) and where's result (4).
+TRAIN_LOGITS_BYTES = {"bfloat16": 23, "float32": 25.5}
+# Log-prob passes without gradients (old / reference log-probs, no entropy): logits (2),
+# .float() (4) and its division by the temperature (4) (fp32: 4 + 4, and logsumexp's
+# temporary 4).
 NO_GRAD_LOGITS_BYTES = {"bfloat16": 10, "float32": 12.5}
 COMPUTE_BYTES = {"bfloat16": 2, "float32": 4}
 
@@ -108,6 +111,16 @@ class LearnerShape:
     allgather_bucket: int = DEEPSPEED_ALLGATHER_BUCKET
     overlap_comm: bool = False
     image_token_share: float = 0.0  # of a micro-batch's tokens, at most (a VLM's)
+    logit_chunk_tokens: int = 512  # learner.logit_chunk_tokens
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Tokens whose vocabulary-wide logits exist at once: a chunk, or under ZeRO-3 the
+        whole micro-batch (each call of the output layer gathers its weight, a collective, so
+        the learner makes one a micro-batch: workers/learner/deepspeed_backend.py)."""
+        if self.zero_stage == 3:
+            return self.micro_batch_tokens
+        return min(self.logit_chunk_tokens, self.micro_batch_tokens)
 
     @classmethod
     def from_config(cls, learner: Any, image_token_share: float = 0.0) -> LearnerShape:
@@ -119,7 +132,8 @@ class LearnerShape:
                    learner.micro_batch_token_budget,
                    int(zero.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
                    int(zero.get("allgather_bucket_size", DEEPSPEED_ALLGATHER_BUCKET)),
-                   bool(zero.get("overlap_comm", stage == 3)), image_token_share)
+                   bool(zero.get("overlap_comm", stage == 3)), image_token_share,
+                   learner.logit_chunk_tokens)
 
 
 def _deepspeed_zero_config(learner: Any) -> dict[str, Any]:
@@ -239,35 +253,45 @@ def _vision_term(vision: VisionShape, learner: LearnerShape, width: int) -> Term
 
 def micro_batch_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
     """A micro-batch's peak on top of the state: its activations, ZeRO-2's gradient partition
-    (held from the mini-batch's first backward to its update), and the larger of the loss's
-    logits copies (the forward's end) and DeepSpeed's reduce bucket with the norms' backward
-    temporaries (the backward, from the first gradient on)."""
-    tokens, vocab, width = learner.micro_batch_tokens, model.text.vocab, COMPUTE_BYTES[learner.dtype]
+    (held from the mini-batch's first backward to its update), and the larger of what the
+    forward's end adds (one chunk's logits copies; without checkpointing, the model's hidden
+    states it returns) and DeepSpeed's reduce bucket with the norms' backward temporaries (the
+    backward, from the first gradient on)."""
+    text, tokens, width = model.text, learner.micro_batch_tokens, COMPUTE_BYTES[learner.dtype]
     terms = activation_terms(model, learner)
     if learner.zero_stage == 2:
         terms.append(Term("gradient partition", width * model.parameters // learner.ranks, f"{width} B x P / R"))
-    logits = Term("logits copies of the loss", TRAIN_LOGITS_BYTES[learner.dtype] * tokens * vocab,
-                  f"{TRAIN_LOGITS_BYTES[learner.dtype]} B x T x V")
-    backward = [Term("norm backward temporaries", 16 * model.text.hidden * tokens, "T x 16h")]
+    coefficient = TRAIN_LOGITS_BYTES[learner.dtype]
+    forward = [Term("logits copies of a chunk", int(coefficient * learner.chunk_tokens * text.vocab),
+                    f"{coefficient} B x {learner.chunk_tokens} chunk tokens x V")]
+    if not learner.checkpointing:
+        forward.append(Term("hidden states returned", tokens * text.layers * width * text.hidden,
+                            f"T x {text.layers} layers x {width} B x h"))
+    backward = [Term("norm backward temporaries", 16 * text.hidden * tokens, "T x 16h")]
     if learner.zero_stage in (1, 2):
         copies = 2 if learner.overlap_comm else 1
         backward.insert(0, Term("reduce bucket (backward)", copies * width * learner.reduce_bucket,
                                 f"{copies} x {width} B x reduce_bucket_size {learner.reduce_bucket:.0e}"))
-    if logits.bytes >= sum(t.bytes for t in backward):
-        return [*terms, logits]
+    if sum(t.bytes for t in forward) >= sum(t.bytes for t in backward):
+        return [*terms, *forward]
     return [*terms, *backward]
 
 
 def no_grad_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
-    """The old (and reference) log-prob passes: the logits copies of token_logprobs, or where
-    the vocabulary is small beside the layers (the tiny models), a layer's own peak: the MLP's
-    gate, up, SiLU and product (4 w i) beside the residual stream and its norm (2 w h)."""
+    """The old (and reference) log-prob passes: the larger of a layer's forward (the MLP's
+    SiLU, up and product, 3 w i, beside the hidden states the model collects, the residual and
+    its norm, (L + 2) w h) and the output's end (the L + 1 hidden states and one chunk's
+    logits copies, no entropy)."""
     text, tokens, width = model.text, learner.micro_batch_tokens, COMPUTE_BYTES[learner.dtype]
-    bytes_ = NO_GRAD_LOGITS_BYTES[learner.dtype]
-    logits = Term("logits copies (no grad)", int(bytes_ * tokens * text.vocab), f"{bytes_} B x T x V")
-    layer = Term("a layer's forward (no grad)", tokens * (4 * width * text.intermediate + 2 * width * text.hidden),
-                 "T x (4 w i + 2 w h)")
-    return [max(logits, layer, key=lambda term: term.bytes)]
+    coefficient = NO_GRAD_LOGITS_BYTES[learner.dtype]
+    layer = Term("a layer's forward (no grad)",
+                 tokens * (3 * width * text.intermediate + (text.layers + 2) * width * text.hidden),
+                 f"T x (3 w i + {text.layers + 2} w h)")
+    output = Term("hidden states and a chunk's logits (no grad)",
+                  tokens * (text.layers + 1) * width * text.hidden
+                  + int(coefficient * learner.chunk_tokens * text.vocab),
+                  f"T x {text.layers + 1} w h + {coefficient} B x {learner.chunk_tokens} x V")
+    return [max(layer, output, key=lambda term: term.bytes)]
 
 
 def engine_terms(model: ModelShape, engine: EngineShape, gpu_bytes: int) -> tuple[Term | None, Term | None]:
@@ -339,21 +363,7 @@ def describe_estimate(memory: MemoryEstimate, title: str) -> str:
 
 GPU_RECIPES = ("qwen2.5-1.5b-math", "qwen2.5-1.5b-math-grpo", "r1-distill-1.5b-dapo",
                "r1-distill-1.5b-dapo-grpo", "qwen2.5-vl-3b-geo3k")
-CUDA_CONTEXT_BYTES = GIB // 2
-
-
-def largest_budget(model: ModelShape, learner: LearnerShape, engine: EngineShape | None, gpu_bytes: int) -> int:
-    """The largest micro-batch token budget (a multiple of 1024) whose training peak, plus a CUDA
-    context, fits the GPU; 0 when none does."""
-    from dataclasses import replace
-
-    best, budget = 0, 1024
-    while budget <= 1 << 20:
-        memory = estimate(model, replace(learner, micro_batch_tokens=budget), engine, gpu_bytes)
-        if max(memory.peak_training, memory.peak_generating) + CUDA_CONTEXT_BYTES > gpu_bytes:
-            break
-        best, budget = budget, budget + 1024
-    return best
+CUDA_CONTEXT_BYTES = GIB // 2  # a process's CUDA context, about
 
 
 def recipe_table(gpu_bytes: int = GPU_MEMORY_BYTES) -> str:
@@ -363,21 +373,18 @@ def recipe_table(gpu_bytes: int = GPU_MEMORY_BYTES) -> str:
     from launch.rehearse.models import model_facts
 
     rows = ["| recipe | model, GPUs | learner state | micro-batch (T tokens) | engine awake | "
-            "peak training | peak generating | largest T that fits |", "|---|---|---|---|---|---|---|---|"]
+            "peak training | peak generating | free at the peak |", "|---|---|---|---|---|---|---|---|"]
     for name in GPU_RECIPES:
         run = validate(_without_files(compose_config([f"experiment={name}"])))
         config = model_facts(run.model.path).config
         memory = recipe_estimate(run, config, gpu_bytes)
         model = ModelShape.from_config(config)
-        longest = run.data.max_prompt_length + run.rollout.max_new_tokens
-        share = run.data.max_prompt_length / longest if model.vision is not None else 0.0
-        engine = EngineShape(run.rollout.engine, run.cluster.colocate, run.rollout.gpu_memory_utilization)
-        fits = largest_budget(model, LearnerShape.from_config(run.learner, share), engine, gpu_bytes)
         awake = memory.engine_awake.bytes if memory.engine_awake else 0
+        free = gpu_bytes - CUDA_CONTEXT_BYTES - max(memory.peak_training, memory.peak_generating)
         rows.append(f"| `{name}` | {model.parameters / 1e9:.2f}B, {run.learner.num_ranks} | "
                     f"{memory.state_bytes / GIB:.1f} | {memory.micro_batch_bytes / GIB:.1f} "
                     f"({run.learner.micro_batch_token_budget}) | {awake / GIB:.1f} | "
-                    f"{memory.peak_training / GIB:.1f} | {memory.peak_generating / GIB:.1f} | {fits} |")
+                    f"{memory.peak_training / GIB:.1f} | {memory.peak_generating / GIB:.1f} | {free / GIB:.1f} |")
     return "\n".join(rows)
 
 
