@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,38 @@ def name_of(pid: int) -> str:
     if text.startswith("ray::"):  # ray::LearnerWorker.train_step while in a method: one name
         return text.split()[0].split(".")[0]
     return " ".join(Path(part).name if i == 0 else part for i, part in enumerate(text.split()[:3]))
+
+
+class TreePss:
+    """The peak over time of the Pss summed over a process and all its descendants, and each
+    process's own peak by name (name_of), sampled every interval_s seconds in a thread (what
+    bench/real_model.py reports per run)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        self.peak, self.by_name, self._stop = 0, {}, threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(pid, interval_s), daemon=True)
+        self._thread.start()
+
+    def _sample(self, pid: int, interval_s: float) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for process in descendants(pid):
+                size = pss_bytes(process) or 0
+                total += size
+                name = name_of(process)
+                self.by_name[name] = max(self.by_name.get(name, 0), size)
+            self.peak = max(self.peak, total)
+            self._stop.wait(interval_s)
+
+    def peak_of(self, name: str) -> float:
+        """The peak Pss in GiB of the processes called `name` (the largest of them)."""
+        return self.by_name.get(name, 0) / 1024**3
+
+    def stop(self) -> float:
+        """Stops sampling; the peak in GiB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 1024**3
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ micro-batches' pixel inputs in forward, and exports with its processor."""
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,11 @@ from workers.weight_sync import TensorSpec
 
 CHECKPOINT_TAG = "learner"
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# ZeRO 1-2's gradient staging bucket and stage 1-2's parameter all-gather bucket, in elements
+# (DeepSpeed's defaults, 5e8 and 5e9, stage up to 2 GB of float32 per rank: all of it on a GPU,
+# which commits what it reserves; on a CPU the pages touched, min(bucket, parameters) x 4 B);
+# 5e7 elements, 200 MB of float32, moves a 1.5B model's gradients in 30 collectives
+BUCKET_ELEMENTS = 50_000_000
 
 
 def disable_shared_memory_comm_build() -> None:
@@ -41,7 +47,8 @@ def deepspeed_config(spec: LearnerSpec, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config for one learner rank (gradient accumulation is driven by the
     caller through the boundary flag, so the batch sizes here are nominal)."""
     config, on_gpu = spec.config, spec.device == "gpu"
-    zero: dict[str, Any] = {"stage": config.zero_stage}
+    zero: dict[str, Any] = {"stage": config.zero_stage, "contiguous_gradients": True,
+                            "reduce_bucket_size": BUCKET_ELEMENTS, "allgather_bucket_size": BUCKET_ELEMENTS}
     if config.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if config.offload_params:
@@ -150,9 +157,19 @@ class DeepSpeedBackend(LearnerBackend):
         """lr is the rate this update used, read before the step moves the scheduler on to the
         next update's. Also reports whether DeepSpeed skipped the update: its ZeRO optimizer
         does when the gradient norm is not finite (overflow), and counts it in
-        engine.skipped_steps."""
+        engine.skipped_steps (BF16_Optimizer, ZeRO's stage 0 in bf16, does the same). Without
+        ZeRO in float32 DeepSpeed steps the torch optimizer as it is: it keeps no norm and skips
+        nothing, so the gradients' own norm is taken first, and a non-finite one skips the
+        update here (gradients dropped, the scheduler not moved, as DeepSpeed's skip does)."""
         skipped_before = self.engine.skipped_steps
         lr = float(self.engine.get_lr()[0])
+        if self.spec.config.zero_stage == 0 and self.spec.config.dtype == "float32":
+            grad_norm = _gradient_norm(self.engine.module)
+            if not math.isfinite(grad_norm):
+                self.engine.zero_grad()
+                return {"grad_norm": grad_norm, "lr": lr, "skipped": 1.0}
+            self.engine.step()
+            return {"grad_norm": grad_norm, "lr": lr, "skipped": 0.0}
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         return {
@@ -226,6 +243,12 @@ def _parameters_by_module(model: torch.nn.Module) -> Iterator[list[tuple[str, to
                 params.append((f"{prefix}.{local_name}" if prefix else local_name, param))
         if params:
             yield params
+
+
+def _gradient_norm(model: torch.nn.Module) -> float:
+    """The global L2 norm of the model's accumulated gradients (inf or nan when one is)."""
+    gradients = [param.grad for param in model.parameters() if param.grad is not None]
+    return float(torch.nn.utils.get_total_norm(gradients)) if gradients else 0.0
 
 
 def _pad_token_id(tokenizer: Any) -> int:

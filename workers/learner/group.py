@@ -128,6 +128,10 @@ class LearnerGroup:
         self.steps += 1
         gap_sums = [mini_batches[0] for mini_batches in per_rank if mini_batches and "gap_sum" in mini_batches[0]]
         metrics = _combine_mini_batch_metrics(per_rank)
+        lengths = row_lengths(batch)  # tokens the training forwards ran on (no padding): FLOP/s
+        metrics["sequence_tokens"] = float(sum(lengths[row] for rank_plans in plan.mini_batch_plans
+                                               for micro_batches in rank_plans
+                                               for rows in micro_batches for row in rows))
         return {**metrics, **_logprob_gap(gap_sums)} if gap_sums else metrics
 
     # ---------------------------------------------------------------- checkpoints, export
