@@ -66,7 +66,15 @@ def cpus(monkeypatch):
 ])
 def test_learner_dtype_auto_is_bf16_where_the_hardware_computes_it(cpus, flags, overrides, dtype):
     cpus(2, flags)
-    assert validate(compose_config(overrides)).learner.dtype == dtype
+    assert validate(compose_config(["learner.dtype=auto", *overrides])).learner.dtype == dtype
+
+
+def test_the_pilot_takes_auto_and_the_tiny_default_float32(cpus):
+    """The embedded default's learner is float32 by measurement (conf/learner/cpu.yaml); the
+    SmolLM2 pilot's engines and learner take auto."""
+    cpus(2)
+    assert validate(compose_config([])).learner.dtype == "float32"
+    assert compose_config(["experiment=smollm2-pilot"]).learner.dtype == "auto"
 
 
 @pytest.mark.parametrize(("overrides", "correction"), [
@@ -91,15 +99,18 @@ def test_importance_correction_auto_follows_the_two_sides_dtypes(overrides, corr
     (["cluster.rollout_threads_per_actor=1", "cluster.learner_threads_per_rank=3"], (1, 3)),
 ])
 def test_thread_counts_auto_settle_by_the_rule_over_this_machines_cpus(cpus, overrides, threads):
+    """(The embedded default states one thread each, by measurement: its experiment file.)"""
     cpus(4)
-    cluster = validate(compose_config(overrides)).cluster
+    auto = ["cluster.rollout_threads_per_actor=auto", "cluster.learner_threads_per_rank=auto"]
+    cluster = validate(compose_config([*auto, *overrides])).cluster
     assert (cluster.rollout_threads_per_actor, cluster.learner_threads_per_rank) == threads
 
 
 def test_the_composed_config_records_what_every_auto_settled_to(cpus):
     """config.yaml is written from the composed config: it holds no `auto` of SETTLED_KEYS."""
     cpus(2)
-    cfg = compose_config(["algorithm.loss.importance_correction=auto"])
+    cfg = compose_config(["algorithm.loss.importance_correction=auto", "learner.dtype=auto",
+                          "cluster.rollout_threads_per_actor=auto", "cluster.learner_threads_per_rank=auto"])
     assert cfg.learner.dtype == "auto" and cfg.cluster.learner_threads_per_rank == "auto"
     run = validate(cfg)
     for key in settle.SETTLED_KEYS:
