@@ -7,6 +7,7 @@ the composed config, so config.yaml holds what the run used and the run reproduc
 
 from __future__ import annotations
 
+from dataclasses import is_dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -33,12 +34,21 @@ def settle_auto(run: Any) -> None:
 
 
 def record_settled(cfg: DictConfig, run: Any) -> None:
-    """Writes the settled value of every key of SETTLED_KEYS into the composed config."""
+    """Writes the settled value of every key of SETTLED_KEYS into the composed config. A section
+    the composed config leaves empty (algorithm.loss of a preset that selects none: the run
+    takes its estimator's recipe) is written whole, as the run used it."""
     for key in SETTLED_KEYS:
-        value = run
-        for part in key.split("."):
-            value = getattr(value, part)
-        OmegaConf.update(cfg, key, value, merge=False)
+        parts = key.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if depth == len(parts) or OmegaConf.select(cfg, prefix) is None:
+                value = run
+                for part in parts[:depth]:
+                    value = getattr(value, part)
+                if is_dataclass(value):
+                    value = OmegaConf.structured(value)
+                OmegaConf.update(cfg, prefix, value, merge=False)
+                break
 
 
 def _settle_threads(run: Any) -> None:

@@ -119,6 +119,17 @@ def test_the_composed_config_records_what_every_auto_settled_to(cpus):
     assert cfg.algorithm.loss.importance_correction == run.algorithm.loss.importance_correction
 
 
+def test_a_section_the_preset_leaves_empty_is_recorded_whole(cpus):
+    """A preset that selects no loss gets its estimator's recipe (launch/config.py run_schema):
+    the settled importance correction is recorded with the loss the run used."""
+    cpus(2)
+    cfg = compose_config(["learner.dtype=bfloat16"])
+    cfg.algorithm.loss = None
+    run = validate(cfg)
+    assert cfg.algorithm.loss.importance_correction == "token"
+    assert OmegaConf.to_object(cfg.algorithm.loss) == run.algorithm.loss
+
+
 def test_an_unknown_thread_count_is_refused_naming_the_key():
     with pytest.raises(ConfigError) as error:
         validate(compose_config(["cluster.learner_threads_per_rank=0"]))

@@ -35,7 +35,15 @@ def test_the_kv_cache_holds_the_sequences_in_whole_blocks_with_a_margin() -> Non
     assert kv_cache_bytes(SMOLLM2_SHAPE, "bfloat16", 1, 129) == kv_cache_bytes(SMOLLM2_SHAPE, "bfloat16", 1, 256)
 
 
-def test_the_pilot_sizes_its_engines_from_its_step_and_evaluation() -> None:
+@pytest.fixture
+def pilot_model(tmp_path, monkeypatch):
+    """The pilot's model directory where `make pilot` prepares it (under RISKPO_CACHE): the
+    config checks find a directory; these tests read nothing from it."""
+    monkeypatch.setenv("RISKPO_CACHE", str(tmp_path))
+    (tmp_path / "smollm2-135m-instruct").mkdir()
+
+
+def test_the_pilot_sizes_its_engines_from_its_step_and_evaluation(pilot_model) -> None:
     run = validate(compose_config(["experiment=smollm2-pilot"]))
     kwargs = engine_kwargs(run)
     assert kwargs["max_model_len"] == 128 + 64  # data.max_prompt_length + rollout.max_new_tokens
@@ -55,7 +63,7 @@ def test_engine_sequences_are_the_larger_call(overrides: list[str], sequences: i
     assert engine_sequences(run) == sequences
 
 
-def test_a_gpu_engine_keeps_gpu_memory_utilization() -> None:
+def test_a_gpu_engine_keeps_gpu_memory_utilization(pilot_model) -> None:
     run = validate(compose_config(["experiment=smollm2-pilot", "cluster.rollout_gpus_per_actor=1"]))
     kwargs = engine_kwargs(run)
     assert "kv_cache_sequences" not in kwargs and "max_model_len" not in kwargs
