@@ -44,6 +44,7 @@ from peak_memory import descendants, pss_bytes  # noqa: E402
 TRL_MODES = ("trl_fp32", "trl_bf16_flag", "trl_bf16_weights")
 OUR_MODES = ("ours_sync", "ours_off_policy_1")
 OUR_OVERRIDES = {"ours_sync": [], "ours_off_policy_1": ["trainer.off_policy_steps=1"]}
+STEP_LINE = "trl-step "  # the TRL child's lines (TRL prints its own logs as dicts)
 PROMPTS, SAMPLES, NEW_TOKENS, TEMPERATURE, LR, WEIGHT_DECAY = 5, 4, 64, 0.7, 1e-5, 0.01
 
 
@@ -62,7 +63,7 @@ def parse_args() -> argparse.Namespace:
 # ---- TRL, in a child process --------------------------------------------------------------
 
 def trl_child(mode: str, steps: int) -> None:
-    """TRL's GRPOTrainer on the pilot's work; one JSON line per step on stdout."""
+    """TRL's GRPOTrainer on the pilot's work; one STEP_LINE + JSON line per step on stdout."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -118,7 +119,7 @@ def trl_child(mode: str, steps: int) -> None:
         def on_log(self, _args: object, state, _control: object, logs=None, **__: object) -> None:  # noqa: ANN001
             if logs and "reward" in logs:
                 generation = phases.get("generation", 0.0)
-                print(json.dumps({"step": state.global_step, "seconds": self.seconds,
+                print(STEP_LINE + json.dumps({"step": state.global_step, "seconds": self.seconds,
                                   "generation_s": generation, "rest_s": self.seconds - generation,
                                   "reward": logs["reward"]}), flush=True)
 
@@ -167,7 +168,8 @@ def run_trl(mode: str, steps: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     stdout, wall, peak = run_measured([sys.executable, __file__, "--steps", str(steps),
                                        "--trl-child", mode], env)
-    records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    records = [json.loads(line.removeprefix(STEP_LINE)) for line in stdout.splitlines()
+               if line.startswith(STEP_LINE)]
     return summary(mode, records, wall, peak, {"generation": "generation_s", "loss+optimizer": "rest_s"})
 
 

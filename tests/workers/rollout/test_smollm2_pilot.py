@@ -38,7 +38,8 @@ def test_the_pilot_trains_two_steps_end_to_end(tmp_path):
         [str(bin_dir / "riskpo-train"), "experiment=smollm2-pilot", "trainer.total_steps=2",
          "trainer.eval_before_training=false", "trainer.eval_every=0", "data.train.size=100",
          "data.eval.size=5",
-         "rollout.enforce_eager=true",  # vLLM's compilation takes ~2 minutes a start on CPU
+         # a first start compiles for ~2 minutes (later ones load ~/.cache/vllm); CI starts cold
+         "rollout.enforce_eager=true",
          "logger=none", f"run_dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -49,6 +50,8 @@ def test_the_pilot_trains_two_steps_end_to_end(tmp_path):
         assert metrics["train/samples"] == 20 and 0.0 <= metrics["train/reward_mean"] <= 1.0
         assert all(math.isfinite(metrics[f"time/{p}"]) and metrics[f"time/{p}"] >= 0 for p in PHASES)
         assert metrics["sync/weight_version"] >= 1 and math.isfinite(metrics["actor/loss"])
+    recorded = (run_dir / "config.yaml").read_text()
+    assert "dtype: auto" not in recorded  # model.dtype and learner.dtype as the run settled them
     final = json.loads((run_dir / "summary.json").read_text())["final"]
     assert 0.0 <= final["eval/avg@4"] <= final["eval/pass@4"] <= 1.0
     assert 0 < final["eval/response_length"] <= 64
