@@ -6,11 +6,14 @@ its warm start. The modules are found and imported the first time the registry i
 new task is one module (and a conf/data/<name>.yaml) and nothing else changes.
 
     @register_task
-    class Arithmetic(Task):
+    class Arithmetic(GeneratedTask):   # rows, checks and warm start from a stream of problems
         name = "synthetic_arithmetic"
         options = ArithmeticOptions
         verifier = "math"
-        ...
+        settings_key = "arithmetic"
+
+        def problem(self, rng, options):
+            return arithmetic_problem(rng, options)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 from riskpo.data.rows import Row
-from riskpo.data.synthetic import SyntheticProblem
+from riskpo.data.synthetic import SyntheticProblem, generate_rows
 from riskpo.options import ConfigError, require
 
 TASKS_PACKAGE = "riskpo.data.tasks"
@@ -256,6 +259,32 @@ def row_request(row: Row, response: str) -> dict[str, Any]:
     return {"kind": "math", "response": response, "ground_truth": row.ground_truth,
             "data_source": row.data_source,
             "answer_format": row.extra_info.get("answer_format", "boxed")}
+
+
+class GeneratedTask(Task):
+    """A task whose rows and warm-start problems are one seeded stream of problems: it states
+    `problem` (one problem from the stream's random generator) and `settings_key`, the name its
+    options enter the warm start's cache key under."""
+
+    settings_key: ClassVar[str]
+
+    @abc.abstractmethod
+    def problem(self, rng: random.Random, options: Any) -> SyntheticProblem:
+        """One problem, drawn with rng, with its reference response."""
+
+    def check(self, options: Any, split: SplitRequest, key: str) -> None:
+        check_generated_size(split, key)
+        options.check(f"{key}.options")
+
+    def rows(self, options: Any, split: SplitRequest) -> list[Row]:
+        return generate_rows(lambda rng: self.problem(rng, options),
+                             generated_size(split, self.name), split.seed, split.exclude_prompts)
+
+    def warmstart_problems(self, options: Any, exclude_prompts: set[str]) -> ProblemMaker:
+        return lambda rng: self.problem(rng, options)
+
+    def warmstart_settings(self, options: Any, split: str) -> dict[str, Any]:
+        return {self.settings_key: asdict(options)}
 
 
 def check_generated_size(split: SplitRequest, key: str) -> None:

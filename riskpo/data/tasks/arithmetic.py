@@ -5,19 +5,11 @@ number of the response. Seeded, no network; the tiny character model is warm-sta
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
-from riskpo.data.registry import (
-    ProblemMaker,
-    SplitRequest,
-    Task,
-    check_generated_size,
-    generated_size,
-    register_task,
-)
+from riskpo.data.registry import GeneratedTask, register_task
 from riskpo.data.rows import Row
-from riskpo.data.synthetic import SyntheticProblem, generate_rows
+from riskpo.data.synthetic import SyntheticProblem
 from riskpo.options import require
 
 ARITHMETIC_SOURCE = "synthetic/arithmetic"  # the rows' data_source
@@ -79,23 +71,13 @@ def arithmetic_problem(rng: random.Random, options: ArithmeticOptions) -> Synthe
 
 
 @register_task
-class Arithmetic(Task):
+class Arithmetic(GeneratedTask):
     name = "synthetic_arithmetic"
     options = ArithmeticOptions
     verifier = "math"
     row_source = ARITHMETIC_SOURCE
     tiny_model = "text"
+    settings_key = "arithmetic"
 
-    def check(self, options: ArithmeticOptions, split: SplitRequest, key: str) -> None:
-        check_generated_size(split, key)
-        options.check(f"{key}.options")
-
-    def rows(self, options: ArithmeticOptions, split: SplitRequest) -> list[Row]:
-        return generate_rows(lambda rng: arithmetic_problem(rng, options),
-                             generated_size(split, self.name), split.seed, split.exclude_prompts)
-
-    def warmstart_problems(self, options: ArithmeticOptions, exclude_prompts: set[str]) -> ProblemMaker:
-        return lambda rng: arithmetic_problem(rng, options)
-
-    def warmstart_settings(self, options: ArithmeticOptions, split: str) -> dict[str, Any]:
-        return {"arithmetic": asdict(options)}
+    def problem(self, rng: random.Random, options: ArithmeticOptions) -> SyntheticProblem:
+        return arithmetic_problem(rng, options)

@@ -5,19 +5,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
-from riskpo.data.registry import (
-    ProblemMaker,
-    SplitRequest,
-    Task,
-    check_generated_size,
-    generated_size,
-    register_task,
-)
+from riskpo.data.registry import GeneratedTask, register_task
 from riskpo.data.rows import Row
-from riskpo.data.synthetic import SyntheticProblem, generate_rows
+from riskpo.data.synthetic import SyntheticProblem
 from riskpo.options import require
 
 CODE_SOURCE = "synthetic/code"  # the rows' data_source
@@ -89,23 +81,13 @@ def code_problem(rng: random.Random, options: CodeTaskOptions) -> SyntheticProbl
 
 
 @register_task
-class SyntheticCode(Task):
+class SyntheticCode(GeneratedTask):
     name = "synthetic_code"
     options = CodeTaskOptions
     verifier = "code"
     row_source = CODE_SOURCE
     tiny_model = "text"
+    settings_key = "code"
 
-    def check(self, options: CodeTaskOptions, split: SplitRequest, key: str) -> None:
-        check_generated_size(split, key)
-        options.check(f"{key}.options")
-
-    def rows(self, options: CodeTaskOptions, split: SplitRequest) -> list[Row]:
-        return generate_rows(lambda rng: code_problem(rng, options),
-                             generated_size(split, self.name), split.seed, split.exclude_prompts)
-
-    def warmstart_problems(self, options: CodeTaskOptions, exclude_prompts: set[str]) -> ProblemMaker:
-        return lambda rng: code_problem(rng, options)
-
-    def warmstart_settings(self, options: CodeTaskOptions, split: str) -> dict[str, Any]:
-        return {"code": asdict(options)}
+    def problem(self, rng: random.Random, options: CodeTaskOptions) -> SyntheticProblem:
+        return code_problem(rng, options)

@@ -19,19 +19,11 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-from riskpo.data.registry import (
-    ProblemMaker,
-    SplitRequest,
-    Task,
-    check_generated_size,
-    generated_size,
-    register_task,
-)
+from riskpo.data.registry import GeneratedTask, ProblemMaker, register_task
 from riskpo.data.rows import IMAGE_PLACEHOLDER, Row
-from riskpo.data.synthetic import SyntheticProblem, generate_rows
+from riskpo.data.synthetic import SyntheticProblem
 from riskpo.options import require
 
 VISUAL_SOURCE = "synthetic/visual_sum"  # the rows' data_source
@@ -166,31 +158,21 @@ def visual_warmstart_maker(config: VisualOptions, exclude_prompts: set[str],
 
 
 @register_task
-class Visual(Task):
+class Visual(GeneratedTask):
     name = "synthetic_visual"
     options = VisualOptions
     verifier = "math"
     row_source = VISUAL_SOURCE
     tiny_model = "vision"
+    settings_key = "visual"
 
-    def check(self, options: VisualOptions, split: SplitRequest, key: str) -> None:
-        check_generated_size(split, key)
-        options.check(f"{key}.options")
-
-    def rows(self, options: VisualOptions, split: SplitRequest) -> list[Row]:
-        return generate_rows(lambda rng: visual_problem(rng, options),
-                             generated_size(split, self.name), split.seed, split.exclude_prompts)
-
-    def warmstart_problems(self, options: VisualOptions, exclude_prompts: set[str]) -> ProblemMaker:
-        return lambda rng: visual_problem(rng, options)
+    def problem(self, rng: random.Random, options: VisualOptions) -> SyntheticProblem:
+        return visual_problem(rng, options)
 
     def warmstart_training(self, options: VisualOptions, exclude_prompts: set[str],
                            problems: ProblemMaker) -> ProblemMaker:
         """Sums, and readings of the same kind of images."""
         return visual_warmstart_maker(options, exclude_prompts)
-
-    def warmstart_settings(self, options: VisualOptions, split: str) -> dict[str, Any]:
-        return {"visual": asdict(options)}
 
     def check_image_size(self, options: VisualOptions, image_size: int, key: str) -> None:
         require(options.image_size == image_size, f"{key}.options.cell",

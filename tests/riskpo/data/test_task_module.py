@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from riskpo.data.registry import Task, generated_size, register_task
+from riskpo.data.registry import GeneratedTask, register_task
 from riskpo.data.rows import Row
-from riskpo.data.synthetic import SyntheticProblem, generate_rows
+from riskpo.data.synthetic import SyntheticProblem
 from riskpo.options import require
 
 
@@ -49,22 +49,19 @@ def problem(rng, options):
 
 
 @register_task
-class Reverse(Task):
+class Reverse(GeneratedTask):
     name = "{name}"
     options = ReverseOptions
     verifier = "math"
     row_source = "throwaway/{name}"
     tiny_model = "text"
+    settings_key = "{name}"
 
-    def rows(self, options, split):
-        return generate_rows(lambda rng: problem(rng, options), generated_size(split, self.name),
-                             split.seed, split.exclude_prompts)
+    def problem(self, rng, options):
+        return problem(rng, options)
 
     def problem_metrics(self, row, correct):
         return {"{name}_prompt_digits": float(len(row.prompt) - 1)}
-
-    def warmstart_problems(self, options, exclude_prompts):
-        return lambda rng: problem(rng, options)
 '''
 
 DATA_CONFIG = """# @package _global_
