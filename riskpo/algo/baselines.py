@@ -141,3 +141,10 @@ def divided_by_group_std(advantages: torch.Tensor, groups: QuestionGroups) -> to
     (0: see centered)."""
     std = torch.where(groups.has_baseline(), groups.of_rows(groups.std), 1.0)
     return advantages / (std + GROUP_EPSILON)
+
+
+def grpo_advantages(rewards: torch.Tensor, groups: QuestionGroups, std_normalize: bool) -> torch.Tensor:
+    """[N] float64: GRPO's advantage, r - its group's mean, divided by (group std +
+    GROUP_EPSILON) when std_normalize; 0 where the group has < 2 valid responses."""
+    advantages = centered(rewards, groups)
+    return divided_by_group_std(advantages, groups) if std_normalize else advantages

@@ -13,8 +13,7 @@ import torch
 
 from riskpo.algo.baselines import (
     QuestionGroups,
-    centered,
-    divided_by_group_std,
+    grpo_advantages,
     question_groups,
     right_answers,
 )
@@ -50,9 +49,7 @@ def _f_grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch
             options: FGRPOOptions, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
     """F-GRPO: GRPO's advantage x (1 - p)^gamma; questions with < 2 valid responses get 0."""
     groups = question_groups(rewards, question_ids, valid)
-    advantages = centered(rewards, groups)
-    if options.std_normalize:
-        advantages = divided_by_group_std(advantages, groups)
+    advantages = grpo_advantages(rewards, groups, options.std_normalize)
     focal = (1.0 - success_rate(rewards, groups, valid)).pow(options.gamma)
     scaled = advantages * groups.of_rows(focal)
     return AdvantageResult(torch.where(groups.has_baseline(), scaled, 0.0),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from riskpo.algo import risk
-from riskpo.algo.baselines import centered, divided_by_group_std, question_groups
+from riskpo.algo.baselines import centered, grpo_advantages, question_groups
 from riskpo.algo.registry import AdvantageResult, AdvantageState, NoOptions, register_estimator
 
 
@@ -39,10 +39,7 @@ def _grpo(rewards: torch.Tensor, question_ids: torch.Tensor, bundle_ids: torch.T
           options: GRPOOptions, state: AdvantageState, valid: torch.Tensor) -> AdvantageResult:
     """GRPO: (r - group mean) / (group std + epsilon); questions with < 2 valid responses get 0."""
     groups = question_groups(rewards, question_ids, valid)
-    advantages = centered(rewards, groups)
-    if options.std_normalize:
-        advantages = divided_by_group_std(advantages, groups)
-    return AdvantageResult(advantages)
+    return AdvantageResult(grpo_advantages(rewards, groups, options.std_normalize))
 
 
 @register_estimator("dr_grpo", NoOptions, loss={"aggregation": "seq_mean_token_sum"})
