@@ -192,7 +192,7 @@ def learner_spec(run: RunConfig) -> LearnerSpec:
     """The learner options, the loss, and where and at what temperature the ranks compute."""
     device = "gpu" if computes_on_gpu(run, run.cluster.learner_gpus_per_rank) else "cpu"
     return LearnerSpec(config=run.learner, loss=run.algorithm.loss, device=device,
-                       temperature=run.rollout.temperature or 1.0, seed=run.seed)
+                       temperature=run.rollout.temperature or 1.0, seed=run.seed, lora=run.model.adapters)
 
 
 def verifier_limits(run: RunConfig) -> Any:
@@ -269,6 +269,12 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
     from workers.weight_sync.sync import WeightSync
 
     c, r = run.cluster, run.rollout
+    if run.model.adapters is not None:  # target modules the model has, before anything starts
+        from riskpo.models.lora import check_lora_targets
+
+        targets = check_lora_targets(model_path, run.model.adapters)
+        console.print(f"lora: rank {run.model.adapters.rank} adapters on {len(targets)} Linear "
+                      f"modules, sync {run.learner.lora_sync}", highlight=False)
     rollout_env, learner_env = thread_environments(run)
     console.print(f"threads: {c.rollout_threads_per_actor} per rollout actor, "
                   f"{c.learner_threads_per_rank} per learner rank ("

@@ -110,6 +110,42 @@ class WarmstartConfig:
         require(self.lr > 0, f"{key}.lr", "must be > 0")
 
 
+# The decoder's attention and MLP projections (Llama, Qwen2, SmolLM2 name them so)
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the policy's language model (`model.lora`; rank null: full fine-tuning,
+    as by default), through PEFT: each target Linear W gets W + (alpha / rank) B A, B zero at
+    the start (`riskpo-train model.lora.rank=16` trains rank-16 adapters). The
+    learner trains A and B only. target_modules are the last names of the Linear modules of the
+    language model (a vision-language model's vision tower and projector stay frozen).
+    dropout is 0 by default: with dropout the learner's two forwards of one batch differ, the
+    on-policy ratio is not 1, and a sequence-level clip as narrow as the paper preset's
+    [3e-4, 4e-4] clips nearly every token (tests/workers/learner/test_lora.py)."""
+
+    rank: int | None = None  # null: no adapters, the whole model trains
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank is not None
+
+    def check(self, key: str) -> None:
+        if not self.enabled:
+            return
+        require(self.rank >= 1, f"{key}.rank", f"{self.rank}: the adapter rank must be >= 1",
+                "use a rank such as 8, 16 or 64, or null for full fine-tuning")
+        require(self.alpha > 0, f"{key}.alpha", f"{self.alpha}: must be > 0", "2 x rank is usual")
+        require(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"{self.dropout}: outside [0, 1)",
+                "0 keeps the on-policy ratio at 1")
+        require(bool(self.target_modules), f"{key}.target_modules", "is empty",
+                f"name Linear modules of the language model, e.g. {list(LORA_TARGET_MODULES)}")
+
+
 @dataclass
 class ModelConfig:
     """The policy: a local HF directory, a hub id, or `tiny` (built and warm-started here)."""
@@ -122,10 +158,21 @@ class ModelConfig:
     dtype: str = "float32"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank null: full fine-tuning
+
+    @property
+    def adapters(self) -> LoraConfig | None:
+        """The LoRA adapters the learner trains, None for full fine-tuning."""
+        return self.lora if self.lora.enabled else None
 
     def check(self, key: str) -> None:
         require(bool(self.path), f"{key}.path", "is empty", "a local HF directory, a hub id, or `tiny`")
         one_of(self.dtype, (*MODEL_DTYPES, AUTO), f"{key}.dtype")
+        self.lora.check(f"{key}.lora")
+        if self.lora.enabled:
+            require(not self.gguf_file, f"{key}.lora.rank", "adapters need the model's Linear weights, "
+                    f"not the quantised tensors of {key}.gguf_file",
+                    "convert the GGUF to a HF directory first (python -m launch.prepare_pilot)")
         if self.path == TINY_MODEL:
             self.tiny.check(f"{key}.tiny")
             self.warmstart.check(f"{key}.warmstart")

@@ -121,12 +121,17 @@ class LearnerBackend(ABC):
         hidden, output_layer = self.hidden_states(micro, reference=reference)
         return token_stats(hidden, output_layer, micro.input_ids, positions, self.spec.temperature,
                            self.suppressed, chunk_tokens=self.logit_chunk_tokens(),
-                           entropy=entropy, entropy_grad=entropy_grad)
+                           entropy=entropy, entropy_grad=entropy_grad,
+                           recompute=self.recompute_logit_chunks())
 
     def logit_chunk_tokens(self) -> int | None:
         """learner.logit_chunk_tokens, or None (one chunk per micro-batch) where a backend's
         every call of the output layer is a collective (ZeRO-3)."""
         return self.spec.config.logit_chunk_tokens
+
+    def recompute_logit_chunks(self) -> bool:
+        """Whether each chunk's logits are recomputed in the backward (not kept)."""
+        return True
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch, plan: RankPlan, *, reference: bool = False) -> dict[int, torch.Tensor]:

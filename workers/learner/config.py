@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from riskpo.algo.losses import LossConfig
+from riskpo.models.config import LoraConfig
 from riskpo.options import one_of, require
 from workers.learner.logits import LOGIT_CHUNK_TOKENS
 
@@ -14,6 +15,9 @@ DEVICES = ("cpu", "gpu")
 # what the learner computes in (fp16 needs loss scaling: not here); auto is settled at start-up
 # (launch/settle.py: bfloat16 on a GPU or a CPU with native bf16, else float32)
 DTYPES = ("auto", "float32", "bfloat16")
+# what a LoRA policy's weight sync sends the engines (workers/learner/lora.py): the merged weights
+# (base + scaling B A, through the bucketed path every engine takes)
+LORA_SYNCS = ("merged",)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     weight_sync_bucket_mb: float = 16.0  # see bench/weight_sync.py: 4-16 MB pipelines best on gloo
     weight_sync_timeout_s: float = 600.0
+    lora_sync: str = "merged"  # with model.lora: see LORA_SYNCS
 
     def check(self, key: str) -> None:
         require(self.num_ranks >= 1, f"{key}.num_ranks", "must be >= 1")
@@ -65,21 +70,28 @@ class LearnerConfig:
                 "parameter offload needs ZeRO stage 3", f"set {key}.zero_stage=3")
         require(self.weight_sync_bucket_mb >= 0, f"{key}.weight_sync_bucket_mb", "must be >= 0")
         require(self.weight_sync_timeout_s > 0, f"{key}.weight_sync_timeout_s", "must be > 0")
+        one_of(self.lora_sync, LORA_SYNCS, f"{key}.lora_sync")
 
 
 @dataclass(frozen=True)
 class LearnerSpec:
     """Everything a learner rank needs besides the model path: its options, the loss, where it
-    computes, the temperature the rollout sampled at (logits are divided by it) and the seed."""
+    computes, the temperature the rollout sampled at (logits are divided by it), the seed, and
+    the LoRA adapters it trains (model.lora; None: the whole model)."""
 
     config: LearnerConfig = field(default_factory=LearnerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     device: str = "cpu"  # cpu (gloo) | gpu (NCCL)
     temperature: float = 1.0
     seed: int = 0
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
         self.config.check("learner")
+        if self.lora is not None:
+            self.lora.check("model.lora")
+            if not self.lora.enabled:
+                raise ValueError("LearnerSpec.lora: give None for full fine-tuning, not a rank of None")
         self.loss.check("algorithm.loss")
         if self.device not in DEVICES:
             raise ValueError(f"LearnerSpec.device must be one of {DEVICES}, got {self.device!r}")

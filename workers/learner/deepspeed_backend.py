@@ -1,7 +1,11 @@
 """DeepSpeed learner backend: ZeRO 0-3, float32 or bfloat16, gloo on CPU and NCCL on GPU,
 a torch AdamW (no JIT-built ops on CPU), optional offload and gradient checkpointing. A
 vision-language policy trains whole (vision tower, projector, language model), takes its
-micro-batches' pixel inputs in forward, and exports with its processor."""
+micro-batches' pixel inputs in forward, and exports with its processor. With model.lora the
+policy carries PEFT adapters on its language model and trains them alone (workers/learner/lora.py):
+the optimizer holds their state only, the reference model is the policy with its adapters
+disabled, checkpoints hold the adapters and their optimizer state (the frozen base weights are
+model_path's), and the engines get the merged weights."""
 
 from __future__ import annotations
 
@@ -23,6 +27,12 @@ from riskpo.models.vlm import (
 )
 from workers.learner.base import LearnerBackend, ensure_directory
 from workers.learner.config import LearnerSpec
+from workers.learner.lora import (
+    ADAPTER_SUBDIR,
+    adapter_parameters,
+    attach_lora,
+    weight_groups,
+)
 from workers.learner.microbatch import MicroBatch
 from workers.learner.vision import ImageInputs
 from workers.weight_sync import TensorSpec
@@ -85,18 +95,12 @@ class DeepSpeedBackend(LearnerBackend):
         self.pad_token_id = _pad_token_id(self.tokenizer)
         self.processor = load_processor(model_path)  # a vision-language model's; else None
         self.images = None if self.processor is None else ImageInputs(self.processor)
-        model = self._load_model(model_path, torch.float32)
-        self.suppressed = suppressed_token_ids(model.config)  # never sampled (riskpo/models/vlm.py)
-        # from_pretrained returns the model in eval mode, where transformers skips gradient
-        # checkpointing (its layers checkpoint only while self.training): the policy trains
-        model.train()
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        self.model_path = model_path
+        model = self._policy(model_path)
         optimizer = None
         if not config.offload:
             optimizer = torch.optim.AdamW(
-                model.parameters(),
+                [param for param in model.parameters() if param.requires_grad],
                 lr=config.lr,
                 betas=tuple(config.betas),
                 weight_decay=config.weight_decay,
@@ -104,13 +108,14 @@ class DeepSpeedBackend(LearnerBackend):
             )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
-            model_parameters=model.parameters() if optimizer is None else None,
+            model_parameters=([param for param in model.parameters() if param.requires_grad]
+                              if optimizer is None else None),
             optimizer=optimizer,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, self._warmup_factor),
             config=deepspeed_config(spec, world_size),
         )
-        self.reference = None
-        if spec.loss.needs.reference_model:
+        self.reference = None  # with LoRA the policy with its adapters disabled
+        if spec.loss.needs.reference_model and spec.lora is None:
             self.reference = self._load_model(model_path, TORCH_DTYPES[config.dtype]).to(self.device)
             self.reference.requires_grad_(False)
 
@@ -121,24 +126,36 @@ class DeepSpeedBackend(LearnerBackend):
         the rest from the final hidden states (after the final norm, as the output layer takes
         them)."""
         model, module = self.engine, self.engine.module
+        base = contextlib.nullcontext()
         if reference:
-            if self.reference is None:
+            if not self.spec.loss.needs.reference_model:
                 raise ValueError("reference log-probs asked for, but kl_coef is 0 (no reference model)")
-            model = module = self.reference
-        output = model(
-            input_ids=micro.input_ids,
-            attention_mask=micro.attention_mask,
-            use_cache=False,
-            output_hidden_states=True,
-            logits_to_keep=1,
-            **self._vision_kwargs(micro),
-        )
+            if self.spec.lora is None:
+                model = module = self.reference
+            else:  # the base weights: the same module without its adapters
+                base = module.disable_adapter()
+        with base:
+            output = model(
+                input_ids=micro.input_ids,
+                attention_mask=micro.attention_mask,
+                use_cache=False,
+                output_hidden_states=True,
+                logits_to_keep=1,
+                **self._vision_kwargs(micro),
+            )
         return output.hidden_states[-1], module.get_output_embeddings()
 
     def logit_chunk_tokens(self) -> int | None:
         """ZeRO-3 gathers the output layer's weight at every call, a collective: one chunk per
         micro-batch keeps the calls equal on every rank (their token counts differ)."""
         return None if self.spec.config.zero_stage == 3 else self.spec.config.logit_chunk_tokens
+
+    def recompute_logit_chunks(self) -> bool:
+        """Not with LoRA under ZeRO-3: the output layer is frozen there, and DeepSpeed does not
+        gather a frozen module's weight again for the backward's recomputation (it would run
+        on the empty partition); the chunk -- one per micro-batch under ZeRO-3 -- keeps its
+        logits instead."""
+        return not (self.spec.lora is not None and self.spec.config.zero_stage == 3)
 
     def _vision_kwargs(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         """Pixel inputs (floats in the learner's dtype) and token-type ids of a VLM's rows."""
@@ -147,7 +164,7 @@ class DeepSpeedBackend(LearnerBackend):
         dtype = TORCH_DTYPES[self.spec.config.dtype]
         pixels = {name: value.to(dtype) if value.is_floating_point() else value
                   for name, value in micro.vision.items()}
-        return {**pixels, **token_type_inputs(self.engine.module, micro.input_ids)}
+        return {**pixels, **token_type_inputs(self._hf_model(), micro.input_ids)}
 
     def backward(self, loss: torch.Tensor, *, last_micro_batch: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(last_micro_batch)
@@ -179,47 +196,84 @@ class DeepSpeedBackend(LearnerBackend):
         }
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for params in _parameters_by_module(self.engine.module):
-            with self._gathered([param for _, param in params]):
-                for name, param in params:
-                    yield name, param.data
+        """With LoRA each adapter merged into its base weight (out of place)."""
+        for group in weight_groups(self._hf_model()):
+            with self._gathered(group.to_gather):
+                yield from group.tensors()
 
     def parameter_specs(self) -> list[TensorSpec]:
         return [
             TensorSpec(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
-            for params in _parameters_by_module(self.engine.module)
-            for name, param in params
+            for group in weight_groups(self._hf_model())
+            for name, param in group.named
         ]
 
+    def adapter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The adapters' tensors in PEFT's names (base_model.model....lora_A.default.weight)."""
+        params = adapter_parameters(self.engine.module)
+        with self._gathered([param for _, param in params]):
+            for name, param in params:
+                yield name, param.data
+
     def save(self, path: str, extra: dict[str, Any]) -> None:
+        """With LoRA the module state saved is the adapters' (the base is model_path's)."""
         ensure_directory(path)
-        self.engine.save_checkpoint(path, tag=CHECKPOINT_TAG, client_state={"extra": extra})
+        self.engine.save_checkpoint(path, tag=CHECKPOINT_TAG, client_state={"extra": extra},
+                                    exclude_frozen_parameters=self.spec.lora is not None)
 
     def load(self, path: str) -> dict[str, Any]:
         load_path, client_state = self.engine.load_checkpoint(
-            path, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            path, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True,
+            load_module_strict=self.spec.lora is None,
         )
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {CHECKPOINT_TAG!r} under {path}")
         return client_state["extra"]
 
     def export_hf(self, path: str) -> None:
+        """The policy as a HF directory (with LoRA: the merged model, and in adapter/ the
+        directory PEFT loads onto model_path's base)."""
         state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.named_parameters()}
+        adapters = ({name: tensor.detach().to("cpu", copy=True) for name, tensor in self.adapter_tensors()}
+                    if self.spec.lora is not None else None)
         if self.rank != 0:
             return
         directory = ensure_directory(path)
-        model: PreTrainedModel = self.engine.module
+        model: PreTrainedModel = self._hf_model()
         model.config.use_cache = True
         try:
             model.save_pretrained(directory, state_dict=state)
         finally:
             model.config.use_cache = False
         (self.processor or self.tokenizer).save_pretrained(directory)
+        if adapters is not None:
+            peft_model = self.engine.module
+            peft_model.peft_config["default"].base_model_name_or_path = self.model_path
+            peft_model.save_pretrained(directory / ADAPTER_SUBDIR, state_dict=adapters)
 
     # ---------------------------------------------------------------- helpers
 
     def _load_model(self, model_path: str, dtype: torch.dtype) -> PreTrainedModel:
         return load_policy(model_path, dtype)
+
+    def _policy(self, model_path: str) -> torch.nn.Module:
+        """The policy in float32 (DeepSpeed casts it for bf16), in training mode: from_pretrained
+        returns it in eval mode, where transformers skips gradient checkpointing (its layers
+        checkpoint only while self.training). Checkpointing is non-reentrant: with LoRA the
+        embeddings are frozen, and reentrant checkpointing would give the adapters of a layer
+        whose inputs need no gradient none (tests/workers/learner/test_lora.py)."""
+        model = self._load_model(model_path, torch.float32)
+        self.suppressed = suppressed_token_ids(model.config)  # never sampled (riskpo/models/vlm.py)
+        model.train()
+        if self.spec.config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        return model if self.spec.lora is None else attach_lora(model, self.spec.lora)
+
+    def _hf_model(self) -> PreTrainedModel:
+        """The transformers model (inside PEFT's wrapper with LoRA), in HF parameter names."""
+        module = self.engine.module
+        return module if self.spec.lora is None else module.get_base_model()
 
     def _warmup_factor(self, optimizer_step: int) -> float:
         warmup = self.spec.config.warmup_steps
@@ -229,20 +283,6 @@ class DeepSpeedBackend(LearnerBackend):
         if self.spec.config.zero_stage == 3:
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return contextlib.nullcontext()
-
-
-def _parameters_by_module(model: torch.nn.Module) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
-    """The parameters of model.named_parameters(), in its order and names, grouped by the
-    module that owns them (tied parameters appear once, under their first name)."""
-    seen: set[int] = set()
-    for prefix, module in model.named_modules():
-        params = []
-        for local_name, param in module.named_parameters(recurse=False):
-            if id(param) not in seen:
-                seen.add(id(param))
-                params.append((f"{prefix}.{local_name}" if prefix else local_name, param))
-        if params:
-            yield params
 
 
 def _gradient_norm(model: torch.nn.Module) -> float:

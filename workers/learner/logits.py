@@ -39,12 +39,14 @@ class TokenStats:
 def token_stats(hidden: torch.Tensor, output_layer: torch.nn.Module, input_ids: torch.Tensor,
                 positions: torch.Tensor, temperature: float, suppressed: Sequence[int] = (), *,
                 chunk_tokens: int | None = LOGIT_CHUNK_TOKENS, entropy: bool = True,
-                entropy_grad: bool = False) -> TokenStats:
+                entropy_grad: bool = False, recompute: bool = True) -> TokenStats:
     """Log-probs (and entropy) at the target positions [B, L-1] where `positions` is True, from
     the last hidden states [B, L, H] and the output layer mapping them to logits; suppressed
     token ids get probability 0 (riskpo/models/vlm.py). The entropy carries a gradient only
     with entropy_grad (an entropy bonus); else it is a detached metric. Under autograd each
-    chunk is checkpointed: its logits are recomputed in the backward, not kept.
+    chunk is checkpointed: its logits are recomputed in the backward, not kept (recompute
+    False: kept, where the output layer cannot run again in the backward -- a frozen output
+    layer under ZeRO-3, which does not gather it again there).
 
     chunk_tokens None: one chunk, however many positions (where each call of the output layer
     is a collective every rank must make equally often: ZeRO-3 gathers its weight per call).
@@ -62,7 +64,7 @@ def token_stats(hidden: torch.Tensor, output_layer: torch.nn.Module, input_ids: 
     for start in range(0, targets.numel(), size):
         arguments = (states[start:start + size], targets[start:start + size],
                      output_layer, temperature, tuple(suppressed), entropy, entropy_grad)
-        if torch.is_grad_enabled() and states.requires_grad:
+        if recompute and torch.is_grad_enabled() and states.requires_grad:
             chunk_logprobs, chunk_entropy = checkpoint(_chunk_stats, *arguments, use_reentrant=False)
         else:
             chunk_logprobs, chunk_entropy = _chunk_stats(*arguments)
