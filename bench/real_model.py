@@ -18,7 +18,8 @@ machine is shared and noisy: compare within a round, as the printed ratios do).
 Per run, medians over the steps after the first: the step, generation (and its tokens/s), the
 old-log-prob pass, training, weight sync; the initial evaluation; "workers ready" (engines
 started, learner loaded: events.jsonl); the peak Pss summed over the run's process tree
-(sampled every 0.5 s), and the learner rank's and the rollout actor's own peaks. The learner's FLOP/s counts 6 x parameters (the tied embedding once) x
+(sampled every 0.5 s), and the learner rank's and the rollout actor's own peaks (--json: the
+eight largest processes' peaks). The learner's FLOP/s counts 6 x parameters (the tied embedding once) x
 the tokens its training forwards ran on (actor/sequence_tokens), over its log-prob and train
 phases together; the bf16 (and float32) rate of a 2048 x 2048 matmul on the node's cores is
 measured before each round. Prints a table; --json writes every run.
@@ -115,6 +116,8 @@ def run_pilot(setting: str, steps: int, riskpo_train: str) -> dict:
     figures["peak_pss_gib"] = peak
     figures["learner_pss_gib"] = memory.peak_of("ray::LearnerWorker")
     figures["engine_pss_gib"] = memory.peak_of("ray::RolloutActor")
+    figures["pss_by_process_gib"] = {name: round(size / 1024**3, 2) for name, size in
+                                     sorted(memory.by_name.items(), key=lambda item: -item[1])[:8]}
     config = (run_dir / "config.yaml").read_text()
     figures["model_path"] = next(line.split(":", 1)[1].strip() for line in config.splitlines()
                                  if line.strip().startswith("path:"))
