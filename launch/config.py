@@ -285,6 +285,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                 f"0 (greedy) makes all {run.trainer.samples_per_prompt} samples of a prompt identical",
                 "sample with a temperature > 0 (1.0 is the paper's)")
     run.learner.check("learner")
+    _check_lora_sync(run)
     _check_learner_fits_step(run)
     run.verifier.check("verifier")
     run.cluster.check("cluster")
@@ -369,6 +370,19 @@ def _check_verifiers_for_data(run: RunConfig) -> None:
     if "math" in needed:
         require(run.verifier.num_math_actors >= 1, "verifier.num_math_actors",
                 "the data has math problems but no math verifier", "set verifier.num_math_actors=1")
+
+
+def _check_lora_sync(run: RunConfig) -> None:
+    """learner.lora_sync=adapter sends the LoRA adapter alone: it needs adapters, and engines
+    that apply them (ENGINE_CAPABILITIES lora_adapters)."""
+    if run.learner.lora_sync != "adapter":
+        return
+    require(run.model.adapters is not None, "learner.lora_sync",
+            "adapter sends a LoRA adapter, but model.lora.rank is null (full fine-tuning)",
+            "set model.lora.rank, or learner.lora_sync=merged")
+    require(ENGINE_CAPABILITIES[run.rollout.engine]["lora_adapters"], "learner.lora_sync",
+            f"the {run.rollout.engine} engine cannot take a LoRA adapter sent alone",
+            "use learner.lora_sync=merged (the merged weights, every engine), or rollout.engine=hf")
 
 
 def _check_learner_fits_step(run: RunConfig) -> None:

@@ -95,6 +95,9 @@ class LearnerWorker:
     def parameter_specs(self) -> list[TensorSpec]:
         return self._backend().parameter_specs()
 
+    def adapter_specs(self) -> tuple[list[TensorSpec], dict[str, Any]]:
+        return self._backend().adapter_specs()
+
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full parameters as CPU tensors on rank 0 (None elsewhere); gathers on every rank."""
         state = {name: t.detach().to("cpu", copy=True) for name, t in self._backend().named_parameters()}
@@ -106,8 +109,10 @@ class LearnerWorker:
             self.sender = make_sender(address)
 
     def send_weights(self, manifest: WeightManifest) -> int:
-        """Rank 0 broadcasts; the others take part in the layer-by-layer ZeRO-3 gathers."""
-        parameters = self._backend().named_parameters()
+        """Rank 0 broadcasts; the others take part in the layer-by-layer ZeRO-3 gathers. The
+        manifest says what goes: the policy's weights (LoRA merged in), or the adapter's alone."""
+        backend = self._backend()
+        parameters = backend.named_parameters() if manifest.adapter is None else backend.adapter_tensors()
         if self.rank != 0:
             for _ in parameters:
                 pass

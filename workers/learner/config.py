@@ -16,8 +16,9 @@ DEVICES = ("cpu", "gpu")
 # (launch/settle.py: bfloat16 on a GPU or a CPU with native bf16, else float32)
 DTYPES = ("auto", "float32", "bfloat16")
 # what a LoRA policy's weight sync sends the engines (workers/learner/lora.py): the merged weights
-# (base + scaling B A, through the bucketed path every engine takes)
-LORA_SYNCS = ("merged",)
+# (base + scaling B A, through the bucketed path every engine takes), or the adapter's tensors
+# alone, which the engines apply (ENGINE_CAPABILITIES lora_adapters)
+LORA_SYNCS = ("merged", "adapter")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from workers.learner.base import LearnerBackend, ensure_directory
 from workers.learner.config import LearnerSpec
 from workers.learner.lora import (
     ADAPTER_SUBDIR,
+    adapter_options,
     adapter_parameters,
     attach_lora,
     weight_groups,
@@ -208,12 +209,19 @@ class DeepSpeedBackend(LearnerBackend):
             for name, param in group.named
         ]
 
-    def adapter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The adapters' tensors in PEFT's names (base_model.model....lora_A.default.weight)."""
-        params = adapter_parameters(self.engine.module)
+    def adapter_tensors(self, *, peft_names: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """The adapters' tensors in the transformers model's names (the adapter sync's), or in
+        the PeftModel's (an export's adapter directory)."""
+        params = adapter_parameters(self.engine.module if peft_names else self._hf_model())
         with self._gathered([param for _, param in params]):
             for name, param in params:
                 yield name, param.data
+
+    def adapter_specs(self) -> tuple[list[TensorSpec], dict[str, Any]]:
+        """The adapter sync's tensors (names, full shapes, dtypes) and the adapter's PEFT options."""
+        specs = [TensorSpec(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
+                 for name, param in adapter_parameters(self._hf_model())]
+        return specs, adapter_options(self.engine.module)
 
     def save(self, path: str, extra: dict[str, Any]) -> None:
         """With LoRA the module state saved is the adapters' (the base is model_path's)."""
@@ -234,7 +242,8 @@ class DeepSpeedBackend(LearnerBackend):
         """The policy as a HF directory (with LoRA: the merged model, and in adapter/ the
         directory PEFT loads onto model_path's base)."""
         state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.named_parameters()}
-        adapters = ({name: tensor.detach().to("cpu", copy=True) for name, tensor in self.adapter_tensors()}
+        adapters = ({name: tensor.detach().to("cpu", copy=True)
+                     for name, tensor in self.adapter_tensors(peft_names=True)}
                     if self.spec.lora is not None else None)
         if self.rank != 0:
             return

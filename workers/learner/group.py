@@ -165,10 +165,17 @@ class LearnerGroup:
         return self.steps
 
     def weight_manifest(self) -> WeightManifest:
-        """Names, shapes and buckets of the weights rank 0 sends, in the order it sends them."""
+        """Names, shapes and buckets of the weights rank 0 sends, in the order it sends them:
+        the policy's, or with LoRA and learner.lora_sync=adapter the adapter's alone (with its
+        PEFT options, which the engines build it from)."""
         if self._manifest is None:
-            specs = ray.get(self.workers[0].parameter_specs.remote())
+            adapter = None
+            if self.spec.lora is not None and self.spec.config.lora_sync == "adapter":
+                specs, adapter = ray.get(self.workers[0].adapter_specs.remote())
+            else:
+                specs = ray.get(self.workers[0].parameter_specs.remote())
             self._manifest = build_manifest(specs, int(self.spec.config.weight_sync_bucket_mb * (1 << 20)))
+            self._manifest.adapter = adapter
         return self._manifest
 
     def weight_sync_address(self, receivers: int, group_name: str) -> SyncGroupAddress:

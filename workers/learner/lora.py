@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import peft
 import torch
@@ -88,6 +89,15 @@ def weight_groups(model: torch.nn.Module) -> Iterator[WeightGroup]:
             yield WeightGroup(named, module if inside is not None else None)
 
 
-def adapter_parameters(model: peft.PeftModel) -> list[tuple[str, torch.nn.Parameter]]:
-    """The adapters' parameters in the PeftModel's names (base_model.model....lora_A.default.weight)."""
+def adapter_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The adapters' parameters in the model's names: a PeftModel's for an export
+    (base_model.model....lora_A.default.weight), the transformers model's inside it for a sync
+    (model.layers.0.self_attn.q_proj.lora_A.default.weight: where an engine that injects the
+    same adapter into its own transformers model has them)."""
     return [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+
+
+def adapter_options(model: peft.PeftModel) -> dict[str, Any]:
+    """The adapter's PEFT options an engine rebuilds it from (a sync's manifest carries them)."""
+    config = model.peft_config[ADAPTER]
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}

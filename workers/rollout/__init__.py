@@ -25,10 +25,13 @@ ENGINE_KINDS = {
 # (name, tensor) buckets, which ZeRO-3 needs because the learner gathers one layer at a time.
 # `continuous_batching`: it schedules all the requests of one call together (vLLM), so the
 # rollout group sends each actor one chunk; chunks one after the other would each wait for
-# the longest response of the one before.
+# the longest response of the one before. `lora_adapters`: it applies a LoRA adapter sent alone
+# (learner.lora_sync=adapter) on top of its base weights.
 ENGINE_CAPABILITIES: dict[str, dict[str, bool]] = {
-    "hf": {"streamed_weight_load": True, "tensor_parallel": False, "continuous_batching": False},
-    "vllm": {"streamed_weight_load": True, "tensor_parallel": True, "continuous_batching": True},
+    "hf": {"streamed_weight_load": True, "tensor_parallel": False, "continuous_batching": False,
+           "lora_adapters": True},
+    "vllm": {"streamed_weight_load": True, "tensor_parallel": True, "continuous_batching": True,
+             "lora_adapters": False},
 }
 
 

@@ -73,6 +73,9 @@ class RolloutActor:
         returns the version now held (weights the engine refused are not recorded as held)."""
         if self._receiver is None:
             raise RuntimeError("RolloutActor.receive_weights before join_weight_sync")
-        self.engine.load_weights(self._receiver.receive(manifest))
+        if manifest.adapter is None:
+            self.engine.load_weights(self._receiver.receive(manifest))
+        else:  # a LoRA adapter on the engine's base weights, this version's
+            self.engine.load_adapter(manifest.adapter, self._receiver.receive(manifest), version)
         self._weight_version = version
         return self._weight_version

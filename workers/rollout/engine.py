@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -32,6 +32,14 @@ class RolloutEngine(Protocol):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Loads named tensors (HF parameter names) and resets caches. Unknown names and shape
         mismatches raise, naming the parameter."""
+        ...
+
+    def load_adapter(self, options: dict[str, Any], weights: Iterable[tuple[str, torch.Tensor]],
+                     version: int) -> None:
+        """Applies a LoRA adapter (PEFT options r, lora_alpha, target_modules; its tensors in
+        the transformers model's names) on top of the engine's base weights, in place of the
+        adapter it held; `version` is the learner's number for it. Only engines whose
+        ENGINE_CAPABILITIES say lora_adapters."""
         ...
 
     @property

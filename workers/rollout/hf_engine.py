@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import inject_adapter_in_model
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from riskpo.messages import Completion, Prompt, SamplingParams, render_prompt
@@ -103,6 +106,7 @@ class HFEngine:
             pad_token_id=self.pad_token_id,
         )
         self._sleep = SleepState("HFEngine")
+        self.adapter_options: dict[str, Any] | None = None  # the LoRA adapter's, once loaded
 
     def _eos_token_ids(self) -> list[int]:
         configured = self.model.generation_config.eos_token_id
@@ -281,6 +285,20 @@ class HFEngine:
             for name, tensor in checked_weights(weights, shapes, "HFEngine"):
                 target = targets[name]
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+    def load_adapter(self, options: dict[str, Any], weights: Iterable[tuple[str, torch.Tensor]],
+                     version: int) -> None:
+        """The first adapter is injected into the model through PEFT (its base weights stay as
+        loaded); every later one is copied into the same adapter tensors. Generation then runs
+        each target Linear as W x + scaling B A x, unmerged."""
+        self._sleep.require_awake("load_adapter")
+        if self.adapter_options is None:
+            inject_adapter_in_model(PeftLoraConfig(**options), self.model)
+            self.adapter_options = dict(options)
+        elif options != self.adapter_options:
+            raise ValueError(f"HFEngine.load_adapter: the adapter's options changed from "
+                             f"{self.adapter_options} to {options}")
+        self.load_weights(weights)
 
     @property
     def sleeping(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -39,8 +40,14 @@ class Bucket:
 
 @dataclass
 class WeightManifest:
+    """What one sync sends, bucket by bucket. adapter: None for the policy's weights (an
+    engine loads them in place of its own), else the LoRA adapter's PEFT options (r,
+    lora_alpha, target_modules) and the tensors are the adapter's alone, which the engine
+    applies on top of its base weights (learner.lora_sync=adapter)."""
+
     buckets: list[Bucket]
     version: int = 0  # the learner's step count when the manifest was sent (informational)
+    adapter: dict[str, Any] | None = None
 
     @property
     def num_bytes(self) -> int:

@@ -72,6 +72,10 @@ def test_the_lora_options_compose_and_are_checked(tiny_path: Path) -> None:
         LoraConfig(rank=0).check("model.lora")
     with pytest.raises(ConfigError, match=r"learner\.lora_sync"):
         LearnerConfig(lora_sync="deltas").check("learner")
+    with pytest.raises(ConfigError, match=r"learner\.lora_sync.*model\.lora\.rank is null"):
+        validate(compose_config(["learner.lora_sync=adapter"]))
+    with pytest.raises(ConfigError, match=r"learner\.lora_sync.*vllm engine cannot take"):
+        validate(compose_config(["model.lora.rank=8", "learner.lora_sync=adapter", "rollout.engine=vllm"]))
     with pytest.raises(ConfigError, match=r"model\.lora\.target_modules.*'qkv'.*choose among"):
         check_lora_targets(str(tiny_path), LoraConfig(rank=8, target_modules=["q_proj", "qkv"]))
     assert len(check_lora_targets(str(tiny_path), LoraConfig(rank=8))) == 4 * 7  # 4 layers x 7 Linears

@@ -16,6 +16,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from riskpo.algo.losses import LossConfig
+from riskpo.messages import Prompt, SamplingParams
 from riskpo.models.config import LoraConfig
 from riskpo.models.tiny import build_tiny_model
 from tests.workers.learner.test_learner_group import assert_same_optimizer_state, make_batch
@@ -124,19 +125,43 @@ def test_the_export_loads_in_transformers_merged_and_in_peft_on_the_base(
         torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_the_merged_sync_gives_the_engine_the_learners_merged_model(
-        lora_group: LearnerGroup, ray_cluster, tiny_model_path: Path) -> None:
+@pytest.mark.parametrize("lora_sync", ["merged", "adapter"])
+def test_both_syncs_leave_the_engine_computing_the_learners_merged_model(
+        lora_group: LearnerGroup, ray_cluster, tiny_model_path: Path, lora_sync: str) -> None:
+    """merged: the engine's weights become the learner's merged ones, bit for bit. adapter: the
+    engine keeps its base weights and applies the adapter sent alone (a fraction of the bytes),
+    computing the same logits and greedy tokens as the merged model."""
     from workers.rollout.group import RolloutGroup
     from workers.weight_sync.sync import WeightSync
 
+    lora_group.spec.config.lora_sync, lora_group._manifest = lora_sync, None  # one learner, both modes
     rollout = RolloutGroup(1, "hf", tiny_model_path, {"dtype": "float32"})
+    ids = torch.tensor([make_batch(seed=8).prompt_ids[0] + [20, 21, 22]])
+    prompt = [1, 10, 11, 12, 13]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=[])
     try:
         lora_group.train_step(make_batch(seed=9))
-        WeightSync(lora_group, rollout).sync(lora_group.weight_version)
+        metrics = WeightSync(lora_group, rollout).sync(lora_group.weight_version)
         state = lora_group.state_dict()
-        engine_state = ray.get(rollout.actors[0].__ray_call__.remote(
-            lambda actor: {n: p.detach().clone() for n, p in actor.engine.model.named_parameters()}))
+        engine_state, engine_logits = ray.get(rollout.actors[0].__ray_call__.remote(
+            lambda actor: ({n: p.detach().clone() for n, p in actor.engine.model.state_dict().items()},
+                           actor.engine.model(input_ids=ids).logits.detach())))
+        completion = ray.get(rollout.actors[0].generate.remote([Prompt(token_ids=prompt)], params))[0][0]
     finally:
         rollout.shutdown()
-    for name, tensor in engine_state.items():
-        assert torch.equal(tensor, state[name]), name
+        lora_group.spec.config.lora_sync, lora_group._manifest = "merged", None
+    merged = base_model(tiny_model_path)
+    merged.load_state_dict(state, strict=False)  # lm_head is tied
+    with torch.no_grad():
+        torch.testing.assert_close(engine_logits, merged(ids).logits, rtol=1e-5, atol=1e-5)
+        expected = merged.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                                   min_new_tokens=12)[0, len(prompt):].tolist()
+    assert completion.token_ids == expected[:len(completion.token_ids)]
+    full_bytes = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    if lora_sync == "merged":
+        for name, tensor in state.items():
+            assert torch.equal(engine_state[name], tensor), name
+        assert metrics["sync/bytes"] >= full_bytes
+    else:
+        assert any("lora_A" in name for name in engine_state)
+        assert metrics["sync/bytes"] < 0.1 * full_bytes

@@ -82,25 +82,27 @@ def test_chunks_carry_estimated_work():
 def test_actor_weight_sync_entry_points_feed_the_engine(tiny_model_path, other_tiny_model_path):
     from riskpo.models.loading import load_model_and_tokenizer
     from workers.rollout.actor import RolloutActor
+    from workers.weight_sync import WeightManifest
 
     actor = RolloutActor("hf", tiny_model_path, ENGINE_KWARGS["hf"])
     weights = load_model_and_tokenizer(other_tiny_model_path)[0].state_dict()
+    manifest = WeightManifest([], version=1)
 
     class FakeReceiver:
-        def receive(self, manifest):
-            assert manifest == "manifest-1"
+        def receive(self, received):
+            assert received is manifest
             return iter(weights.items())
 
     with pytest.raises(RuntimeError, match="join_weight_sync"):
-        actor.receive_weights("manifest-1", 4)
+        actor.receive_weights(manifest, 4)
     actor._receiver = FakeReceiver()
-    assert actor.receive_weights("manifest-1", 4) == 4  # the learner's number for them
+    assert actor.receive_weights(manifest, 4) == 4  # the learner's number for them
     assert actor.ping()["weight_version"] == 4 == actor.weight_version()
     completions = actor.generate(PROMPTS[:1], GREEDY)
     assert {c.weight_version for c in completions[0]} == {4}
     actor.sleep()
     with pytest.raises(RuntimeError, match="asleep"):
-        actor.receive_weights("manifest-1", 5)
+        actor.receive_weights(manifest, 5)
     assert actor.weight_version() == 4  # weights the engine refused are not held
 
 
