@@ -112,6 +112,7 @@ class LearnerShape:
     overlap_comm: bool = False
     image_token_share: float = 0.0  # of a micro-batch's tokens, at most (a VLM's)
     logit_chunk_tokens: int = 512  # learner.logit_chunk_tokens
+    adapters: AdapterShape | None = None  # model.lora's adapters (None: full fine-tuning)
 
     @property
     def chunk_tokens(self) -> int:
@@ -122,8 +123,14 @@ class LearnerShape:
             return self.micro_batch_tokens
         return min(self.logit_chunk_tokens, self.micro_batch_tokens)
 
+    @property
+    def trained(self) -> int | None:
+        """Parameters with gradients and optimizer state: the adapters' (None: all of them)."""
+        return None if self.adapters is None else self.adapters.parameters
+
     @classmethod
-    def from_config(cls, learner: Any, image_token_share: float = 0.0) -> LearnerShape:
+    def from_config(cls, learner: Any, image_token_share: float = 0.0,
+                    adapters: AdapterShape | None = None) -> LearnerShape:
         """From a LearnerConfig, with the bucket sizes of the DeepSpeed config the learner
         builds from it (workers/learner/deepspeed_backend.deepspeed_config)."""
         zero = _deepspeed_zero_config(learner)
@@ -133,7 +140,34 @@ class LearnerShape:
                    int(zero.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
                    int(zero.get("allgather_bucket_size", DEEPSPEED_ALLGATHER_BUCKET)),
                    bool(zero.get("overlap_comm", stage == 3)), image_token_share,
-                   learner.logit_chunk_tokens)
+                   learner.logit_chunk_tokens, adapters)
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """LoRA adapters (model.lora): their parameters (rank x (in + out) per adapted Linear),
+    how many Linear modules carry one per decoder layer, and the rank."""
+
+    parameters: int
+    modules_per_layer: int
+    rank: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], lora: Any) -> AdapterShape:
+        """On the model built on the meta device from its config.json dict."""
+        import torch
+        from transformers import CONFIG_MAPPING
+
+        from riskpo.models.lora import lora_target_names
+        from riskpo.models.vlm import policy_model_class
+
+        built = CONFIG_MAPPING[config["model_type"]].from_dict(dict(config))
+        with torch.device("meta"):
+            model = policy_model_class(built).from_config(built)
+        targets = lora_target_names(model, lora)
+        modules = dict(model.named_modules())
+        parameters = sum(lora.rank * (modules[name].in_features + modules[name].out_features) for name in targets)
+        return cls(parameters, len(targets) // built.get_text_config().num_hidden_layers, lora.rank)
 
 
 def _deepspeed_zero_config(learner: Any) -> dict[str, Any]:
@@ -194,18 +228,21 @@ def state_terms(model: ModelShape, learner: LearnerShape, after_step: bool = Tru
     """What a rank holds from initialisation on (DeepSpeed 0.19.8, torch AdamW): the module's
     weights in the learner's dtype (ZeRO-3: this rank's partition), the fp32 master partition
     (bf16, or any ZeRO stage: a copy), Adam's m and v (after the first update), and ZeRO-3's
-    reduce bucket (allocated at initialisation)."""
+    reduce bucket (allocated at initialisation). With LoRA the weights are the frozen base's
+    and the adapters' (P + A), and master weights, Adam and gradients are the adapters' alone (A)."""
     p, r, stage = model.parameters, learner.ranks, learner.zero_stage
     share = 1 if stage == 0 else r
     width = COMPUTE_BYTES[learner.dtype]
-    terms = [Term("weights", width * p // (r if stage == 3 else 1),
-                  f"{width} B x P" + (" / R" if stage == 3 else ""))]
+    a, n = (p, "P") if learner.trained is None else (learner.trained, "A")
+    held, held_name = (p, "P") if learner.trained is None else (p + a, "(P + A)")
+    terms = [Term("weights", width * held // (r if stage == 3 else 1),
+                  f"{width} B x {held_name}" + (" / R" if stage == 3 else ""))]
     if learner.dtype == "bfloat16" or stage >= 1:
-        terms.append(Term("fp32 master weights", 4 * p // share, "4 B x P" + (" / R" if share > 1 else "")))
+        terms.append(Term("fp32 master weights", 4 * a // share, f"4 B x {n}" + (" / R" if share > 1 else "")))
     if after_step or (stage == 0 and learner.dtype == "bfloat16"):  # BF16_Optimizer makes them at init
-        terms.append(Term("Adam m and v (fp32)", 8 * p // share, "8 B x P" + (" / R" if share > 1 else "")))
+        terms.append(Term("Adam m and v (fp32)", 8 * a // share, f"8 B x {n}" + (" / R" if share > 1 else "")))
     if stage == 3:
-        terms.append(Term("ZeRO-3 gradient partition", width * p // r, f"{width} B x P / R"))
+        terms.append(Term("ZeRO-3 gradient partition", width * a // r, f"{width} B x {n} / R"))
         terms.append(Term("ZeRO-3 reduce bucket", width * learner.reduce_bucket,
                           f"{width} B x reduce_bucket_size {learner.reduce_bucket:.0e}"))
     return terms
@@ -236,6 +273,12 @@ def activation_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
     tail = Term("final norm and LM head input", tokens * (4 * text.hidden + 4 + 2 * width * text.hidden + 8),
                 "T x (4h + 2 w h + ids)")
     terms = [saved, tail]
+    if learner.adapters is not None:  # each adapter's A x, saved for B's backward
+        per_token = learner.adapters.modules_per_layer * learner.adapters.rank * width
+        layers = 1 if learner.checkpointing else text.layers
+        terms.append(Term("LoRA A outputs", tokens * layers * per_token,
+                          f"T x {layers} layers x {learner.adapters.modules_per_layer} modules x "
+                          f"rank {learner.adapters.rank} x {width} B"))
     if model.vision is not None and learner.image_token_share > 0:
         terms.append(_vision_term(model.vision, learner, width))
     return terms
@@ -260,7 +303,8 @@ def micro_batch_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
     text, tokens, width = model.text, learner.micro_batch_tokens, COMPUTE_BYTES[learner.dtype]
     terms = activation_terms(model, learner)
     if learner.zero_stage == 2:
-        terms.append(Term("gradient partition", width * model.parameters // learner.ranks, f"{width} B x P / R"))
+        trained, name = (model.parameters, "P") if learner.trained is None else (learner.trained, "A")
+        terms.append(Term("gradient partition", width * trained // learner.ranks, f"{width} B x {name} / R"))
     coefficient = TRAIN_LOGITS_BYTES[learner.dtype]
     forward = [Term("logits copies of a chunk", int(coefficient * learner.chunk_tokens * text.vocab),
                     f"{coefficient} B x {learner.chunk_tokens} chunk tokens x V")]
@@ -272,6 +316,8 @@ def micro_batch_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
         copies = 2 if learner.overlap_comm else 1
         backward.insert(0, Term("reduce bucket (backward)", copies * width * learner.reduce_bucket,
                                 f"{copies} x {width} B x reduce_bucket_size {learner.reduce_bucket:.0e}"))
+    if learner.adapters is not None and learner.zero_stage == 3:  # the chunk's logits kept for
+        return [*terms, *forward, *backward]  # the backward (DeepSpeedBackend.recompute_logit_chunks)
     if sum(t.bytes for t in forward) >= sum(t.bytes for t in backward):
         return [*terms, *forward]
     return [*terms, *backward]
@@ -323,7 +369,8 @@ def recipe_estimate(run: Any, config: dict[str, Any], gpu_bytes: int = GPU_MEMOR
     share = run.data.max_prompt_length / longest if model.vision is not None else 0.0
     engine = EngineShape(run.rollout.engine, run.cluster.colocate, run.rollout.gpu_memory_utilization,
                          COMPUTE_BYTES.get(run.model.dtype, 2))
-    return estimate(model, LearnerShape.from_config(run.learner, share), engine, gpu_bytes)
+    adapters = None if run.model.adapters is None else AdapterShape.from_config(config, run.model.adapters)
+    return estimate(model, LearnerShape.from_config(run.learner, share, adapters), engine, gpu_bytes)
 
 
 def describe_check(model: ModelShape, learner: LearnerShape, measured: dict[str, Any]) -> str:
@@ -362,7 +409,7 @@ def describe_estimate(memory: MemoryEstimate, title: str) -> str:
 
 
 GPU_RECIPES = ("qwen2.5-1.5b-math", "qwen2.5-1.5b-math-grpo", "r1-distill-1.5b-dapo",
-               "r1-distill-1.5b-dapo-grpo", "qwen2.5-vl-3b-geo3k")
+               "r1-distill-1.5b-dapo-grpo", "qwen2.5-vl-3b-geo3k", "qwen2.5-7b-math-lora")
 CUDA_CONTEXT_BYTES = GIB // 2  # a process's CUDA context, about
 
 

@@ -41,6 +41,7 @@ class ProbeRequest:
     response_tokens: int = 32
     micro_batches: int = 2
     device: str = "cpu"  # cpu | gpu
+    lora: dict[str, Any] | None = None  # model.lora's fields (None: full fine-tuning)
     temperature: float = 1.0
     seed: int = 0
 
@@ -159,12 +160,14 @@ def start_learner(request: ProbeRequest) -> Any:
     """A DeepSpeedBackend of one rank (its process group started here) with the request's
     learner and loss options."""
     from riskpo.algo.losses import LossConfig
+    from riskpo.models.config import LoraConfig
     from workers.learner.config import LearnerConfig, LearnerSpec
     from workers.learner.deepspeed_backend import DeepSpeedBackend
 
     _init_process_group(request.device)
     spec = LearnerSpec(config=LearnerConfig(**request.learner), loss=LossConfig(**request.loss),
-                       device=request.device, temperature=request.temperature, seed=request.seed)
+                       device=request.device, temperature=request.temperature, seed=request.seed,
+                       lora=None if request.lora is None else LoraConfig(**request.lora))
     backend = DeepSpeedBackend()
     backend.initialize(request.model_path, spec, rank=0, world_size=1)
     return backend
