@@ -215,6 +215,8 @@ def engine_kwargs(run: RunConfig) -> dict[str, Any]:
         if not computes_on_gpu(run, run.cluster.rollout_gpus_per_actor):  # KV cache sized on CPU
             kwargs.update(max_model_len=run.data.max_prompt_length + r.max_new_tokens,
                           kv_cache_sequences=engine_sequences(run))
+        if run.model.adapters is not None and run.learner.lora_sync == "adapter":
+            kwargs["max_lora_rank"] = run.model.adapters.rank  # LoRA enabled at engine start
         if run.cluster.colocate:  # the loop puts the engines to sleep while the learner works
             # vLLM has sleep mode only on GPUs (it refuses it elsewhere): an engine computing on
             # CPUs (cluster.device=cpu, a rehearsal) still sleeps and wakes, freeing nothing

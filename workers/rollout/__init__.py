@@ -31,7 +31,7 @@ ENGINE_CAPABILITIES: dict[str, dict[str, bool]] = {
     "hf": {"streamed_weight_load": True, "tensor_parallel": False, "continuous_batching": False,
            "lora_adapters": True},
     "vllm": {"streamed_weight_load": True, "tensor_parallel": True, "continuous_batching": True,
-             "lora_adapters": False},
+             "lora_adapters": True},
 }
 
 

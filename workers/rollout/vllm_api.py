@@ -146,16 +146,24 @@ def sampling_params(params: SamplingParams, seed: int | None,
     )
 
 
+def lora_request(name: str, adapter_id: int, path: str) -> Any:
+    """vLLM's handle of a LoRA adapter directory (PEFT's layout); vLLM caches adapters by id."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=name, lora_int_id=adapter_id, lora_path=path)
+
+
 def generate(llm: Any, prompt_token_ids: Sequence[list[int]], per_prompt_params: list[Any],
-             images: Sequence[list[Any] | None] | None = None) -> list:
-    """One request per prompt; images[i] (decoded PIL images, or None) go with prompt i."""
+             images: Sequence[list[Any] | None] | None = None, lora: Any = None) -> list:
+    """One request per prompt; images[i] (decoded PIL images, or None) go with prompt i; lora:
+    the LoRA adapter (lora_request) every request runs with, or None."""
     prompts = []
     for index, ids in enumerate(prompt_token_ids):
         request: dict[str, Any] = {"prompt_token_ids": list(ids)}
         if images is not None and images[index]:
             request["multi_modal_data"] = {"image": list(images[index])}
         prompts.append(request)
-    return llm.generate(prompts, per_prompt_params, use_tqdm=False)
+    return llm.generate(prompts, per_prompt_params, use_tqdm=False, lora_request=lora)
 
 
 def sampled_logprobs(completion_output: Any) -> list[float]:

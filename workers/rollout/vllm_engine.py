@@ -32,6 +32,7 @@ from workers.rollout.engine import (
     require_finite_logprobs,
     sampling_checked,
 )
+from workers.rollout.lora_files import AdapterFiles, lora_engine_args
 
 KV_CACHE_MARGIN = 1.1  # the CPU KV cache holds 10% more blocks than the sequences need
 KV_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -91,6 +92,7 @@ class VLLMEngine:
         enable_sleep_mode: bool | None = None,
         sleep_level: int = 1,
         enforce_eager: bool = False,
+        max_lora_rank: int | None = None,
         engine_args: dict[str, Any] | None = None,
     ):
         if tensor_parallel_size < 1:
@@ -127,9 +129,12 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             enable_sleep_mode=enable_sleep_mode,
-            extra_engine_args={"enforce_eager": enforce_eager, **(engine_args or {})},
+            extra_engine_args={"enforce_eager": enforce_eager, **lora_engine_args(max_lora_rank),
+                               **(engine_args or {})},
         )
         self._sleep = SleepState("VLLMEngine")
+        self.model_path = model_path
+        self.adapters = AdapterFiles(model_path) if max_lora_rank else None
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         params.validate()
@@ -147,7 +152,7 @@ class VLLMEngine:
             for index in range(len(prompt_ids))
         ]
         with sampling_checked("VLLMEngine"):
-            outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt, images)
+            outputs = vllm_api.generate(self.llm, prompt_ids, per_prompt, images, self._lora())
         return [
             [self._completion(request.prompt_token_ids, sample) for sample in request.outputs]
             for request in outputs
@@ -171,7 +176,8 @@ class VLLMEngine:
         repeated = [ids for ids in prompt_ids for _ in range(params.n)]
         repeated_images = [image for image in images for _ in range(params.n)]
         with sampling_checked("VLLMEngine"):
-            outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated), repeated_images)
+            outputs = vllm_api.generate(self.llm, repeated, [single] * len(repeated), repeated_images,
+                                        self._lora())
         flat = [self._completion(request.prompt_token_ids, request.outputs[0]) for request in outputs]
         return [flat[i : i + params.n] for i in range(0, len(flat), params.n)]
 
@@ -195,6 +201,24 @@ class VLLMEngine:
         its weights are gone, and loading into a sleeping engine would be lost)."""
         self._sleep.require_awake("load_weights")
         vllm_api.reload_weights(self.llm, list(checked_weights(weights, self.weight_shapes, "VLLMEngine")))
+
+    def load_adapter(self, options: dict[str, Any], weights: Iterable[tuple[str, torch.Tensor]],
+                     version: int) -> None:
+        """Writes the adapter as a PEFT directory in shared memory (/dev/shm: vLLM 0.32 loads
+        adapters from a path) and has every later request run with it, under a new adapter id
+        per version (vLLM caches adapters by id). Needs the engine started with max_lora_rank."""
+        self._sleep.require_awake("load_adapter")
+        if self.adapters is None:
+            raise ValueError("VLLMEngine.load_adapter: the engine was started without LoRA "
+                             "(max_lora_rank; launch/factory.py sets it for learner.lora_sync=adapter)")
+        self.adapters.write(options, weights, version)
+
+    def _lora(self) -> Any:
+        """The current adapter's request, or None (the base weights, or merged ones)."""
+        if self.adapters is None or self.adapters.current is None:
+            return None
+        path, version = self.adapters.current
+        return vllm_api.lora_request(f"policy-v{version}", version + 1, str(path))
 
     @property
     def sleeping(self) -> bool:

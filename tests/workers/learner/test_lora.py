@@ -21,6 +21,7 @@ from riskpo.models.tiny import build_tiny_model
 from riskpo.options import ConfigError
 from workers.learner.config import LearnerConfig
 from workers.learner.lora import ADAPTER, attach_lora, merged_weight, weight_groups
+from workers.rollout import ENGINE_CAPABILITIES
 
 PAPER_CLIP = {"ratio": "sequence", "clip_low": 3e-4, "clip_high": 4e-4}  # riskpo_paper's clip
 
@@ -63,7 +64,7 @@ def logprobs(model, ids: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- config
 
-def test_the_lora_options_compose_and_are_checked(tiny_path: Path) -> None:
+def test_the_lora_options_compose_and_are_checked(tiny_path: Path, monkeypatch) -> None:
     run = validate(compose_config(["model.lora.rank=8", "learner.lora_sync=merged"]))
     assert run.model.adapters == LoraConfig(rank=8)  # alpha, dropout 0 and the targets by default
     assert run.model.adapters.dropout == 0.0
@@ -74,6 +75,7 @@ def test_the_lora_options_compose_and_are_checked(tiny_path: Path) -> None:
         LearnerConfig(lora_sync="deltas").check("learner")
     with pytest.raises(ConfigError, match=r"learner\.lora_sync.*model\.lora\.rank is null"):
         validate(compose_config(["learner.lora_sync=adapter"]))
+    monkeypatch.setitem(ENGINE_CAPABILITIES["vllm"], "lora_adapters", False)  # an engine without
     with pytest.raises(ConfigError, match=r"learner\.lora_sync.*vllm engine cannot take"):
         validate(compose_config(["model.lora.rank=8", "learner.lora_sync=adapter", "rollout.engine=vllm"]))
     with pytest.raises(ConfigError, match=r"model\.lora\.target_modules.*'qkv'.*choose among"):
