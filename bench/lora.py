@@ -1,0 +1,137 @@
+"""Full fine-tuning against LoRA adapters (issue 27), alternating in one run: per run the step and
+its phases, generation tokens/s, the weight sync's bytes and time, the learner rank's peak
+memory (Pss, sampled every 0.5 s) and the whole tree's, and held-out avg@k before and after.
+
+    flock /work/bench.lock .venv/bin/python bench/lora.py --setup embedded --steps 20 --seeds 0 1
+    flock /work/bench.lock .venv-vllm/bin/python bench/lora.py --setup pilot --steps 30 --seeds 0
+
+Settings, each at its own learning rate (--full-lr, --lora-lr; pick them with a short sweep):
+
+    full      the whole model trains (model.lora.rank null)
+    merged    model.lora.rank=--rank, learner.lora_sync=merged (base + B A merged, every engine)
+    adapter   the same adapters, learner.lora_sync=adapter (the adapter alone, applied by the engine)
+
+Every run is `riskpo-train experiment=<setup>` (setup embedded: the default) for --steps steps,
+a fresh process tree, an evaluation before and after; each seed runs every setting in turn. The
+learner's gradient and optimizer-state bytes are proportional to the parameters it trains
+(fp32 master, Adam m and v, the gradients): printed as the adapters' share of the model's
+(launch/memory.py AdapterShape on the run's config.json). Prints a table; --json writes every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from peak_memory import TreePss  # noqa: E402
+
+PHASES = ("step", "generate", "logprobs", "train", "sync")
+SETUPS = {"embedded": [], "pilot": ["experiment=smollm2-pilot", "algorithm=grpo"]}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", choices=sorted(SETUPS), default="embedded")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--full-lr", type=float, default=2e-5)
+    parser.add_argument("--lora-lr", type=float, default=1e-4)
+    parser.add_argument("--settings", nargs="+", default=["full", "merged", "adapter"])
+    parser.add_argument("--json", type=Path)
+    return parser.parse_args()
+
+
+def overrides(setting: str, args: argparse.Namespace) -> list[str]:
+    if setting == "full":
+        return [f"learner.lr={args.full_lr}"]
+    lora = [f"model.lora.rank={args.rank}", f"model.lora.alpha={2.0 * args.rank}", f"learner.lr={args.lora_lr}"]
+    if setting == "merged":
+        return [*lora, "learner.lora_sync=merged"]
+    return [*lora, "learner.lora_sync=adapter"]
+
+
+def run(setting: str, seed: int, args: argparse.Namespace) -> dict:
+    """One riskpo-train run; its figures (medians over the steps after the first)."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"lora-bench-{setting}-"))
+    riskpo_train = str(Path(sys.executable).parent / "riskpo-train")
+    command = [riskpo_train, *SETUPS[args.setup], f"trainer.total_steps={args.steps}", f"seed={seed}",
+               "trainer.eval_before_training=true", "trainer.eval_every=0", "trainer.save_every=0",
+               "logger.backend=none", "logger.plots=false", "logger.progress=none",
+               f"run_dir={run_dir}", *overrides(setting, args)]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    memory = TreePss(process.pid)
+    _, stderr = process.communicate()
+    peak = memory.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"{setting}: riskpo-train failed ({process.returncode}):\n{stderr[-4000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    later = rows[1:] or rows
+
+    def median(key: str) -> float:
+        return statistics.median(row.get(key, float("nan")) for row in later)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    avg = next(key for key in summary["final"] if key.startswith("eval/avg@"))
+    figures = {"setting": setting, "seed": seed, **{phase: median(f"time/{phase}") for phase in PHASES},
+               "tokens_per_s": median("rollout/tokens_per_s"), "sync_bytes": median("sync/bytes"),
+               "sync_s": median("sync/time_s"), "peak_pss_gib": peak,
+               "learner_pss_gib": memory.peak_of("ray::LearnerWorker"), "metric": avg,
+               "before": summary["initial"][avg], "after": summary["final"][avg]}
+    figures["trained_share"] = trained_share(run_dir, args.rank) if setting != "full" else 1.0
+    return figures
+
+
+def trained_share(run_dir: Path, rank: int) -> float:
+    """The adapters' parameters over the model's (launch/memory.py, the run's model)."""
+    from launch.memory import AdapterShape, ModelShape
+    from riskpo.models.config import LoraConfig
+
+    config_yaml = (run_dir / "config.yaml").read_text()
+    model_dir = next(line.split(":", 1)[1].strip() for line in config_yaml.splitlines()
+                     if line.strip().startswith("path:"))
+    if model_dir == "tiny":  # the warm-started tiny model: its cached directory's config
+        model_dir = str(next(Path(os.environ.get("RISKPO_CACHE", Path.home() / ".cache/riskpo-rl"))
+                             .glob("warmstart/*/config.json")).parent)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    adapters = AdapterShape.from_config(config, LoraConfig(rank=rank))
+    return adapters.parameters / ModelShape.from_config(config).parameters
+
+
+def print_table(runs: list[dict]) -> None:
+    print("| setting | seed | s/step | generate | logprobs | train | sync s | sync bytes | gen tok/s "
+          "| learner peak GiB | tree peak GiB | trained share | avg before -> after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        print(f"| {r['setting']} | {r['seed']} | {r['step']:.2f} | {r['generate']:.2f} | {r['logprobs']:.2f} | "
+              f"{r['train']:.2f} | {r['sync_s']:.3f} | {r['sync_bytes'] / 1e6:.2f} MB | {r['tokens_per_s']:.0f} | "
+              f"{r['learner_pss_gib']:.2f} | {r['peak_pss_gib']:.2f} | {r['trained_share']:.1%} | "
+              f"{r['before']:.3f} -> {r['after']:.3f} |")
+
+
+def main() -> int:
+    args = parse_args()
+    runs = []
+    for seed in args.seeds:
+        for setting in args.settings:
+            runs.append(run(setting, seed, args))
+            print(json.dumps(runs[-1]), flush=True)
+    print_table(runs)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
