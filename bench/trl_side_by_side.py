@@ -179,7 +179,10 @@ def run_ours(mode: str, steps: int, riskpo_train: str) -> dict:
                "trainer.eval_before_training=false", "trainer.eval_every=0", "trainer.save_every=0",
                "logger.backend=none", "logger.plots=false", "seed=0", f"run_dir={run_dir}",
                *OUR_OVERRIDES[mode]]
-    _, wall, peak = run_measured(command, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    # Ray starts its workers at niceness 15 (TRL's one process runs at 0): on a machine shared
+    # with other jobs that alone starves ours, so both run at 0
+    _, wall, peak = run_measured(command, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+                                           "RAY_worker_niceness": "0"})
     records = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         metrics = json.loads(line)

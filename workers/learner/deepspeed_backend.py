@@ -26,7 +26,7 @@ from riskpo.models.vlm import (
     token_type_inputs,
 )
 from workers.learner.base import LearnerBackend, ensure_directory
-from workers.learner.config import LearnerSpec
+from workers.learner.config import LearnerConfig, LearnerSpec
 from workers.learner.lora import (
     ADAPTER_SUBDIR,
     adapter_options,
@@ -70,17 +70,32 @@ def deepspeed_config(spec: LearnerSpec, world_size: int) -> dict[str, Any]:
         "train_batch_size": world_size,
         "gradient_clipping": config.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": config.dtype == "bfloat16"},
+        # immediate_grad_update: BF16_Optimizer (below) adds each parameter's bf16 gradient into
+        # its float32 accumulator by a hook as soon as the backward produces it, then frees it:
+        # the bf16 gradients are never all held at once, the sums are the same
+        "bf16": {"enabled": config.dtype == "bfloat16", "immediate_grad_update": True},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if float32_gradient_accumulation(config):
+        ds_config["data_types"] = {"grad_accum_dtype": "fp32"}
     if config.offload:  # ZeRO offload needs DeepSpeed's own CPU Adam (JIT-built)
         ds_config["optimizer"] = {
             "type": "AdamW",
             "params": {"lr": config.lr, "betas": list(config.betas), "weight_decay": config.weight_decay},
         }
     return ds_config
+
+
+def float32_gradient_accumulation(config: LearnerConfig) -> bool:
+    """Whether a bf16 learner sums its micro-batches' gradients in float32: at ZeRO stage 1
+    without offload, where DeepSpeed then takes its BF16_Optimizer (flat float32 master
+    weights, gradient accumulators and optimizer state; one AdamW step on one flat tensor).
+    Elsewhere DeepSpeed sums them in bf16: at stage 0 its FP16_UnfusedOptimizer (float32 master
+    weights, the gradients cast and checked for inf/nan one tensor at a time at each step; it
+    refuses float32 accumulation), at stages 2-3 its ZeRO optimizer."""
+    return config.dtype == "bfloat16" and config.zero_stage == 1 and not config.offload
 
 
 class DeepSpeedBackend(LearnerBackend):
