@@ -14,10 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from launch.config import compose_config
 from riskpo.models.tiny import build_tiny_model
+from workers.learner.config import LearnerConfig, LearnerSpec
+from workers.learner.deepspeed_backend import deepspeed_config, float32_gradient_accumulation
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
 
 SCRIPT = textwrap.dedent("""
@@ -63,6 +66,24 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize(("zero_stage", "offload", "float32_sums"), [
+    (0, False, False), (1, False, True), (1, True, False), (2, False, False), (3, False, False)])
+def test_a_bf16_learner_asks_for_float32_sums_where_deepspeed_takes_them(zero_stage, offload, float32_sums):
+    config = LearnerConfig(dtype="bfloat16", zero_stage=zero_stage, offload=offload)
+    assert float32_gradient_accumulation(config) is float32_sums
+    ds_config = deepspeed_config(LearnerSpec(config), world_size=1)
+    assert ("data_types" in ds_config) is float32_sums
+    assert not float32_gradient_accumulation(LearnerConfig(dtype="float32", zero_stage=1))
+
+
+def test_the_pilot_learner_sums_in_float32_when_it_computes_in_bf16():
+    learner = compose_config(["experiment=smollm2-pilot", "learner.dtype=bfloat16"]).learner
+    fields = {key: value for key, value in OmegaConf.to_container(learner).items()
+              if key in LearnerConfig.__dataclass_fields__}
+    assert float32_gradient_accumulation(LearnerConfig(**fields))
+
+
+@pytest.mark.slow
 def test_immediate_bf16_accumulation_is_exact_and_frees_bf16_gradients(tmp_path: Path) -> None:
     model_path = build_tiny_model(tmp_path / "tiny")
     completed = subprocess.run([sys.executable, "-c", SCRIPT, str(model_path)], cwd=ROOT,
