@@ -63,9 +63,12 @@ def rehearse(cfg: DictConfig, train: Callable[..., dict[str, Any]], console: Con
     for line in plan.lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
     resolved = OmegaConf.to_container(rehearsal_cfg, resolve=True)
-    with _local_cluster(plan.simulated_gpus):
+    from launch.factory import prepare_model
+
+    model_dir = prepare_model(run, console)  # the rehearsal's model (train finds it cached)
+    with _probe(model_dir, run) as probe, _local_cluster(plan.simulated_gpus):
         summary = train(run, resolved, resolve_run_dir(run), console=console, stop_limit_s=stop_limit_s)
-    _report_memory(recipe, run, facts, console)
+        _report_memory(recipe, run, model_dir, facts, console, probe)
     return summary
 
 
@@ -185,12 +188,32 @@ def _local_cluster(simulated_gpus: int) -> Iterator[None]:
         os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
-def _report_memory(recipe: RunConfig, run: RunConfig, facts: ModelFacts | None, console: Console) -> None:
-    """Memory per GPU of the real recipe (launch/memory.py), then the same formula beside one
-    learner rank measured at the rehearsal's scale (launch/rehearse/probe.py, in a process of
-    its own: it starts a torch.distributed group). A model kept as it is (tiny, a local
-    directory) is its own real model."""
-    from launch.factory import prepare_model
+@contextlib.contextmanager
+def _probe(model_dir: str, run: RunConfig) -> Iterator[subprocess.Popen[str]]:
+    """The memory probe (launch/rehearse/probe.py) of one learner rank at the rehearsal's scale,
+    started beside the run in a process of its own (it starts a torch.distributed group; what
+    it measures is its own allocations, so the run beside it changes nothing of it, and its
+    seconds overlap the workers' start). Ended if the rehearsal stops first."""
+    learner = dataclasses.replace(run.learner, num_ranks=1)
+    request = ProbeRequest(model_path=model_dir, learner=dataclasses.asdict(learner),
+                           loss=dataclasses.asdict(run.algorithm.loss), prompt_tokens=PROBE_PROMPT_TOKENS,
+                           response_tokens=run.rollout.max_new_tokens, temperature=run.rollout.temperature or 1.0,
+                           lora=None if run.model.adapters is None else dataclasses.asdict(run.model.adapters))
+    process = subprocess.Popen([sys.executable, "-m", "launch.rehearse.probe", json.dumps(dataclasses.asdict(request))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _report_memory(recipe: RunConfig, run: RunConfig, model_dir: str, facts: ModelFacts | None,
+                   console: Console, probe: subprocess.Popen[str]) -> None:
+    """Memory per GPU of the real recipe (launch/memory.py), then the same formula beside the
+    probe's measured learner rank (`_probe`). A model kept as it is (tiny, a local directory)
+    is its own real model."""
     from launch.memory import (
         AdapterShape,
         LearnerShape,
@@ -200,7 +223,6 @@ def _report_memory(recipe: RunConfig, run: RunConfig, facts: ModelFacts | None, 
         recipe_estimate,
     )
 
-    model_dir = prepare_model(run, console)  # the rehearsal's model (cached: no work again)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     real = facts.config if facts is not None else config
     title = facts.hub_id if facts is not None else recipe.model.path
@@ -208,23 +230,13 @@ def _report_memory(recipe: RunConfig, run: RunConfig, facts: ModelFacts | None, 
                                     f"{recipe.learner.num_ranks} GPUs, micro_batch_token_budget "
                                     f"{recipe.learner.micro_batch_token_budget})"),
                   highlight=False, soft_wrap=True, markup=False)
-    learner = dataclasses.replace(run.learner, num_ranks=1)
-    request = ProbeRequest(model_path=model_dir, learner=dataclasses.asdict(learner),
-                           loss=dataclasses.asdict(run.algorithm.loss), prompt_tokens=PROBE_PROMPT_TOKENS,
-                           response_tokens=run.rollout.max_new_tokens, temperature=run.rollout.temperature or 1.0,
-                           lora=None if run.model.adapters is None else dataclasses.asdict(run.model.adapters))
-    measured = _run_probe(request)
+    stdout, stderr = probe.communicate()
+    lines = stdout.strip().splitlines()
+    if probe.returncode != 0 or not lines:
+        raise RuntimeError(f"the memory probe failed (status {probe.returncode}): {stderr.strip()[-2000:]}")
+    measured = json.loads(lines[-1])
     adapters = None if run.model.adapters is None else AdapterShape.from_config(config, run.model.adapters)
-    shape = dataclasses.replace(LearnerShape.from_config(learner, adapters=adapters),
-                                micro_batch_tokens=measured["micro_batch_tokens"])
+    learner = LearnerShape.from_config(dataclasses.replace(run.learner, num_ranks=1), adapters=adapters)
+    shape = dataclasses.replace(learner, micro_batch_tokens=measured["micro_batch_tokens"])
     console.print(describe_check(ModelShape.from_config(config), shape, measured),
                   highlight=False, soft_wrap=True, markup=False)
-
-
-def _run_probe(request: ProbeRequest) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "launch.rehearse.probe", json.dumps(dataclasses.asdict(request))],
-                            capture_output=True, text=True, cwd=REPO_ROOT)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"the memory probe failed (status {result.returncode}): {result.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
