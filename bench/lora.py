@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -89,21 +90,21 @@ def run(setting: str, seed: int, args: argparse.Namespace) -> dict:
                "sync_s": median("sync/time_s"), "peak_pss_gib": peak,
                "learner_pss_gib": memory.peak_of("ray::LearnerWorker"), "metric": avg,
                "before": summary["initial"][avg], "after": summary["final"][avg]}
-    figures["trained_share"] = trained_share(run_dir, args.rank) if setting != "full" else 1.0
+    figures["trained_share"] = trained_share(run_dir, stderr, args.rank) if setting != "full" else 1.0
     return figures
 
 
-def trained_share(run_dir: Path, rank: int) -> float:
-    """The adapters' parameters over the model's (launch/memory.py, the run's model)."""
+def trained_share(run_dir: Path, stderr: str, rank: int) -> float:
+    """The adapters' parameters over the model's (launch/memory.py, the run's model: model.path,
+    or the tiny model's warm start, whose directory the run names)."""
     from launch.memory import AdapterShape, ModelShape
     from riskpo.models.config import LoraConfig
 
     config_yaml = (run_dir / "config.yaml").read_text()
     model_dir = next(line.split(":", 1)[1].strip() for line in config_yaml.splitlines()
                      if line.strip().startswith("path:"))
-    if model_dir == "tiny":  # the warm-started tiny model: its cached directory's config
-        model_dir = str(next(Path(os.environ.get("RISKPO_CACHE", Path.home() / ".cache/riskpo-rl"))
-                             .glob("warmstart/*/config.json")).parent)
+    if model_dir == "tiny":
+        model_dir = re.search(r"(/\S+/warmstart/[0-9a-f]+)", stderr).group(1)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     adapters = AdapterShape.from_config(config, LoraConfig(rank=rank))
     return adapters.parameters / ModelShape.from_config(config).parameters
