@@ -14,9 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from launch.config import compose_config
 from riskpo.models.tiny import build_tiny_model
 from workers.learner.config import LearnerConfig, LearnerSpec
 from workers.learner.deepspeed_backend import deepspeed_config, float32_gradient_accumulation
@@ -74,13 +72,6 @@ def test_a_bf16_learner_asks_for_float32_sums_where_deepspeed_takes_them(zero_st
     ds_config = deepspeed_config(LearnerSpec(config), world_size=1)
     assert ("data_types" in ds_config) is float32_sums
     assert not float32_gradient_accumulation(LearnerConfig(dtype="float32", zero_stage=1))
-
-
-def test_the_pilot_learner_sums_in_float32_when_it_computes_in_bf16():
-    learner = compose_config(["experiment=smollm2-pilot", "learner.dtype=bfloat16"]).learner
-    fields = {key: value for key, value in OmegaConf.to_container(learner).items()
-              if key in LearnerConfig.__dataclass_fields__}
-    assert float32_gradient_accumulation(LearnerConfig(**fields))
 
 
 @pytest.mark.slow
