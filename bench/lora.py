@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from peak_memory import TreePss  # noqa: E402
+from peak_memory import measured_train  # noqa: E402
 
 PHASES = ("step", "generate", "logprobs", "train", "sync")
 SETUPS = {"embedded": [], "pilot": ["experiment=smollm2-pilot", "algorithm=grpo"]}
@@ -70,14 +68,8 @@ def run(setting: str, seed: int, args: argparse.Namespace) -> dict:
                "trainer.eval_before_training=true", "trainer.eval_every=0", "trainer.save_every=0",
                "logger.backend=none", "logger.plots=false", "logger.progress=none",
                f"run_dir={run_dir}", *overrides(setting, args)]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    memory = TreePss(process.pid)
-    _, stderr = process.communicate()
+    rows, memory, stderr = measured_train(command, run_dir, ROOT, setting)
     peak = memory.stop()
-    if process.returncode != 0:
-        raise RuntimeError(f"{setting}: riskpo-train failed ({process.returncode}):\n{stderr[-4000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     later = rows[1:] or rows
 
     def median(key: str) -> float:

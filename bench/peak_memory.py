@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -93,6 +94,21 @@ class TreePss:
         self._stop.set()
         self._thread.join()
         return self.peak / 1024**3
+
+
+def measured_train(command: list[str], run_dir: Path, cwd: Path, label: str) -> tuple[list[dict], TreePss, str]:
+    """Runs a riskpo-train command writing into run_dir with its process tree's Pss sampled;
+    returns its metrics rows, the sampler (stopped: .peak_of, .by_name, .stop() again gives the
+    peak in GiB) and its stderr. A failed run raises RuntimeError naming `label`."""
+    process = subprocess.Popen(command, cwd=cwd, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    memory = TreePss(process.pid)
+    _, stderr = process.communicate()
+    memory.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"{label}: riskpo-train failed ({process.returncode}):\n{stderr[-4000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return rows, memory, stderr
 
 
 def main() -> int:

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peak_memory import TreePss  # noqa: E402
+from peak_memory import measured_train  # noqa: E402
 
 SETTINGS = {
     "today": ["model.dtype=float32", "learner.dtype=float32",
@@ -97,14 +96,8 @@ def run_pilot(setting: str, steps: int, riskpo_train: str) -> dict:
                "trainer.eval_before_training=true", "trainer.eval_every=0", "trainer.save_every=0",
                "logger.backend=none", "logger.plots=false", "logger.progress=none", "seed=0",
                f"run_dir={run_dir}", *SETTINGS[setting]]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    memory = TreePss(process.pid)
-    _, stderr = process.communicate()
+    rows, memory, _ = measured_train(command, run_dir, ROOT, setting)
     peak = memory.stop()
-    if process.returncode != 0:
-        raise RuntimeError(f"{setting}: riskpo-train failed ({process.returncode}):\n{stderr[-4000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     later = rows[1:] or rows
 
     def median(key: str) -> float:
