@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -109,10 +110,16 @@ def dataset_of(path: str) -> str | None:
 
 def write_recipe_rows(dataset: str, split: str, count: int, output: Path, seed: int = 0) -> Path:
     """`count` rows of `dataset` in the recipe's format, converted by prepare_data's own
-    converter and written as parquet to `output`; returns output."""
+    converter and written as parquet to `output` (moved into place whole, so a rehearsal
+    beside this one never reads half a file); returns output."""
     rng = random.Random(f"{dataset}/{split}/{seed}")
     records = [RECORD_MAKERS[dataset](rng, index) for index in range(count)]
-    write_rows(list(convert_records(records, RECIPES[dataset], split)), output)
+    staging = output.with_name(f".{output.stem}-{os.getpid()}{output.suffix}")
+    try:
+        write_rows(list(convert_records(records, RECIPES[dataset], split)), staging)
+        os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)
     return output
 
 
