@@ -12,6 +12,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,40 +21,59 @@ import pytest
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-TEXT_RECIPES = ("qwen2.5-1.5b-math", "qwen2.5-1.5b-math-grpo", "r1-distill-1.5b-dapo", "r1-distill-1.5b-dapo-grpo",
+TEXT_RECIPES = ("qwen2.5-1.5b-math", "r1-distill-1.5b-dapo", "qwen2.5-1.5b-math-grpo", "r1-distill-1.5b-dapo-grpo",
                 "qwen2.5-7b-math-lora")
 UNTIED_HEADS = ("r1-distill", "qwen2.5-7b")  # recipes whose model has its own lm_head.weight
+# Rehearsals running at once: one spends much of its time with a core idle (its driver's imports,
+# Ray's start, the steps' turns), which the other's workers fill (2 cores here)
+CONCURRENT_REHEARSALS = 2
+
+
+def rehearse(recipe: str, run_dir: Path, cache: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """The recipe's rehearsal as a user runs it; returns its result and seconds."""
+    env = {**os.environ, "RISKPO_CACHE": str(cache), "RAY_USAGE_STATS_ENABLED": "0"}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "launch.train", f"experiment={recipe}", "rehearse=true",
+                             f"run_dir={run_dir}", "logger=none", "logger.plots=false"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return result, time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One cache for the module: the scaled models and rows are built once and shared."""
-    return tmp_path_factory.mktemp("rehearsal-cache")
-
-
-def rehearse(recipe: str, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RISKPO_CACHE": str(cache), "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([sys.executable, "-m", "launch.train", f"experiment={recipe}", "rehearse=true",
-                           f"run_dir={run_dir}", "logger=none", "logger.plots=false"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def rehearsals(request, tmp_path_factory):
+    """The selected recipes' rehearsals, CONCURRENT_REHEARSALS at a time in the module's order,
+    started when the first test asks: recipe -> (future, run directory). One cache for the
+    module: the scaled models and rows are built once and shared (each moved into place whole,
+    so a rehearsal never reads one half written beside it)."""
+    pytest.importorskip("vllm")
+    selected = [item.callspec.params["recipe"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")]
+    cache = tmp_path_factory.mktemp("rehearsal-cache")
+    runs = {recipe: tmp_path_factory.mktemp(recipe) / "run" for recipe in selected}
+    with ThreadPoolExecutor(CONCURRENT_REHEARSALS) as pool:
+        futures: dict[str, Future] = {recipe: pool.submit(rehearse, recipe, run, cache) for recipe, run in runs.items()}
+        yield {recipe: (futures[recipe], runs[recipe]) for recipe in selected}
+        for future in futures.values():  # a stopped session: the rehearsals not started yet stay so
+            future.cancel()
 
 
 @pytest.mark.parametrize("recipe", TEXT_RECIPES)
-def test_the_recipe_rehearses_two_steps_and_prints_its_memory(recipe, tmp_path, cache):
-    pytest.importorskip("vllm")
-    result = rehearse(recipe, tmp_path / "run", cache)
+def test_the_recipe_rehearses_two_steps_and_prints_its_memory(recipe, rehearsals):
+    future, run_dir = rehearsals[recipe]
+    result, seconds = future.result()
+    print(f"{recipe}: rehearsed in {seconds:.1f} s")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     for line in ("kept      learner.zero_stage = 2", "kept      learner.gradient_checkpointing = True",
                  "kept      learner.micro_batch_token_budget = 16384", "kept      rollout.engine = vllm",
                  "kept      cluster.colocate = True", "scaled    learner.num_ranks", "replaced  cluster.device"):
         assert line in output
-    steps = [json.loads(row) for row in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in steps] == [1, 2]
     assert all(row["time/sleep"] >= 0 and row["time/wake"] >= 0 for row in steps)  # colocated turns
-    config = (tmp_path / "run" / "config.yaml").read_text()
+    config = (run_dir / "config.yaml").read_text()
     assert "rehearse: true" in config and "zero_stage: 2" in config
-    _check_export(tmp_path / "run", recipe)
+    _check_export(run_dir, recipe)
     _check_memory(output, lora=recipe.endswith("-lora"))
 
 
