@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-main test-vllm test-rehearse vllm-env test-vl vl-env lint install system-deps
+.PHONY: train test test-fast test-main test-vllm test-rehearse test-rehearse-text vllm-env test-vl vl-env lint install system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,10 +50,13 @@ vllm-env:
 test-vllm: vllm-env
 	.venv-vllm/bin/pytest -q -m vllm tests/workers/rollout tests/workers/learner
 
-# Every GPU recipe's rehearsal (riskpo-train ... rehearse=true): the VL recipe from .venv-vl,
-# the text recipes, which sample with vLLM, from .venv-vllm.
+# Every GPU recipe's rehearsal (riskpo-train ... rehearse=true): the VL recipe from .venv-vl beside
+# the text recipes, which sample with vLLM, from .venv-vllm (two at a time: a rehearsal leaves a
+# core idle much of its time, which the others fill).
 test-rehearse: vllm-env vl-env
-	.venv-vl/bin/pytest -q tests/launch/test_rehearse_vl.py
+	$(MAKE) -j2 test-vl test-rehearse-text
+
+test-rehearse-text: vllm-env
 	.venv-vllm/bin/pytest -q -m vllm tests/launch/test_rehearse_recipes.py
 
 # .venv-vl: torch 2.14.1 with torchvision 0.29.1 beside this project, where the VL recipe
