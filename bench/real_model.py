@@ -12,8 +12,9 @@ with one of the settings below on top; each round runs every setting once, in tu
 machine is shared and noisy: compare within a round, as the printed ratios do).
 
     today    float32 engines and learner, one thread per rollout actor and learner rank
-    new      the defaults: dtype auto (bf16 on a CPU with AMX/AVX512-BF16), thread shares auto
-    stage1   new, with the learner at ZeRO stage 1 (bf16: DeepSpeed's BF16_Optimizer, float32
+    new      the defaults: dtype auto (precision.py: the engines bf16 with AMX or AVX512-BF16,
+             the learner with AMX), thread shares auto
+    stage1   new, with a bf16 learner at ZeRO stage 1 (DeepSpeed's BF16_Optimizer, float32
              gradient sums; the pilot's stage 0 sums them in bf16)
     overlap  new, with trainer.off_policy_steps=1 (generation overlaps training)
 
@@ -48,7 +49,7 @@ from peak_memory import measured_train  # noqa: E402
 SETTINGS = {
     "today": ["model.dtype=float32", "learner.dtype=float32",
               "cluster.rollout_threads_per_actor=1", "cluster.learner_threads_per_rank=1"],
-    "stage1": ["learner.zero_stage=1"],
+    "stage1": ["learner.zero_stage=1", "learner.dtype=bfloat16"],
     "new": [],
     "overlap": ["trainer.off_policy_steps=1"],
 }

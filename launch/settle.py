@@ -26,9 +26,10 @@ FULL_PRECISION = "float32"
 def settle_auto(run: Any) -> None:
     """Replaces the `auto` of every key of SETTLED_KEYS in the run config (a RunConfig) by
     what it stands for here; explicit values stay."""
-    run.model.dtype = resolve_dtype(run.model.dtype, computes_on_gpu(run, run.cluster.rollout_gpus_per_actor))
+    run.model.dtype = resolve_dtype(run.model.dtype, computes_on_gpu(run, run.cluster.rollout_gpus_per_actor),
+                                    role="engine")
     run.learner.dtype = resolve_dtype(run.learner.dtype,
-                                      computes_on_gpu(run, run.cluster.learner_gpus_per_rank))
+                                      computes_on_gpu(run, run.cluster.learner_gpus_per_rank), role="learner")
     _settle_threads(run)
     _settle_importance_correction(run)
 

@@ -14,6 +14,7 @@ from launch.machine import omp_env, thread_shares, vllm_thread_binding
 from riskpo.options import ConfigError
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 AVX2 = frozenset({"avx2", "fma"})
 
 
@@ -58,15 +59,18 @@ def cpus(monkeypatch):
     return pretend
 
 
-@pytest.mark.parametrize(("flags", "overrides", "dtype"), [
-    (ZEN4, [], "bfloat16"),
-    (AVX2, [], "float32"),
-    (AVX2, ["cluster=1node-4gpu"], "bfloat16"),  # the learner ranks compute on GPUs
-    (ZEN4, ["learner.dtype=float32"], "float32"),
+@pytest.mark.parametrize(("flags", "overrides", "dtypes"), [
+    (SAPPHIRE_RAPIDS, [], ("bfloat16", "bfloat16")),
+    (ZEN4, [], ("bfloat16", "float32")),  # bf16 vector units: the engines' decoding gains, the learner's matmuls do not
+    (AVX2, [], ("float32", "float32")),
+    (AVX2, ["cluster=1node-4gpu"], ("bfloat16", "bfloat16")),  # both compute on GPUs
+    (SAPPHIRE_RAPIDS, ["learner.dtype=float32"], ("bfloat16", "float32")),
 ])
-def test_learner_dtype_auto_is_bf16_where_the_hardware_computes_it(cpus, flags, overrides, dtype):
+def test_dtype_auto_is_bf16_where_it_pays_for_each_side(cpus, flags, overrides, dtypes):
+    """bench/learner_precision.py: without AMX a bf16 learner step was 1.76x slower than float32."""
     cpus(2, flags)
-    assert validate(compose_config(["learner.dtype=auto", *overrides])).learner.dtype == dtype
+    run = validate(compose_config(["model.dtype=auto", "learner.dtype=auto", *overrides]))
+    assert (run.model.dtype, run.learner.dtype) == dtypes
 
 
 def test_the_pilot_takes_auto_and_the_tiny_default_float32(cpus):
@@ -108,7 +112,7 @@ def test_thread_counts_auto_settle_by_the_rule_over_this_machines_cpus(cpus, ove
 
 def test_the_composed_config_records_what_every_auto_settled_to(cpus):
     """config.yaml is written from the composed config: it holds no `auto` of SETTLED_KEYS."""
-    cpus(2)
+    cpus(2, SAPPHIRE_RAPIDS)
     cfg = compose_config(["algorithm.loss.importance_correction=auto", "learner.dtype=auto",
                           "cluster.rollout_threads_per_actor=auto", "cluster.learner_threads_per_rank=auto"])
     assert cfg.learner.dtype == "auto" and cfg.cluster.learner_threads_per_rank == "auto"

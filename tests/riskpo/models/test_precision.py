@@ -1,5 +1,5 @@
-"""Precision auto (riskpo/models/precision.py): bfloat16 on a GPU or a CPU with AMX/AVX512-BF16,
-float32 elsewhere; explicit values stay; validate() settles model.dtype=auto and records it in
+"""Precision auto (riskpo/models/precision.py): bfloat16 on a GPU, and on a CPU where it pays for
+the role (the engines: AMX or AVX512-BF16; the learner: AMX), float32 elsewhere; explicit values stay; validate() settles model.dtype=auto and records it in
 the composed config that config.yaml is written from."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from launch.config import compose_config, validate
 from riskpo.models import precision
-from riskpo.models.precision import cpu_flags, cpu_has_native_bf16, resolve_dtype
+from riskpo.models.precision import bf16_pays_on_cpu, cpu_flags, resolve_dtype
 from riskpo.options import ConfigError
 
 SAPPHIRE_RAPIDS = ["fpu", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
@@ -19,21 +19,29 @@ COOPER_LAKE = ["fpu", "avx512f", "avx512_bf16"]
 SKYLAKE = ["fpu", "avx2", "avx512f", "avx512bw"]
 
 
-@pytest.mark.parametrize(("flags", "on_gpu", "expected"), [
-    (SAPPHIRE_RAPIDS, False, "bfloat16"),
-    (COOPER_LAKE, False, "bfloat16"),
-    (SKYLAKE, False, "float32"),
-    (SKYLAKE, True, "bfloat16"),
-    ([], False, "float32"),
+@pytest.mark.parametrize(("flags", "on_gpu", "role", "expected"), [
+    (SAPPHIRE_RAPIDS, False, "engine", "bfloat16"),
+    (SAPPHIRE_RAPIDS, False, "learner", "bfloat16"),
+    (COOPER_LAKE, False, "engine", "bfloat16"),
+    (COOPER_LAKE, False, "learner", "float32"),  # no AMX: bf16 matmuls run slower than float32
+    (SKYLAKE, False, "engine", "float32"),
+    (SKYLAKE, True, "engine", "bfloat16"),
+    (SKYLAKE, True, "learner", "bfloat16"),
+    ([], False, "learner", "float32"),
 ])
-def test_auto_is_bf16_only_on_native_bf16_hardware(flags: list[str], on_gpu: bool, expected: str) -> None:
-    assert resolve_dtype("auto", on_gpu, flags) == expected
+def test_auto_is_bf16_where_it_pays_for_the_role(flags: list[str], on_gpu: bool, role: str, expected: str) -> None:
+    assert resolve_dtype("auto", on_gpu, role, flags) == expected
+
+
+def test_an_unknown_role_is_refused() -> None:
+    with pytest.raises(ValueError, match="trainer"):
+        bf16_pays_on_cpu("trainer", SAPPHIRE_RAPIDS)
 
 
 @pytest.mark.parametrize("explicit", ["float32", "bfloat16", "float16"])
 def test_explicit_dtypes_stay(explicit: str) -> None:
-    assert resolve_dtype(explicit, on_gpu=False, flags=SAPPHIRE_RAPIDS) == explicit
-    assert resolve_dtype(explicit, on_gpu=True, flags=[]) == explicit
+    assert resolve_dtype(explicit, on_gpu=False, role="learner", flags=SAPPHIRE_RAPIDS) == explicit
+    assert resolve_dtype(explicit, on_gpu=True, role="engine", flags=[]) == explicit
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
@@ -41,7 +49,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512_bf16 amx_bf16\n\n"
                        "processor\t: 1\nflags\t\t: fpu avx512_bf16 amx_bf16\n")
     assert cpu_flags(cpuinfo) == {"fpu", "avx512_bf16", "amx_bf16"}
-    assert cpu_has_native_bf16(cpu_flags(cpuinfo))
+    assert bf16_pays_on_cpu("learner", cpu_flags(cpuinfo))
     assert cpu_flags(tmp_path / "absent") == frozenset()
 
 
