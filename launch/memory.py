@@ -146,11 +146,13 @@ class LearnerShape:
 @dataclass(frozen=True)
 class AdapterShape:
     """LoRA adapters (model.lora): their parameters (rank x (in + out) per adapted Linear),
-    how many Linear modules carry one per decoder layer, and the rank."""
+    how many Linear modules carry one per decoder layer, the rank, and the widest adapted
+    output (the largest out_features: PEFT's unmerged forward holds one more tensor that wide)."""
 
     parameters: int
     modules_per_layer: int
     rank: int
+    widest_output: int = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any], lora: Any) -> AdapterShape:
@@ -167,7 +169,8 @@ class AdapterShape:
         targets = lora_target_names(model, lora)
         modules = dict(model.named_modules())
         parameters = sum(lora.rank * (modules[name].in_features + modules[name].out_features) for name in targets)
-        return cls(parameters, len(targets) // built.get_text_config().num_hidden_layers, lora.rank)
+        return cls(parameters, len(targets) // built.get_text_config().num_hidden_layers, lora.rank,
+                   max(modules[name].out_features for name in targets))
 
 
 def _deepspeed_zero_config(learner: Any) -> dict[str, Any]:
@@ -268,6 +271,8 @@ def activation_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
     a VLM's vision blocks over the image tokens' patches."""
     text, tokens, width = model.text, learner.micro_batch_tokens, COMPUTE_BYTES[learner.dtype]
     layer = layer_activation_bytes(text, width)
+    if learner.adapters is not None:  # frozen projections keep no copy of their inputs (measured
+        layer -= 2 * width * text.hidden  # with saved-tensor hooks: tests/launch/test_rehearse_memory.py)
     if learner.checkpointing:
         saved = Term("activations (checkpointed)", tokens * (text.layers * width * text.hidden + layer),
                      f"T x ({text.layers} layers x {width} B x h + one layer recomputed {layer} B)")
@@ -323,8 +328,10 @@ def micro_batch_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
     if learner.adapters is not None and learner.zero_stage == 3:  # the chunk's logits kept for
         return [*terms, *forward, *backward]  # the backward (DeepSpeedBackend.recompute_logit_chunks)
     # with checkpointing the backward's peak is the last layer's recomputation, after the final
-    # norm's backward has freed its input (measured: tests/launch/test_rehearse_memory.py)
-    backward_terms = [t for t in terms if t.name != TAIL_TERM] if learner.checkpointing else terms
+    # norm's backward has freed its input; with LoRA the reduce bucket comes with the first
+    # adapter's gradient, also past the frozen output (measured: tests/launch/test_rehearse_memory.py)
+    past_tail = learner.checkpointing or learner.adapters is not None
+    backward_terms = [t for t in terms if t.name != TAIL_TERM] if past_tail else terms
     if sum(t.bytes for t in [*terms, *forward]) >= sum(t.bytes for t in [*backward_terms, *backward]):
         return [*terms, *forward]
     return [*backward_terms, *backward]
@@ -337,9 +344,13 @@ def no_grad_terms(model: ModelShape, learner: LearnerShape) -> list[Term]:
     logits copies, no entropy)."""
     text, tokens, width = model.text, learner.micro_batch_tokens, COMPUTE_BYTES[learner.dtype]
     coefficient = NO_GRAD_LOGITS_BYTES[learner.dtype]
+    # with LoRA each adapted Linear's output is the base's plus the adapter's, summed into a
+    # new tensor: beside the MLP's three, one more as wide as the widest adapted output
+    lora = 0 if learner.adapters is None else width * learner.adapters.widest_output
     layer = Term("a layer's forward (no grad)",
-                 tokens * (3 * width * text.intermediate + (text.layers + 2) * width * text.hidden),
-                 f"T x (3 w i + {text.layers + 2} w h)")
+                 tokens * (3 * width * text.intermediate + lora + (text.layers + 2) * width * text.hidden),
+                 f"T x (3 w i + {text.layers + 2} w h" + (f" + w x {learner.adapters.widest_output} (LoRA sum))"
+                                                          if lora else ")"))
     output = Term("hidden states and a chunk's logits (no grad)",
                   tokens * (text.layers + 1) * width * text.hidden
                   + int(coefficient * learner.chunk_tokens * text.vocab),
