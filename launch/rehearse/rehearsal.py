@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from launch.config import RunConfig, resolve_run_dir, validate
-from launch.machine import omp_env
 from launch.rehearse.data import corpus, substitute_missing_data
 from launch.rehearse.models import ModelFacts, ModelScale, model_facts, rehearsal_model_dir
 from launch.rehearse.plan import RehearsalPlan, plan_rehearsal
@@ -194,15 +193,16 @@ def _probe(model_dir: str, run: RunConfig) -> Iterator[subprocess.Popen[str]]:
     """The memory probe (launch/rehearse/probe.py) of one learner rank at the rehearsal's scale,
     started beside the run in a process of its own (it starts a torch.distributed group; what
     it measures is its own allocations, so the run beside it changes nothing of it, and its
-    seconds overlap the workers' start), with a learner rank's thread environment (its threads
-    wait passively instead of spinning on the cores the workers start on: 23 -> 14.5 CPU
-    seconds here). Ended if the rehearsal stops first."""
+    seconds overlap the workers' start). Its OpenMP threads wait passively instead of spinning
+    on the cores the workers start on (alone here it is as fast either way; beside other work
+    it took 12.8 CPU seconds and 15.6 s instead of 18.5 and 20.6). Ended if the rehearsal stops
+    first."""
     learner = dataclasses.replace(run.learner, num_ranks=1)
     request = ProbeRequest(model_path=model_dir, learner=dataclasses.asdict(learner),
                            loss=dataclasses.asdict(run.algorithm.loss), prompt_tokens=PROBE_PROMPT_TOKENS,
                            response_tokens=run.rollout.max_new_tokens, temperature=run.rollout.temperature or 1.0,
                            lora=None if run.model.adapters is None else dataclasses.asdict(run.model.adapters))
-    env = {**os.environ, **omp_env(run.cluster.learner_threads_per_rank)}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     process = subprocess.Popen([sys.executable, "-m", "launch.rehearse.probe", json.dumps(dataclasses.asdict(request))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
     try:
