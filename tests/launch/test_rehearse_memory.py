@@ -83,27 +83,10 @@ def test_a_decoder_layer_saves_what_the_formula_counts(tmp_path):
 
     model_dir = build_model(model_facts("Qwen/Qwen2.5-1.5B-Instruct"), ModelScale(), corpus(), tmp_path)
     model = load_policy(model_dir, torch.bfloat16).train()
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def saved_bytes(layers: int) -> int:
-        model.model.layers = model.model.layers[:layers]
-        saved: dict[int, int] = {}
-
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in parameters:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        ids = torch.randint(3, 700, (4, 256))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-        return sum(saved.values())
-
     config = model.config
     text = TextShape(1, config.hidden_size, config.intermediate_size, config.num_attention_heads,
                      config.num_key_value_heads, config.hidden_size // config.num_attention_heads, config.vocab_size)
-    per_layer = (saved_bytes(2) - saved_bytes(1)) / (4 * 256)
+    per_layer = (_saved_bytes(model, 2) - _saved_bytes(model, 1)) / (4 * 256)
     assert per_layer == pytest.approx(layer_activation_bytes(text, 2), rel=0.02)
 
 
@@ -129,12 +112,11 @@ def test_a_lora_layer_saves_its_a_outputs_and_no_copy_of_the_frozen_projections_
 
 
 def _saved_bytes(model, layers: int) -> int:
-    """Bytes the model's first `layers` decoder layers (and the rest of the model) save for the
-    backward, parameters excepted (saved-tensor hooks, each storage once)."""
-    base = model.get_base_model()
-    every = getattr(base.model, "_all_layers", None) or base.model.layers
-    base.model._all_layers = every
-    base.model.layers = every[:layers]
+    """Bytes the model (a PEFT model: its base) saves for the backward with its decoder cut to
+    its first `layers` layers (calls go from more layers to fewer), parameters excepted
+    (saved-tensor hooks, each storage once)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.model.layers = base.model.layers[:layers]
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
