@@ -15,6 +15,7 @@ slower). The machine is shared: compare within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,13 +70,9 @@ def one(args: argparse.Namespace) -> dict:
                                  response_tokens=62, micro_batches=2)
     backend = probe.start_learner(request)
 
-    class Untracked:
-        def phase(self, name: str):
-            import contextlib
-            return contextlib.nullcontext()
-
+    untracked = SimpleNamespace(phase=lambda name: contextlib.nullcontext())  # time only, no memory
     cpu = time.process_time()
-    result = probe.train_steps(backend, request, Untracked(), steps=args.steps)
+    result = probe.train_steps(backend, request, untracked, steps=args.steps)
     return {"dtype": args.one, "threads": args.threads, "tokens": result["tokens"],
             "step_s": [round(s, 2) for s in result["seconds"]], "cpu_s": round(time.process_time() - cpu, 1),
             "matmul_ms": round(matmul_ms(args.one), 1)}

@@ -46,7 +46,8 @@ def rehearsals(request, tmp_path_factory):
     started when the first test asks: recipe -> (future, run directory). One cache for the
     module: the scaled models and rows are built once and shared (each moved into place whole,
     so a rehearsal never reads one half written beside it)."""
-    pytest.importorskip("vllm")
+    pytest.importorskip("vllm", reason="the text recipes sample with vLLM: run from .venv-vllm "
+                        "(make test-rehearse-text; make test runs them there)")
     selected = [item.callspec.params["recipe"] for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec")]
     cache = tmp_path_factory.mktemp("rehearsal-cache")
