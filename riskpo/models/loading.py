@@ -8,22 +8,18 @@ import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from riskpo.messages import Prompt
 from riskpo.models.config import TINY_MODEL, ModelConfig, looks_local
 from riskpo.models.tiny import build_tiny_processor, build_tokenizer
 from riskpo.models.vlm import load_processor, policy_model_class, render_any_prompt
+
+if TYPE_CHECKING:  # model code is imported where a model is loaded: the driver only tokenizes
+    from transformers import PreTrainedModel
 
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,6 +45,8 @@ def load_policy(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32,
                 gguf_file: str | None = None) -> PreTrainedModel:
     """The policy with its language-model head: a causal LM, or a vision-language model with
     its vision tower (riskpo.models.vlm.policy_model_class)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     source = str(path_or_hub_id)
     if gguf_file:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, gguf_file=gguf_file)

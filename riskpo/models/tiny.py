@@ -10,15 +10,7 @@ from typing import Any, Literal
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AutoModelForCausalLM,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from riskpo.data.rows import IMAGE_PLACEHOLDER
 from riskpo.models.config import TINY_ARCHS, TINY_VISION_ARCHS, TinyVisionConfig
@@ -90,6 +82,8 @@ def build_tiny_model(
                               num_layers=num_layers, num_heads=num_heads, head_dim=head_dim,
                               intermediate_size=intermediate_size,
                               max_position_embeddings=max_position_embeddings, seed=seed)
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # model code: ~3 s
+
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}.get(arch)
     if config_class is None:
@@ -151,6 +145,8 @@ def build_tiny_vlm(out_dir: str | Path, vision: TinyVisionConfig, *, hidden_size
     vision tower, a two-layer projector, the tiny Llama with tied embeddings) and its processor
     to out_dir; returns out_dir. The tower's last layer feeds the projector (patch features
     only, no CLS), so every vision parameter but the unused post-layernorm is trained."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
     processor = build_tiny_processor(vision)
     tokenizer = processor.tokenizer
     text_config = LlamaConfig(
