@@ -65,8 +65,10 @@ def evaluate_model(model_dir: Path, overrides: list[str], console: Console) -> d
         rollout = RolloutGroup(num_actors=r.num_actors, engine_kind=r.engine,
                                model_path=str(model_dir), engine_kwargs={"dtype": run.model.dtype},
                                num_cpus_per_actor=run.cluster.rollout_cpus_per_actor,
-                               num_gpus_per_actor=run.cluster.rollout_gpus_per_actor)
+                               num_gpus_per_actor=run.cluster.rollout_gpus_per_actor,
+                               wait=False)  # the engines load while the verifiers start
         verifiers = VerifierPool(run.verifier.actor_counts, verifier_limits(run))
+        rollout.wait_ready()
         console.print(f"evaluating {model_dir} on {len(eval_rows)} {d.eval.source} rows, "
                       f"{params.n} samples each (temperature {params.temperature}, "
                       f"top_p {params.top_p}, max {params.max_new_tokens} new tokens)")

@@ -259,10 +259,11 @@ def _use_one_thread() -> None:
 
 
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
-    """Starts the rollout, verifier and learner groups (learner last: it loads the model),
-    placed as the cluster config says (see launch/placement.py), and the weight sync between
-    learner and engines. On failure, what was started is stopped again before the error
-    propagates."""
+    """Starts the rollout, verifier and learner groups, placed as the cluster config says (see
+    launch/placement.py), and the weight sync between learner and engines. The engines load
+    while the learner loads (and the verifiers start), except colocated: there the engines are
+    up before the learner loads onto the same devices. On failure, what was started is stopped
+    again before the error propagates."""
     from ray.util.placement_group import remove_placement_group
 
     from workers.learner.group import LearnerGroup
@@ -295,15 +296,18 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
             num_actors=r.num_actors, engine_kind=r.engine, model_path=str(Path(model_path)),
             engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
             num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=placement.rollout,
-            bundle_indices=placement.rollout_bundles, runtime_env={"env_vars": rollout_env}))
+            bundle_indices=placement.rollout_bundles, runtime_env={"env_vars": rollout_env},
+            wait=c.colocate))
         started.append(VerifierPool(
             run.verifier.actor_counts, verifier_limits(run), placement_group=placement.verifier,
-            bundle_indices=placement.verifier_bundles))
+            bundle_indices=placement.verifier_bundles, wait=False))
         started.append(LearnerGroup(
             model_path, learner_spec(run), cpus_per_rank=c.learner_cpus_per_rank,
             gpus_per_rank=c.learner_gpus_per_rank * share, placement_strategy=c.placement_strategy,
             bundle_resources=node_marker(run, "learner"), placement_group=placement.learner,
             runtime_env={"env_vars": learner_env}))
+        for group in started[:2]:
+            group.wait_ready()
     except BaseException:
         for group in reversed(started):
             group.shutdown()

@@ -129,7 +129,10 @@ class RolloutGroup:
         chunks_per_actor: int | None = None,
         max_inflight_per_actor: int = 2,
         runtime_env: dict[str, Any] | None = None,
+        wait: bool = True,
     ):
+        """wait=False: return once the actors are created (their engines load meanwhile);
+        call wait_ready() before using the group."""
         if num_actors < 1:
             raise ValueError(f"RolloutGroup: num_actors must be >= 1, got {num_actors}")
         if chunks_per_actor is None:
@@ -166,6 +169,11 @@ class RolloutGroup:
             self.actors.append(
                 remote_actor.options(**options).remote(engine_kind, str(model_path), engine_kwargs)
             )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Returns when every actor's engine has loaded (raises what an engine's start raised)."""
         ray.get([actor.ping.remote() for actor in self.actors])
 
     # ---- generation -------------------------------------------------------------------

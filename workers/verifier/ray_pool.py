@@ -114,9 +114,10 @@ class VerifierPool:
     def __init__(self, kind_to_num_actors: dict[str, int],
                  limits: VerifierLimits | None = None, *,
                  placement_group: PlacementGroup | None = None,
-                 bundle_indices: list[int] | None = None) -> None:
+                 bundle_indices: list[int] | None = None, wait: bool = True) -> None:
         """placement_group: actor j (counting kinds in order) goes to bundle bundle_indices[j]
-        of it (default j); each bundle must hold the actor's CPUs and resources."""
+        of it (default j); each bundle must hold the actor's CPUs and resources. wait=False:
+        return once the actors are created; call wait_ready() before using the pool."""
         self.limits = limits or VerifierLimits()
         unknown = set(kind_to_num_actors) - set(KINDS)
         if unknown:
@@ -138,11 +139,19 @@ class VerifierPool:
             return actor_class.options(**options).remote(kind, self.limits)
 
         self.actors = {kind: [start(kind) for _ in range(count)] for kind, count in counts.items()}
+        self.layers: dict[str, Any] = {}
+        self._pids: dict[tuple[str, int], Any] = {}
+        self._events: list[dict[str, Any]] = []
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Returns when every actor answers: the sandbox layers each kind's first actor found,
+        and every actor's pid (to tell a restarted actor later)."""
         self.layers = {kind: ray.get(actors[0].layers.remote())
                        for kind, actors in self.actors.items()}
         self._pids = {(kind, i): ray.get(actor.ping.remote())
                       for kind, actors in self.actors.items() for i, actor in enumerate(actors)}
-        self._events: list[dict[str, Any]] = []
 
     def drain_events(self) -> list[dict[str, Any]]:
         """Faults since the last call (failed chunks, restarted actors), oldest first."""

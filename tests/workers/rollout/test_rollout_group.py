@@ -34,6 +34,19 @@ class CrashingEngine(HFEngine):
         return super().generate(prompts, params)
 
 
+class GatedEngine(HFEngine):
+    """Loads only once a file exists (the test opens the gate); raises if told to."""
+
+    def __init__(self, model_path, *, gate: str, fail: bool = False, **kwargs):
+        import time
+
+        while not os.path.exists(gate):
+            time.sleep(0.05)
+        if fail:
+            raise RuntimeError("the engine could not load")
+        super().__init__(model_path, **kwargs)
+
+
 def _claim(path: str) -> bool:
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL))
@@ -175,6 +188,31 @@ def test_group_survives_an_actor_death_and_keeps_prompt_order(
     finally:
         group.shutdown()
         remove_placement_group(bundles)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_group_started_without_waiting_is_ready_when_its_engines_are(
+    ray_cluster, tiny_model_path, expected_greedy, crash_engine_by_value, tmp_path: Path, fail
+):
+    """wait=False returns while the engines load (launch/factory.py loads the learner
+    meanwhile); wait_ready() returns once they have, or raises what an engine's start raised."""
+    from workers.rollout.group import RolloutGroup
+
+    gate = tmp_path / "gate"
+    kwargs = {**ENGINE_KWARGS["hf"], "gate": str(gate), "fail": fail}
+    group = RolloutGroup(1, GatedEngine, tiny_model_path, kwargs, max_restarts=0, wait=False)
+    try:
+        gate.touch()  # the constructor returned with the engine still held at its gate
+        if fail:
+            with pytest.raises(Exception, match="the engine could not load"):
+                group.wait_ready()
+            return
+        group.wait_ready()
+        results = group.generate(PROMPTS, GREEDY)
+        assert [[s.token_ids for s in samples] for samples in results] == expected_greedy
+    finally:
+        group.shutdown()
 
 
 @pytest.mark.slow
