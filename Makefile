@@ -33,13 +33,10 @@ lint: $(STAMP)
 system-deps:
 	bash scripts/install_system_deps.sh
 
-# Three test processes on two cores: most tests wait on subprocesses and Ray actors between
-# bursts of work, and a third process fills those gaps (main suite on a quiet 2-core machine:
-# 16m25s at -n 3; 18m37s at -n 2 before this sitting's start-up changes, 20m50s in a clean-clone
-# CI run beside the venv builds). A test file stays in one process: its module fixtures are
-# built once.
+# Two test processes: most tests wait on subprocesses and Ray actors, so two share the two cores
+# well (a test file stays in one process: its module fixtures are built once).
 test-main: lint system-deps
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # Day-to-day: the in-process tests only (no test that starts a process or trains a model: those
 # are marked slow, tests/conftest.py), in two processes; about a minute here.
