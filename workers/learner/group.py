@@ -59,13 +59,11 @@ class LearnerGroup:
         bundle_resources: dict[str, float] | None = None,
         placement_group: PlacementGroup | None = None,
         runtime_env: dict[str, Any] | None = None,
-        wait: bool = True,
     ) -> None:
         """Rank r runs in bundle r of a placement group: its own (one bundle per rank of
         {CPU, GPU, **bundle_resources}), or `placement_group` when given (colocation: bundles
         shared with rollout actors; the caller removes it). runtime_env: the ranks' Ray runtime
-        environment (launch/factory.py gives their thread share as env_vars). wait=False: return
-        once the ranks are created; wait_ready() then sets them up (loads the model)."""
+        environment (launch/factory.py gives their thread share as env_vars)."""
         self.spec = spec
         config = spec.config
         self.steps = 0  # train_step calls so far: seeds the mini-batch shuffle
@@ -87,23 +85,15 @@ class LearnerGroup:
             ).remote(rank, config.num_ranks, spec)
             for rank in range(config.num_ranks)
         ]
-        self._model_path = model_path
-        self.master_addr: str | None = None
-        self._manifest: WeightManifest | None = None
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        """Sets the ranks up (the process group, the model, the optimizer) and returns when
-        they are ready; raises what a rank's setup raised."""
         node_ips = ray.get([worker.node_ip.remote() for worker in self.workers])
         master_port = ray.get(self.workers[0].reserve_port.remote())
         local_ranks = [node_ips[:rank].count(ip) for rank, ip in enumerate(node_ips)]
         ray.get([
-            worker.setup.remote(self._model_path, node_ips[0], master_port, local_rank)
+            worker.setup.remote(model_path, node_ips[0], master_port, local_rank)
             for worker, local_rank in zip(self.workers, local_ranks, strict=True)
         ])
         self.master_addr = node_ips[0]
+        self._manifest: WeightManifest | None = None
 
     # ---------------------------------------------------------------- training
 
