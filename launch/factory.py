@@ -258,12 +258,19 @@ def _use_one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def engines_load_first(run: RunConfig) -> bool:
+    """Whether the engines must be up before the learner loads: colocated on GPUs, where the
+    engines take their memory first; on CPUs (cluster.device=cpu, a rehearsal) the colocated
+    engines and learner share no device memory, so they load at once, as disaggregated ones do."""
+    return run.cluster.colocate and computes_on_gpu(run, run.cluster.rollout_gpus_per_actor)
+
+
 def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorkers:
     """Starts the rollout, verifier and learner groups, placed as the cluster config says (see
     launch/placement.py), and the weight sync between learner and engines. The engines load
-    while the learner loads (and the verifiers start), except colocated: there the engines are
-    up before the learner loads onto the same devices. On failure, what was started is stopped
-    again before the error propagates."""
+    while the learner loads (and the verifiers start), except colocated on GPUs: there the
+    engines are up before the learner loads onto the same devices. On failure, what was started
+    is stopped again before the error propagates."""
     from ray.util.placement_group import remove_placement_group
 
     from workers.learner.group import LearnerGroup
@@ -297,7 +304,7 @@ def build_workers(run: RunConfig, model_path: str, console: Console) -> RunWorke
             engine_kwargs=engine_kwargs(run), num_cpus_per_actor=c.rollout_cpus_per_actor,
             num_gpus_per_actor=c.rollout_gpus_per_actor * share, placement_group=placement.rollout,
             bundle_indices=placement.rollout_bundles, runtime_env={"env_vars": rollout_env},
-            wait=c.colocate))
+            wait=engines_load_first(run)))
         started.append(VerifierPool(
             run.verifier.actor_counts, verifier_limits(run), placement_group=placement.verifier,
             bundle_indices=placement.verifier_bundles, wait=False))

@@ -245,3 +245,13 @@ def test_a_colocated_vllm_engine_computing_on_cpus_asks_for_no_sleep_mode():
     assert engine_kwargs(validate(compose_config(overrides)))["enable_sleep_mode"] is True
     on_cpus = engine_kwargs(validate(compose_config([*overrides, "cluster.device=cpu"])))
     assert on_cpus["enable_sleep_mode"] is False and on_cpus["sleep_level"] == 1
+
+
+def test_colocated_engines_load_before_the_learner_only_where_they_share_gpus():
+    from launch.factory import engines_load_first
+
+    overrides = ["rollout=vllm", "cluster.colocate=true", "cluster.rollout_gpus_per_actor=1",
+                 "cluster.learner_gpus_per_rank=1"]
+    assert engines_load_first(validate(compose_config(overrides))) is True
+    assert engines_load_first(validate(compose_config([*overrides, "cluster.device=cpu"]))) is False
+    assert engines_load_first(validate(compose_config(["cluster.colocate=false"]))) is False
