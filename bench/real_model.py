@@ -13,7 +13,7 @@ machine is shared and noisy: compare within a round, as the printed ratios do).
 
     today    float32 engines and learner, one thread per rollout actor and learner rank
     new      the defaults: dtype auto (precision.py: the engines bf16 with AMX or AVX512-BF16,
-             the learner with AMX), thread shares auto
+             the learner with AMX or AMD's AVX512-BF16), thread shares auto
     stage1   new, with a bf16 learner at ZeRO stage 1 (DeepSpeed's BF16_Optimizer, float32
              gradient sums; the pilot's stage 0 sums them in bf16)
     overlap  new, with trainer.off_policy_steps=1 (generation overlaps training)
