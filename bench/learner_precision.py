@@ -3,7 +3,7 @@ pilot's shape (2 micro-batches of 11 rows x 92 tokens, 1,024-token budget, ZeRO 
 through the learner's own code (launch/rehearse/probe.py), in float32 and in bfloat16
 (DeepSpeed's bf16), each in a fresh process, alternating for --rounds rounds; beside it a
 576 x 1536 matmul (the model's MLP shape at 1,012 tokens) timed in each dtype, and the CPU's
-bf16 flags. riskpo/models/precision.py's `auto` follows what this prints.
+bf16 flags and vendor. riskpo/models/precision.py's `auto` follows what this prints.
 
     .venv/bin/python bench/learner_precision.py                    # the converted pilot model
     .venv/bin/python bench/learner_precision.py --threads 2 --rounds 2
@@ -83,10 +83,11 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args)), flush=True)
         return 0
-    from riskpo.models.precision import cpu_flags
+    from riskpo.models.precision import cpu_flags, cpu_vendor, resolve_dtype
 
     flags = sorted(flag for flag in cpu_flags() if "bf16" in flag or flag.startswith("amx"))
-    print(f"CPU bf16 flags: {flags or 'none'}; {args.threads} thread(s)")
+    print(f"CPU {cpu_vendor() or 'vendor unknown'}, bf16 flags: {flags or 'none'} (learner.dtype=auto "
+          f"resolves to {resolve_dtype('auto', False, 'learner')} here); {args.threads} thread(s)")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     runs: dict[str, list[dict]] = {dtype: [] for dtype in DTYPES}
     for _ in range(args.rounds):
